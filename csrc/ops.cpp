@@ -1,0 +1,33 @@
+// rnnkernels._C: the torch op library "rnnkernels".
+//
+// This file owns TORCH_LIBRARY(rnnkernels, m); each kernel family declares its
+// own op schemas with TORCH_LIBRARY_FRAGMENT(rnnkernels, m) in its own file
+// (csrc/rnn_ops.cpp, csrc/attention_ops.cpp, ...) and registers per-device
+// implementations with TORCH_LIBRARY_IMPL(rnnkernels, CPU | CUDA, m).
+// Autograd formulas and fake (meta) kernels are registered from Python
+// (rnnkernels/ops.py), so torch.compile traces every op.
+#include <torch/extension.h>
+
+TORCH_LIBRARY(rnnkernels, m) {
+  // Which optional parts this build has: lets Python tell "not built" apart
+  // from "not supported on this device".
+  m.def("build_info() -> str");
+}
+
+static std::string build_info() {
+#ifdef RNNKERNELS_WITH_CUDA
+  return "cpu,cuda";
+#else
+  return "cpu";
+#endif
+}
+
+TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
+  m.impl("build_info", &build_info);
+}
+
+// The .so is imported as a Python module (rnnkernels._C), which loads the op
+// registrations above; it exposes no Python functions of its own.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "rnnkernels compiled kernels; use them through torch.ops.rnnkernels";
+}

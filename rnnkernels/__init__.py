@@ -1,0 +1,26 @@
+"""rnnkernels: fast fused recurrent layers and attention for PyTorch.
+
+    import rnnkernels as rk
+    lstm = rk.LSTM(128, 256, num_layers=2, bidirectional=True)  # a torch.nn.LSTM
+    out, (h, c) = lstm(x, lengths=lengths)                      # padded + lengths
+"""
+from . import backends, functional, reference
+from .attention import dot_product_attention
+from .backends import BackendUnavailableError, use_backend
+from .modules import GRU, LSTM, RNN, convert, unconvert
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM",
+    "GRU",
+    "RNN",
+    "convert",
+    "unconvert",
+    "use_backend",
+    "dot_product_attention",
+    "BackendUnavailableError",
+    "backends",
+    "functional",
+    "reference",
+]

@@ -1,0 +1,1 @@
+"""Built-in data sets and file loaders for the training CLI."""

@@ -1,0 +1,1 @@
+"""Models built from rnnkernels layers (language model, encoder-decoder, vector-to-sequence)."""

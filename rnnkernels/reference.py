@@ -1,0 +1,110 @@
+"""Pure-PyTorch reference of one recurrent layer in one direction.
+
+This is the semantics every kernel is checked against. Gate formulas, gate
+order and weight layout are torch.nn's:
+
+    rnn_tanh  h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)
+    rnn_relu  h' = relu(x W_ih^T + b_ih + h W_hh^T + b_hh)
+    lstm      i, f, g, o = chunk(x W_ih^T + b_ih + h W_hh^T + b_hh, 4)
+              c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+              h' = sigmoid(o) * tanh(c')          (then h' W_hr^T with proj_size)
+    gru       r, z, n from x W_ih^T + b_ih (gi) and h W_hh^T + b_hh (gh):
+              r = sigmoid(gi_r + gh_r); z = sigmoid(gi_z + gh_z)
+              n = tanh(gi_n + r * gh_n); h' = (1 - z) * n + z * h
+
+Variable lengths: with `lengths[b] = L`, steps t >= L leave sequence b's state
+untouched and write zeros to the output. Walking t = T-1 .. 0 for the reverse
+direction therefore starts each sequence at its own last step L-1 with h0.
+
+Shapes (one layer, one direction; H hidden, P = proj_size or H, G gates):
+    x        (T, B, I)       time-major input
+    h0       (B, P)          c0 (B, H) for lstm, else None
+    w_ih     (G*H, I)        w_hh (G*H, P)
+    b_ih     (G*H,) or None  b_hh (G*H,) or None
+    w_hr     (P, H) or None  lstm only
+    lengths  (B,) int64 on CPU, or None (all sequences have length T)
+    returns  out (T, B, P), h_n (B, P), c_n (B, H) or None
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def rnn_tanh_cell(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
+    return torch.tanh(gi + gh)
+
+
+def rnn_relu_cell(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
+    return torch.relu(gi + gh)
+
+
+def lstm_cell(gi: Tensor, gh: Tensor, c: Tensor) -> Tuple[Tensor, Tensor]:
+    """Returns (h before projection, c)."""
+    i, f, g, o = (gi + gh).chunk(4, dim=-1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c_new), c_new
+
+
+def gru_cell(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
+    gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
+    gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(gi_r + gh_r)
+    z = torch.sigmoid(gi_z + gh_z)
+    n = torch.tanh(gi_n + r * gh_n)
+    return (1 - z) * n + z * h
+
+
+def rnn_layer(
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    w_hr: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer, one direction; see the module docstring for shapes."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    T = x.shape[0]
+    gi_all = F.linear(x, w_ih, b_ih)  # (T, B, G*H): input projection of all steps at once
+    h, c = h0, c0
+    alive = None
+    if lengths is not None:
+        steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+        alive = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+    outputs = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        gh = F.linear(h, w_hh, b_hh)
+        if mode == "lstm":
+            h_new, c_new = lstm_cell(gi_all[t], gh, c)
+            if w_hr is not None:
+                h_new = F.linear(h_new, w_hr)
+        elif mode == "gru":
+            h_new, c_new = gru_cell(gi_all[t], gh, h), None
+        elif mode == "rnn_tanh":
+            h_new, c_new = rnn_tanh_cell(gi_all[t], gh, h), None
+        else:
+            h_new, c_new = rnn_relu_cell(gi_all[t], gh, h), None
+        if alive is None:
+            h, c = h_new, c_new
+            outputs[t] = h
+        else:
+            h = torch.where(alive[t], h_new, h)
+            if c is not None:
+                c = torch.where(alive[t], c_new, c)
+            outputs[t] = torch.where(alive[t], h_new, torch.zeros_like(h_new))
+    if T == 0:
+        out = x.new_zeros((0, x.shape[1], h0.shape[-1]))
+    else:
+        out = torch.stack(outputs, 0)
+    return out, h, c

@@ -1,0 +1,75 @@
+"""Builds rnnkernels._C from csrc/.
+
+CPU sources (csrc/*.cpp, csrc/cpu/*.cpp) are always compiled. CUDA sources
+(csrc/cuda/*.cu, csrc/cuda/*.cpp) are added only when torch is a CUDA build and
+a CUDA toolkit is found; set RNNKERNELS_NO_CUDA=1 to skip them. Every new source
+file dropped into those folders is picked up without editing this file.
+"""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+def cuda_wanted():
+    import torch
+
+    if os.environ.get("RNNKERNELS_NO_CUDA") == "1":
+        return False
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+cpu_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-DRNNKERNELS_CPU"]
+extra_link = ["-fopenmp"]
+
+if cuda_wanted():
+    extension = cpp_extension.CUDAExtension(
+        "rnnkernels._C",
+        cpu_sources + sources("csrc/cuda/*.cpp") + sources("csrc/cuda/*.cu"),
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={
+            "cxx": cxx_flags + ["-DRNNKERNELS_WITH_CUDA"],
+            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-DRNNKERNELS_WITH_CUDA"],
+        },
+        extra_link_args=extra_link,
+    )
+else:
+    extension = cpp_extension.CppExtension(
+        "rnnkernels._C",
+        cpu_sources,
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=extra_link,
+    )
+
+setup(
+    name="rnnkernels",
+    version="0.1.0",
+    description="Fast fused LSTM / GRU / RNN and attention kernels for PyTorch",
+    packages=[
+        "rnnkernels",
+        "rnnkernels.backends",
+        "rnnkernels.nn",
+        "rnnkernels.models",
+        "rnnkernels.data",
+        "rnnkernels.triton_kernels",
+        "rnnkernels.benchmarks",
+    ],
+    package_dir={
+        "rnnkernels": "rnnkernels",
+        "rnnkernels.triton_kernels": "triton_kernels",
+        "rnnkernels.benchmarks": "benchmarks",
+    },
+    ext_modules=[extension],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["rnnkernels=rnnkernels.cli:main"]},
+    python_requires=">=3.9",
+)
