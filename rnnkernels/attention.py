@@ -104,7 +104,7 @@ def dot_product_attention(query: Tensor, key: Tensor, value: Tensor, key_lengths
     three_d = query.dim() == 3
     if three_d:
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-    _, fn = backends.resolve(backend, query.device, "attention")
+    _, fn = backends.resolve(backend, query.device, "attention", query.dtype)
     context, weights = fn(query, key, value, key_lengths, causal, float(scale), return_weights)
     if three_d:
         context = context.squeeze(1)

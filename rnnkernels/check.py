@@ -245,10 +245,10 @@ def run_checks(cases: int = 20, seed: int = 0, only: Optional[List[str]] = None,
     for op in ops:
         make_case, run_case = makers[op]
         for device in devices:
-            for name in backends.available(device, op):
-                if only and name not in only:
-                    continue
-                for dtype in device_dtypes(device):
+            for dtype in device_dtypes(device):
+                for name in backends.available(device, op, dtype):
+                    if only and name not in only:
+                        continue
                     rng = random.Random(seed)
                     worst, worst_case, failure = 0.0, "", None
                     for i in range(cases):

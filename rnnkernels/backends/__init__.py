@@ -3,7 +3,7 @@
 A backend is a name ("reference", "cpu", "cuda", "triton") under which
 implementations of ops register themselves:
 
-    register(op, name, fn, priority={"cpu": 10}, unavailable_reason=lambda device: None)
+    register(op, name, fn, priority={"cpu": 10}, unavailable_reason=lambda device, dtype: None)
 
 op "rnn"        fn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
                 -> (out, h_n, c_n); the contract of rnnkernels.reference.rnn_layer
@@ -11,8 +11,9 @@ op "attention"  fn(query, key, value, key_lengths, causal, scale, return_weights
                 -> (context, weights or None); 4-D inputs, the contract of
                 rnnkernels.attention.reference_attention
 
-`unavailable_reason(device)` is None when the implementation is built and runs
-on that device, else a sentence saying why not (it is shown to the user).
+`unavailable_reason(device, dtype)` is None when the implementation is built
+and runs on that device and dtype (dtype None: some dtype), else a sentence
+saying why not (it is shown to the user).
 `priority[device.type]` ranks implementations for backend="auto"; higher wins.
 
 Choosing a backend, most specific first: the per-call `backend=` argument, a
@@ -41,7 +42,7 @@ class BackendUnavailableError(RuntimeError):
 class Implementation(NamedTuple):
     fn: Callable
     priority: Dict[str, int]
-    unavailable_reason: Callable[[torch.device], Optional[str]]
+    unavailable_reason: Callable[[torch.device, Optional[torch.dtype]], Optional[str]]
 
 
 _impls: Dict[Tuple[str, str], Implementation] = {}
@@ -50,7 +51,8 @@ _state = threading.local()
 
 
 def register(op: str, name: str, fn: Callable, priority: Dict[str, int],
-             unavailable_reason: Callable[[torch.device], Optional[str]] = lambda device: None) -> None:
+             unavailable_reason: Callable[[torch.device, Optional[torch.dtype]], Optional[str]] = (
+                 lambda device, dtype: None)) -> None:
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     _impls[(op, name)] = Implementation(fn, priority, unavailable_reason)
@@ -70,9 +72,9 @@ def names() -> List[str]:
     return sorted({name for _, name in _load()})
 
 
-def available(device=None, op: str = "rnn") -> List[str]:
+def available(device=None, op: str = "rnn", dtype: Optional[torch.dtype] = None) -> List[str]:
     """Backends that can run `op` on `device` (default: on the CPU, and on
-    CUDA when a GPU is present), best first."""
+    CUDA when a GPU is present) for `dtype` (default: any), best first."""
     if device is not None:
         devices = [torch.device(device)]
     else:
@@ -82,19 +84,19 @@ def available(device=None, op: str = "rnn") -> List[str]:
         candidates = [(name, impl) for (o, name), impl in _load().items() if o == op]
         candidates.sort(key=lambda item: -item[1].priority.get(dev.type, -1))
         for name, impl in candidates:
-            if name not in found and impl.unavailable_reason(dev) is None:
+            if name not in found and impl.unavailable_reason(dev, dtype) is None:
                 found.append(name)
     return found
 
 
-def unavailable_reason(name: str, device, op: str = "rnn") -> Optional[str]:
-    """None when backend `name` can run `op` on `device`, else why not."""
+def unavailable_reason(name: str, device, op: str = "rnn", dtype: Optional[torch.dtype] = None) -> Optional[str]:
+    """None when backend `name` can run `op` on `device` for `dtype`, else why not."""
     impls = _load()
     if name not in names():
         return f"unknown backend {name!r}; known backends: {', '.join(names())} (or 'auto')"
     if (op, name) not in impls:
         return f"backend {name!r} does not implement {op}"
-    return impls[(op, name)].unavailable_reason(torch.device(device))
+    return impls[(op, name)].unavailable_reason(torch.device(device), dtype)
 
 
 @contextlib.contextmanager
@@ -120,27 +122,29 @@ def current() -> str:
     return stack[-1] if stack else "auto"
 
 
-def resolve(requested: Optional[str], device, op: str = "rnn") -> Tuple[str, Callable]:
-    """(name, fn) of the implementation that runs `op` on `device`."""
+def resolve(requested: Optional[str], device, op: str = "rnn", dtype: Optional[torch.dtype] = None
+            ) -> Tuple[str, Callable]:
+    """(name, fn) of the implementation that runs `op` on `device` for `dtype`."""
     device = torch.device(device)
     if requested is None or requested == "auto":
         requested = current()
     if requested == "auto":
-        choices = available(device, op)
+        choices = available(device, op, dtype)
         if not choices:
-            raise BackendUnavailableError(f"no backend can run {op} on {device.type}")
+            raise BackendUnavailableError(f"no backend can run {op} on {device.type} in {dtype}")
         requested = choices[0]
     else:
-        reason = unavailable_reason(requested, device, op)
+        reason = unavailable_reason(requested, device, op, dtype)
         if reason is not None:
-            here = ", ".join(available(device, op)) or "none"
+            here = ", ".join(available(device, op, dtype)) or "none"
             raise BackendUnavailableError(
-                f"backend {requested!r} cannot run {op} on {device.type}: {reason}. Available there: {here}"
+                f"backend {requested!r} cannot run {op} on {device.type} in {dtype}: {reason}. "
+                f"Available there: {here}"
             )
     return requested, _impls[(op, requested)].fn
 
 
 def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend=None):
     """One layer, one direction on the chosen backend (contract: rnnkernels.reference.rnn_layer)."""
-    _, fn = resolve(backend, x.device, "rnn")
+    _, fn = resolve(backend, x.device, "rnn", x.dtype)
     return fn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
