@@ -7,8 +7,9 @@ query (B, Tq, D) or (B, H, Tq, D); key (B, Tk, D) / (B, H, Tk, D); value
 (B, Tk, Dv) / (B, H, Tk, Dv); key_lengths (B,) integers: keys at positions
 >= key_lengths[b] get zero weight. A query whose every key is masked (length
 0, or causal with nothing before it) gets a zero context, zero weights and
-zero gradients, never NaN. `causal` masks key j > query i (top-left aligned,
-as in scaled_dot_product_attention). Default scale 1/sqrt(D); scale=1.0 is
+zero gradients, never NaN. `causal` hides key j from query i when
+j > i + (Tk - Tq): bottom-right aligned, as in FlashAttention >= 2.1, so the
+last query sees every key (with Tq == Tk, the usual j > i). Default scale 1/sqrt(D); scale=1.0 is
 the plain dot product of Luong attention. With return_weights=True it returns
 (context, weights (.., Tq, Tk)) for alignment plots.
 """
@@ -73,7 +74,7 @@ def key_mask(key_lengths: Optional[Tensor], causal: bool, tq: int, tk: int, devi
         mask = (cols >= key_lengths.to(device)[:, None])[:, None, None, :]
     if causal:
         rows = torch.arange(tq, device=device)
-        causal_mask = (cols[None, :] > rows[:, None])[None, None]
+        causal_mask = (cols[None, :] > rows[:, None] + (tk - tq))[None, None]
         mask = causal_mask if mask is None else mask | causal_mask
     return mask
 
