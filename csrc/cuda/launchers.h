@@ -1,0 +1,128 @@
+// Launchers of the CUDA kernels of the recurrent layers, over raw device
+// pointers and a cudaStream_t. No torch headers here or in the .cu files, so
+// nvcc compiles them alone; csrc/cuda/rnn_cuda.cpp is the at::Tensor glue.
+//
+// Every launcher validates nothing (the glue does, before any launch) and
+// returns the first CUDA error it meets, including the launch error of every
+// kernel it starts (RK_CUDA_RETURN_IF_ERROR); cudaSuccess otherwise.
+//
+// Shapes: B batch, H hidden, P = proj_size or H, G gates (1 rnn, 4 lstm,
+// 3 gru). Every (B, n) buffer is contiguous with row stride n. A row b is
+// alive at step t when lengths == nullptr or t < lengths[b] (lengths: device
+// int64). T is the storage type (float, double, __half, __nv_bfloat16); the
+// math is done in float (double for double).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+// Returns the error of a CUDA runtime call (or of the last launch) from the
+// enclosing function, which returns cudaError_t.
+#define RK_CUDA_RETURN_IF_ERROR(expr)             \
+  do {                                            \
+    const cudaError_t rk_status_ = (expr);        \
+    if (rk_status_ != cudaSuccess) return rk_status_; \
+  } while (0)
+
+namespace rnnkernels {
+namespace cuda {
+
+enum class Cell { RnnTanh, RnnRelu, Lstm, Gru };
+
+// One step's fused pointwise pass, forward (mirrors rnnkernels::ForwardStep).
+template <typename T>
+struct ForwardStepArgs {
+  Cell cell;
+  int64_t t, B, H, P;
+  const int64_t* lengths;  // (B,) or nullptr
+  const T* pre;            // (B, G*H) lstm/rnn: all pre-activations; gru: x W_ih^T + b_ih
+  const T* gh;             // (B, 3H) gru: h W_hh^T + b_hh; else nullptr
+  const T* h_prev;         // (B, P)
+  T* h_next;               // (B, P); unused with projection
+  const T* c_prev;         // (B, H) lstm
+  T* c_next;               // (B, H) lstm
+  T* out;                  // (B, P); unused with projection
+  T* h_raw;                // (B, H) lstm with projection, else nullptr
+  T* saved;                // (B, 4H) lstm/gru activations for backward, or nullptr
+};
+
+// One step's fused pointwise pass, backward (mirrors rnnkernels::BackwardStep).
+template <typename T>
+struct BackwardStepArgs {
+  Cell cell;
+  int64_t t, B, H, P;
+  const int64_t* lengths;
+  const T* grad_out;  // (B, P) or nullptr
+  const T* dh;        // (B, P) gradient of the state after the step
+  const T* dh_raw;    // (B, H) lstm with projection, else nullptr
+  T* dc;              // (B, H) lstm: d c_next in, d c_prev out (in place)
+  const T* saved;     // (B, 4H) lstm/gru
+  const T* h_prev;    // (B, P) gru
+  const T* h_next;    // (B, P) rnn
+  const T* c_prev;    // (B, H) lstm
+  const T* c_next;    // (B, H) lstm
+  T* d_pre;           // (B, G*H) out
+  T* d_gh;            // (B, 3H) out, gru
+  T* dh_prev;         // (B, P) out: part of d h_prev not through W_hh (dead rows: dh)
+};
+
+template <typename T>
+cudaError_t launch_forward_step(const ForwardStepArgs<T>& args, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_backward_step(const BackwardStepArgs<T>& args, cudaStream_t stream);
+
+// LSTM with projection. Forward: alive rows h_next = out, dead rows
+// h_next = h_prev and out = 0. Backward: dst = alive ? dh + grad_out : 0.
+template <typename T>
+cudaError_t launch_commit_projection(int64_t t, int64_t B, int64_t P, const int64_t* lengths, T* out,
+                                     const T* h_prev, T* h_next, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_gather_projected_grad(int64_t t, int64_t B, int64_t P, const int64_t* lengths, const T* dh,
+                                         const T* grad_out, T* dst, cudaStream_t stream);
+
+// ------------------------------------------------------ persistent forward
+// The whole sequence of an lstm or gru layer (no projection) in one
+// cooperative kernel: block i keeps the rows of W_hh of its hidden units
+// [i*U, (i+1)*U) (all G gates) in shared memory for every step, computes
+// their recurrent pre-activations from the previous state (read from L2),
+// applies the cell, writes its part of the next state and meets the other
+// blocks at one grid.sync() per step. The LSTM cell state of its units stays
+// in shared memory in float between steps.
+
+struct PersistentPlan {
+  bool fits = false;        // a co-resident grid holds all of W_hh on chip
+  int units_per_block = 0;  // U
+  int blocks = 0;           // ceil(H / U) <= SMs * resident blocks per SM
+  int threads = 0;
+  int max_batch = 0;        // the kernel's batch tile (>= B)
+  size_t shared_bytes = 0;  // dynamic shared memory per block
+};
+
+// Whether and how the persistent kernel runs B x H on the current device.
+template <typename T>
+cudaError_t plan_persistent(Cell cell, int B, int H, PersistentPlan* plan);
+
+template <typename T>
+struct PersistentForwardArgs {
+  Cell cell;  // Lstm or Gru
+  int steps, B, H;
+  bool reverse, training;
+  const int64_t* lengths;  // (B,) or nullptr
+  const T* pre;            // (steps, B, G*H) x W_ih^T + b_ih (+ b_hh for lstm)
+  const T* w_hh;           // (G*H, H)
+  const T* b_hh;           // (G*H,) gru, or nullptr (no bias)
+  T* states;               // (slots, B, H) with the initial state in its slot (layout: rnn_layer.cpp)
+  T* cells;                // (slots, B, H) lstm, initial cell state in its slot
+  T* out;                  // (steps, B, H)
+  T* gates;                // (steps, B, 4H) saved activations, or nullptr
+};
+
+template <typename T>
+cudaError_t launch_persistent_forward(const PersistentForwardArgs<T>& args, const PersistentPlan& plan,
+                                      cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace rnnkernels

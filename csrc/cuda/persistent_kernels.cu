@@ -1,0 +1,308 @@
+// Persistent forward kernel of lstm and gru layers for small batches (see
+// the PersistentPlan comment in launchers.h, and the selection heuristic in
+// csrc/cuda/rnn_cuda.cpp).
+//
+// Per step, block i (units j0 = i*U .. j0+U-1, rows r = g*U + u of its W_hh
+// slice, R = G*U rows, all in shared memory):
+//   1. recurrent GEMV: acc[r][b] = sum_k W_hh[g*H + j0 + u][k] * h_prev[b][k]
+//      h_prev is staged in chunks of KC columns into shared memory; a warp
+//      owns a row, its lanes split k and hold one partial per batch row; a
+//      warp reduce-scatter leaves the total for b in one lane.
+//   2. pointwise: thread (u, b) adds the input projection (precomputed for
+//      all steps by one GEMM) and applies the cells.h cell; h goes to global
+//      memory (the next step's input of every block), the LSTM cell state
+//      stays in shared memory in float.
+//   3. grid.sync(): the next step reads the h every block just wrote.
+// The state h is exchanged through global memory in the storage type (like
+// the step path); loads use __ldcg (L2) because L1 is not coherent across
+// blocks and the inference layout reuses two state slots.
+#include <cooperative_groups.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "cells.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/launchers.h"
+
+namespace cg = cooperative_groups;
+
+namespace rnnkernels {
+namespace cuda {
+namespace {
+
+constexpr int kPersistentThreads = 256;
+
+constexpr int gates_of(Cell cell) { return cell == Cell::Lstm ? 4 : 3; }
+
+template <int N>
+struct Log2 {
+  static constexpr int value = 1 + Log2<N / 2>::value;
+};
+template <>
+struct Log2<1> {
+  static constexpr int value = 0;
+};
+
+// Columns of h_prev staged per chunk: 32 KiB of floats for the batch tile.
+__host__ __device__ constexpr int chunk_columns(int H, int max_batch) {
+  return ((H + 31) / 32 * 32) < 8192 / max_batch ? ((H + 31) / 32 * 32) : 8192 / max_batch;
+}
+
+template <typename T>
+size_t shared_bytes(int G, int U, int H, int max_batch) {
+  return sizeof(float) * (size_t(G) * U * max_batch + size_t(U) * max_batch +
+                          size_t(max_batch) * chunk_columns(H, max_batch)) +
+         sizeof(T) * size_t(G) * U * H;
+}
+
+// v[b] holds each lane's partial sum for batch row b. Afterwards lane
+// (b << kShift), kShift = log2(32 / MAX_B), holds the warp's total for b in
+// v[0]: recursive halving (each lane keeps half of its values and adds its
+// partner's copy of them; template recursion keeps every index a constant,
+// so v stays in registers), then a plain reduction over the lanes left.
+template <int HALF, int SHIFT, int N>
+__device__ __forceinline__ void halve_and_add(float (&v)[N], int lane) {
+  if constexpr (HALF >= 1) {
+    constexpr int offset = HALF << SHIFT;
+    const bool upper = (lane & offset) != 0;
+#pragma unroll
+    for (int i = 0; i < HALF; ++i) {
+      const float send = upper ? v[i] : v[i + HALF];
+      const float keep = upper ? v[i + HALF] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
+    }
+    halve_and_add<HALF / 2, SHIFT>(v, lane);
+  }
+}
+
+template <int MAX_B>
+__device__ __forceinline__ void warp_reduce_scatter(float (&v)[MAX_B], int lane) {
+  constexpr int kShift = 5 - Log2<MAX_B>::value;
+  halve_and_add<MAX_B / 2, kShift>(v, lane);
+#pragma unroll
+  for (int offset = (1 << kShift) / 2; offset >= 1; offset /= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], offset);
+}
+
+template <typename T, Cell kCell, int MAX_B>
+__global__ void __launch_bounds__(kPersistentThreads)
+    persistent_forward_kernel(const PersistentForwardArgs<T> a, const int U) {
+  constexpr int G = gates_of(kCell);
+  constexpr int kShift = 5 - Log2<MAX_B>::value;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  const int H = a.H, B = a.B, KC = chunk_columns(H, MAX_B), R = G * U;
+  float* acc_s = reinterpret_cast<float*>(shared_raw);  // (R, MAX_B) recurrent pre-activations of this step
+  float* c_s = acc_s + R * MAX_B;                        // (U, MAX_B) lstm cell state of this block's units
+  float* h_s = c_s + U * MAX_B;                          // (MAX_B, KC) a chunk of h_prev
+  T* w_s = reinterpret_cast<T*>(h_s + MAX_B * KC);       // (R, H) row g*U + u is W_hh row g*H + j0 + u
+  const int j0 = blockIdx.x * U;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int64_t BH = int64_t(B) * H;
+  // Which slot of states / cells holds the state before the k-th processed step.
+  auto slot = [&](int k) -> int64_t { return a.training ? (a.reverse ? a.steps - k : k) : (k & 1); };
+
+  for (int64_t idx = threadIdx.x; idx < int64_t(R) * H; idx += blockDim.x) {
+    const int r = int(idx / H), k = int(idx - int64_t(r) * H);
+    const int g = r / U, j = j0 + (r - g * U);
+    w_s[idx] = j < H ? a.w_hh[(int64_t(g) * H + j) * H + k] : from_acc<T>(0.f);
+  }
+  if (kCell == Cell::Lstm) {
+    for (int idx = threadIdx.x; idx < U * MAX_B; idx += blockDim.x) {
+      const int u = idx / MAX_B, b = idx - u * MAX_B, j = j0 + u;
+      c_s[idx] = (j < H && b < B) ? to_acc(a.cells[slot(0) * BH + int64_t(b) * H + j]) : 0.f;
+    }
+  }
+
+  for (int k = 0; k < a.steps; ++k) {
+    const int t = a.reverse ? a.steps - 1 - k : k;
+    const T* h_prev = a.states + slot(k) * BH;
+    T* h_next = a.states + slot(k + 1) * BH;
+
+    // 1. acc = W_hh slice x h_prev, chunk by chunk of columns.
+    for (int k0 = 0; k0 < H; k0 += KC) {
+      const int kc = H - k0 < KC ? H - k0 : KC;
+      __syncthreads();  // the previous chunk (or step) is done with h_s and acc_s
+      for (int idx = threadIdx.x; idx < MAX_B * KC; idx += blockDim.x) {
+        const int b = idx / KC, kk = idx - b * KC;
+        h_s[idx] = (b < B && kk < kc) ? to_acc(__ldcg(h_prev + int64_t(b) * H + k0 + kk)) : 0.f;
+      }
+      __syncthreads();
+      for (int r = warp; r < R; r += warps) {
+        float part[MAX_B];
+#pragma unroll
+        for (int b = 0; b < MAX_B; ++b) part[b] = 0.f;
+        const T* w_row = w_s + int64_t(r) * H + k0;
+        for (int kk = lane; kk < kc; kk += 32) {
+          const float w = to_acc(w_row[kk]);
+#pragma unroll
+          for (int b = 0; b < MAX_B; ++b) part[b] = fmaf(w, h_s[b * KC + kk], part[b]);
+        }
+        warp_reduce_scatter<MAX_B>(part, lane);
+        if ((lane & ((1 << kShift) - 1)) == 0) {
+          float* dst = acc_s + r * MAX_B + (lane >> kShift);
+          *dst = (k0 == 0 ? 0.f : *dst) + part[0];  // the same lane owns this entry in every chunk
+        }
+      }
+    }
+    __syncthreads();
+
+    // 2. The cell, thread (u, b).
+    for (int idx = threadIdx.x; idx < U * MAX_B; idx += blockDim.x) {
+      const int u = idx / MAX_B, b = idx - u * MAX_B, j = j0 + u;
+      if (j >= H || b >= B) continue;
+      const int64_t hj = int64_t(b) * H + j;
+      T* out = a.out + int64_t(t) * BH + hj;
+      T* saved = a.gates != nullptr ? a.gates + (int64_t(t) * B + b) * 4 * H : nullptr;
+      T* c_next = kCell == Cell::Lstm ? a.cells + slot(k + 1) * BH + hj : nullptr;
+      if (!row_alive(a.lengths, b, t)) {  // frozen state, zero output
+        h_next[hj] = __ldcg(h_prev + hj);
+        *out = from_acc<T>(0.f);
+        if (saved != nullptr) {
+#pragma unroll
+          for (int g = 0; g < 4; ++g) saved[g * H + j] = from_acc<T>(0.f);
+        }
+        if (kCell == Cell::Lstm) *c_next = from_acc<T>(c_s[idx]);
+        continue;
+      }
+      const T* pre = a.pre + (int64_t(t) * B + b) * G * H;
+      float rec[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) rec[g] = acc_s[(g * U + u) * MAX_B + b];
+      float h;
+      if (kCell == Cell::Lstm) {
+        cells::LstmActivations<float> act;
+        float c;
+        cells::lstm_forward<float>(to_acc(pre[j]) + rec[0], to_acc(pre[H + j]) + rec[1],
+                                   to_acc(pre[2 * H + j]) + rec[2], to_acc(pre[3 * H + j]) + rec[3], c_s[idx], act,
+                                   c, h);
+        c_s[idx] = c;
+        *c_next = from_acc<T>(c);
+        if (saved != nullptr) {
+          saved[j] = from_acc<T>(act.i);
+          saved[H + j] = from_acc<T>(act.f);
+          saved[2 * H + j] = from_acc<T>(act.g);
+          saved[3 * H + j] = from_acc<T>(act.o);
+        }
+      } else {
+#pragma unroll
+        for (int g = 0; g < 3; ++g) rec[g] += a.b_hh != nullptr ? to_acc(a.b_hh[g * H + j]) : 0.f;
+        cells::GruActivations<float> act;
+        h = cells::gru_forward<float>(to_acc(pre[j]), to_acc(pre[H + j]), to_acc(pre[2 * H + j]), rec[0], rec[1],
+                                      rec[2], to_acc(__ldcg(h_prev + hj)), act);
+        if (saved != nullptr) {
+          saved[j] = from_acc<T>(act.r);
+          saved[H + j] = from_acc<T>(act.z);
+          saved[2 * H + j] = from_acc<T>(act.n);
+          saved[3 * H + j] = from_acc<T>(act.gh_n);
+        }
+      }
+      const T h_stored = from_acc<T>(h);
+      h_next[hj] = h_stored;
+      *out = h_stored;
+    }
+
+    // 3. Every block's h_next is written (grid.sync orders the memory too).
+    grid.sync();
+  }
+}
+
+using KernelPtr = const void*;
+
+template <typename T>
+KernelPtr persistent_kernel(Cell cell, int max_batch) {
+  if (cell == Cell::Lstm) {
+    return max_batch <= 8 ? reinterpret_cast<KernelPtr>(&persistent_forward_kernel<T, Cell::Lstm, 8>)
+                          : reinterpret_cast<KernelPtr>(&persistent_forward_kernel<T, Cell::Lstm, 32>);
+  }
+  return max_batch <= 8 ? reinterpret_cast<KernelPtr>(&persistent_forward_kernel<T, Cell::Gru, 8>)
+                        : reinterpret_cast<KernelPtr>(&persistent_forward_kernel<T, Cell::Gru, 32>);
+}
+
+// The first (smallest) U whose grid of ceil(H / U) blocks is co-resident:
+// most blocks, so most SMs, share the work. Larger U only grows shared
+// memory per block, so the search stops when U's slice exceeds it.
+template <typename T>
+cudaError_t search_plan(Cell cell, int max_batch, int H, PersistentPlan* plan) {
+  int device = 0, cooperative = 0, sms = 0, shared_optin = 0;
+  RK_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  RK_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+  RK_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  RK_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (!cooperative) return cudaSuccess;
+  const KernelPtr kernel = persistent_kernel<T>(cell, max_batch);
+  RK_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_optin));
+  RK_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  const int G = gates_of(cell);
+  for (int U = (H + sms * 8 - 1) / (sms * 8); U <= H; ++U) {  // 8 blocks per SM is more than ever fit
+    if (U < 1) continue;
+    const size_t bytes = shared_bytes<T>(G, U, H, max_batch);
+    if (bytes > size_t(shared_optin)) break;
+    const int blocks = (H + U - 1) / U;
+    int per_sm = 0;
+    RK_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads, bytes));
+    if (int64_t(per_sm) * sms >= blocks) {
+      plan->fits = true;
+      plan->units_per_block = U;
+      plan->blocks = blocks;
+      plan->threads = kPersistentThreads;
+      plan->max_batch = max_batch;
+      plan->shared_bytes = bytes;
+      return cudaSuccess;
+    }
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t plan_persistent(Cell cell, int B, int H, PersistentPlan* plan) {
+  *plan = PersistentPlan();
+  if ((cell != Cell::Lstm && cell != Cell::Gru) || B < 1 || B > 32 || H < 1) return cudaSuccess;
+  const int max_batch = B <= 8 ? 8 : 32;
+  int device = 0;
+  RK_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  // Plans depend only on these, so each is searched once per process.
+  using Key = std::tuple<int, int, int, int>;
+  static std::mutex mutex;
+  static std::map<Key, PersistentPlan> cache;
+  const Key key{device, int(cell), max_batch, H};
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto found = cache.find(key);
+  if (found != cache.end()) {
+    *plan = found->second;
+    return cudaSuccess;
+  }
+  RK_CUDA_RETURN_IF_ERROR(search_plan<T>(cell, max_batch, H, plan));
+  cache.emplace(key, *plan);
+  return cudaSuccess;
+}
+
+template <typename T>
+cudaError_t launch_persistent_forward(const PersistentForwardArgs<T>& args, const PersistentPlan& plan,
+                                      cudaStream_t stream) {
+  if (!plan.fits || args.B > plan.max_batch) return cudaErrorInvalidValue;
+  if (args.steps == 0) return cudaSuccess;
+  PersistentForwardArgs<T> kernel_args = args;
+  int units = plan.units_per_block;
+  void* params[] = {&kernel_args, &units};
+  RK_CUDA_RETURN_IF_ERROR(cudaLaunchCooperativeKernel(persistent_kernel<T>(args.cell, plan.max_batch),
+                                                      dim3(plan.blocks), dim3(plan.threads), params,
+                                                      plan.shared_bytes, stream));
+  return cudaGetLastError();
+}
+
+#define RK_INSTANTIATE_PERSISTENT(T)                                                          \
+  template cudaError_t plan_persistent<T>(Cell, int, int, PersistentPlan*);                   \
+  template cudaError_t launch_persistent_forward<T>(const PersistentForwardArgs<T>&, const PersistentPlan&, \
+                                                    cudaStream_t);
+
+RK_INSTANTIATE_PERSISTENT(float)
+RK_INSTANTIATE_PERSISTENT(__half)
+RK_INSTANTIATE_PERSISTENT(__nv_bfloat16)
+
+}  // namespace cuda
+}  // namespace rnnkernels
