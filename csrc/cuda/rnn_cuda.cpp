@@ -1,0 +1,456 @@
+// The CUDA side of the recurrent-layer ops: at::Tensor glue from the step
+// structs of csrc/pointwise.h to the raw-pointer launchers of
+// csrc/cuda/launchers.h, the persistent small-batch forward, and the
+// registration of rnn_layer_forward / rnn_layer_backward (schemas in
+// csrc/rnn_ops.cpp) for the CUDA dispatch key.
+//
+// The sequence loop is csrc/rnn_layer.cpp's, shared with the CPU: its GEMMs
+// go through ATen (cuBLAS on the current stream) and its pointwise steps come
+// here. Every launch is preceded by checks of the buffers it touches and
+// followed by a check of its CUDA error (RK_CUDA_CHECK).
+//
+// Which forward runs (rnn_layer_forward_cuda):
+//   persistent kernel  lstm or gru, no projection, float32 or bfloat16,
+//                      1 <= B <= 32, the device supports cooperative launch,
+//                      and W_hh fits in the shared memory of a grid that is
+//                      co-resident on the device (plan_persistent: the
+//                      smallest slice of hidden units per block whose
+//                      ceil(H / units) blocks all fit at once; e.g. an H100's
+//                      132 SMs x ~227 KiB hold W_hh of an fp32 LSTM up to
+//                      H ~ 1100). Per step it saves one GEMM launch, one
+//                      pointwise launch and the round trip of the gate
+//                      pre-activations through global memory, which is what
+//                      dominates a small-batch step.
+//   step-kernel loop   everything else: per step one cuBLAS GEMM and one
+//                      fused pointwise kernel.
+// RNNKERNELS_CUDA_PERSISTENT=0 forces the step loop; =1 requires the
+// persistent kernel (an error when the call is not eligible): the tests use
+// both to cover both paths. The backward always runs the step loop over the
+// activations either forward saved (same layout).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "cuda/launchers.h"
+#include "pointwise.h"
+#include "rnn_layer.h"
+
+// Raises a c10::Error naming the failed operation and CUDA's message.
+#define RK_CUDA_CHECK(expr, what)                                                                           \
+  do {                                                                                                      \
+    const cudaError_t rk_err_ = (expr);                                                                     \
+    TORCH_CHECK(rk_err_ == cudaSuccess, "rnnkernels: CUDA error in ", what, ": ", cudaGetErrorString(rk_err_)); \
+  } while (0)
+
+namespace rnnkernels {
+namespace {
+
+cuda::Cell to_cell(Mode mode) {
+  switch (mode) {
+    case Mode::RnnTanh: return cuda::Cell::RnnTanh;
+    case Mode::RnnRelu: return cuda::Cell::RnnRelu;
+    case Mode::Lstm: return cuda::Cell::Lstm;
+    case Mode::Gru: return cuda::Cell::Gru;
+  }
+  TORCH_CHECK(false, "rnnkernels: unknown cell mode");
+}
+
+// torch's scalar types -> the CUDA storage types the kernels are built for
+// (bit-compatible: both are IEEE half / bfloat16).
+template <typename scalar_t>
+struct CudaStorage {
+  using type = scalar_t;
+};
+template <>
+struct CudaStorage<at::Half> {
+  using type = __half;
+};
+template <>
+struct CudaStorage<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+template <typename T>
+T* ptr(const at::Tensor& tensor) {
+  return tensor.defined() ? reinterpret_cast<T*>(tensor.data_ptr()) : nullptr;
+}
+
+// Internal invariants of a step buffer (the layer loop built it): defined,
+// contiguous, on `like`'s CUDA device with its dtype, of shape (rows, cols).
+void check_buffer(const at::Tensor& t, const char* name, int64_t rows, int64_t cols, const at::Tensor& like) {
+  TORCH_CHECK(t.defined(), "rnnkernels (cuda step): ", name, " is missing");
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), "rnnkernels (cuda step): ", name, " must be on ",
+              like.device(), ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "rnnkernels (cuda step): ", name, " must have dtype ",
+              like.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, "rnnkernels (cuda step): ", name,
+              " must have shape (", rows, ", ", cols, "), got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "rnnkernels (cuda step): ", name, " must be contiguous");
+}
+
+void check_optional_buffer(const at::Tensor& t, const char* name, int64_t rows, int64_t cols,
+                           const at::Tensor& like) {
+  if (t.defined()) check_buffer(t, name, rows, cols, like);
+}
+
+void check_device_lengths(const at::Tensor& lengths, int64_t B, const at::Tensor& like) {
+  if (!lengths.defined()) return;
+  TORCH_CHECK(lengths.device() == like.device() && lengths.scalar_type() == at::kLong && lengths.dim() == 1 &&
+                  lengths.size(0) == B && lengths.is_contiguous(),
+              "rnnkernels (cuda step): lengths must be a contiguous (", B, ",) int64 tensor on ", like.device(),
+              ", got ", lengths.scalar_type(), " ", lengths.sizes(), " on ", lengths.device());
+}
+
+const int64_t* lengths_ptr(const at::Tensor& lengths) {
+  return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+}  // namespace
+
+// ----------------------------------------------- steps of csrc/pointwise.h
+
+void forward_step_cuda(const ForwardStep& s) {
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru, projected = s.h_raw.defined();
+  const at::Tensor& like = s.pre;
+  const int64_t B = s.pre.size(0), P = s.h_prev.size(1), H = lstm ? s.c_prev.size(1) : P;
+  check_buffer(s.pre, "pre", B, gate_count(s.mode) * H, like);
+  check_buffer(s.h_prev, "h_prev", B, P, like);
+  TORCH_CHECK(projected || P == H, "rnnkernels (cuda step): without projection h has hidden_size columns");
+  TORCH_CHECK(!projected || lstm, "rnnkernels (cuda step): h_raw is only for lstm with projection");
+  if (projected) {
+    check_buffer(s.h_raw, "h_raw", B, H, like);
+  } else {
+    check_buffer(s.h_next, "h_next", B, P, like);
+    check_buffer(s.out, "out", B, P, like);
+  }
+  if (lstm) {
+    check_buffer(s.c_prev, "c_prev", B, H, like);
+    check_buffer(s.c_next, "c_next", B, H, like);
+  }
+  if (gru) check_buffer(s.gh, "gh", B, 3 * H, like);
+  if (saved_gate_count(s.mode)) check_optional_buffer(s.saved, "saved", B, 4 * H, like);
+  check_device_lengths(s.lengths, B, like);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "rnnkernels_forward_step_cuda", [&] {
+    using T = typename CudaStorage<scalar_t>::type;
+    cuda::ForwardStepArgs<T> a;
+    a.cell = to_cell(s.mode);
+    a.t = s.t;
+    a.B = B;
+    a.H = H;
+    a.P = P;
+    a.lengths = lengths_ptr(s.lengths);
+    a.pre = ptr<T>(s.pre);
+    a.gh = gru ? ptr<T>(s.gh) : nullptr;
+    a.h_prev = ptr<T>(s.h_prev);
+    a.h_next = projected ? nullptr : ptr<T>(s.h_next);
+    a.c_prev = lstm ? ptr<T>(s.c_prev) : nullptr;
+    a.c_next = lstm ? ptr<T>(s.c_next) : nullptr;
+    a.out = projected ? nullptr : ptr<T>(s.out);
+    a.h_raw = projected ? ptr<T>(s.h_raw) : nullptr;
+    a.saved = saved_gate_count(s.mode) ? ptr<T>(s.saved) : nullptr;
+    RK_CUDA_CHECK(cuda::launch_forward_step<T>(a, current_stream()), "the forward step kernel");
+  });
+}
+
+void backward_step_cuda(const BackwardStep& s) {
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  const at::Tensor& like = s.d_pre;
+  const int64_t B = s.d_pre.size(0), P = s.dh.size(1), H = lstm ? s.dc.size(1) : P;
+  check_buffer(s.d_pre, "d_pre", B, gate_count(s.mode) * H, like);
+  check_buffer(s.dh, "dh", B, P, like);
+  check_buffer(s.dh_prev, "dh_prev", B, P, like);
+  check_optional_buffer(s.grad_out, "grad_out", B, P, like);
+  check_optional_buffer(s.dh_raw, "dh_raw", B, H, like);
+  TORCH_CHECK(s.dh_raw.defined() || P == H, "rnnkernels (cuda step): without projection h has hidden_size columns");
+  if (lstm) {
+    check_buffer(s.dc, "dc", B, H, like);
+    check_buffer(s.c_prev, "c_prev", B, H, like);
+    check_buffer(s.c_next, "c_next", B, H, like);
+    check_buffer(s.saved, "saved", B, 4 * H, like);
+  } else if (gru) {
+    check_buffer(s.saved, "saved", B, 4 * H, like);
+    check_buffer(s.h_prev, "h_prev", B, P, like);
+    check_buffer(s.d_gh, "d_gh", B, 3 * H, like);
+  } else {
+    check_buffer(s.h_next, "h_next", B, P, like);
+  }
+  check_device_lengths(s.lengths, B, like);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "rnnkernels_backward_step_cuda", [&] {
+    using T = typename CudaStorage<scalar_t>::type;
+    cuda::BackwardStepArgs<T> a;
+    a.cell = to_cell(s.mode);
+    a.t = s.t;
+    a.B = B;
+    a.H = H;
+    a.P = P;
+    a.lengths = lengths_ptr(s.lengths);
+    a.grad_out = ptr<T>(s.grad_out);
+    a.dh = ptr<T>(s.dh);
+    a.dh_raw = ptr<T>(s.dh_raw);
+    a.dc = lstm ? ptr<T>(s.dc) : nullptr;
+    a.saved = lstm || gru ? ptr<T>(s.saved) : nullptr;
+    a.h_prev = gru ? ptr<T>(s.h_prev) : nullptr;
+    a.h_next = !lstm && !gru ? ptr<T>(s.h_next) : nullptr;
+    a.c_prev = lstm ? ptr<T>(s.c_prev) : nullptr;
+    a.c_next = lstm ? ptr<T>(s.c_next) : nullptr;
+    a.d_pre = ptr<T>(s.d_pre);
+    a.d_gh = gru ? ptr<T>(s.d_gh) : nullptr;
+    a.dh_prev = ptr<T>(s.dh_prev);
+    RK_CUDA_CHECK(cuda::launch_backward_step<T>(a, current_stream()), "the backward step kernel");
+  });
+}
+
+void commit_projection_cuda(const CommitProjection& s) {
+  const int64_t B = s.out.size(0), P = s.out.size(1);
+  check_buffer(s.out, "out", B, P, s.out);
+  check_buffer(s.h_prev, "h_prev", B, P, s.out);
+  check_buffer(s.h_next, "h_next", B, P, s.out);
+  check_device_lengths(s.lengths, B, s.out);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.out.scalar_type(), "rnnkernels_commit_projection_cuda",
+                                  [&] {
+                                    using T = typename CudaStorage<scalar_t>::type;
+                                    RK_CUDA_CHECK(cuda::launch_commit_projection<T>(
+                                                      s.t, B, P, lengths_ptr(s.lengths), ptr<T>(s.out),
+                                                      ptr<T>(s.h_prev), ptr<T>(s.h_next), current_stream()),
+                                                  "the commit-projection kernel");
+                                  });
+}
+
+void gather_projected_grad_cuda(const GatherProjectedGrad& s) {
+  const int64_t B = s.dst.size(0), P = s.dst.size(1);
+  check_buffer(s.dst, "dst", B, P, s.dst);
+  check_buffer(s.dh, "dh", B, P, s.dst);
+  check_optional_buffer(s.grad_out, "grad_out", B, P, s.dst);
+  check_device_lengths(s.lengths, B, s.dst);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, s.dst.scalar_type(), "rnnkernels_gather_projected_grad_cuda", [&] {
+        using T = typename CudaStorage<scalar_t>::type;
+        RK_CUDA_CHECK(cuda::launch_gather_projected_grad<T>(s.t, B, P, lengths_ptr(s.lengths), ptr<T>(s.dh),
+                                                            ptr<T>(s.grad_out), ptr<T>(s.dst), current_stream()),
+                      "the gather-projected-grad kernel");
+      });
+}
+
+// ------------------------------------------------------ persistent forward
+
+namespace {
+
+using ForwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+at::Tensor given(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined() ? *t : at::Tensor(); }
+
+// A call the persistent kernel may take. Built only from arguments that are
+// already well formed: anything unexpected sends the call to the shared loop,
+// whose checks raise the user-facing error. `why_not` says why an otherwise
+// valid call cannot take the persistent path.
+struct PersistentCall {
+  bool well_formed = false;
+  std::string why_not;
+  Mode mode = Mode::Lstm;
+  int64_t T = 0, B = 0, I = 0, H = 0;
+  at::Tensor lengths;  // on x's device, or undefined when every row runs all T steps
+  cuda::PersistentPlan plan;
+};
+
+// The storage types the persistent kernel is built for: fn(float{}) or fn(__nv_bfloat16{}).
+template <typename F>
+void dispatch_persistent_dtype(at::ScalarType dtype, const F& fn) {
+  if (dtype == at::kFloat) return fn(float{});
+  TORCH_CHECK(dtype == at::kBFloat16, "rnnkernels: the persistent kernel runs float32 and bfloat16, got ", dtype);
+  return fn(__nv_bfloat16{});
+}
+
+bool same_place(const at::Tensor& t, const at::Tensor& x, at::IntArrayRef shape) {
+  return t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.sizes() == shape;
+}
+
+PersistentCall inspect_persistent(c10::string_view mode_name, const at::Tensor& x, const at::Tensor& h0,
+                                  const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                  const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
+                                  const at::Tensor& lengths) {
+  PersistentCall call;
+  if (mode_name != "lstm" && mode_name != "gru") {
+    call.why_not = "only lstm and gru have a persistent kernel";
+    return call;
+  }
+  call.mode = mode_name == "lstm" ? Mode::Lstm : Mode::Gru;
+  const int64_t G = gate_count(call.mode);
+  if (!x.is_cuda() || x.dim() != 3 || w_ih.dim() != 2 || w_ih.size(0) % G != 0 || w_ih.size(0) == 0) return call;
+  call.T = x.size(0);
+  call.B = x.size(1);
+  call.I = x.size(2);
+  call.H = w_ih.size(0) / G;
+  const int64_t B = call.B, H = call.H, GH = G * H;
+  if (!same_place(w_ih, x, {GH, call.I})) return call;
+  if (w_hr.defined()) {
+    call.well_formed = true;  // the projection loop checks the rest
+    call.why_not = "lstm with projection (proj_size > 0) runs the step loop";
+    return call;
+  }
+  if (!same_place(w_hh, x, {GH, H})) return call;
+  if (b_ih.defined() && !same_place(b_ih, x, {GH})) return call;
+  if (b_hh.defined() && !same_place(b_hh, x, {GH})) return call;
+  if (h0.defined() && !same_place(h0, x, {B, H})) return call;
+  if (c0.defined() && (call.mode != Mode::Lstm || !same_place(c0, x, {B, H}))) return call;
+  const auto dtype = x.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kBFloat16) return call;
+  if (lengths.defined()) {
+    if (!lengths.device().is_cpu() || lengths.scalar_type() != at::kLong || lengths.dim() != 1 ||
+        lengths.size(0) != B)
+      return call;
+    const at::Tensor host = lengths.contiguous();
+    const int64_t* len = host.data_ptr<int64_t>();
+    bool all_full = true;
+    for (int64_t b = 0; b < B; ++b) {
+      if (len[b] < 0 || len[b] > call.T) return call;
+      all_full = all_full && len[b] == call.T;
+    }
+    if (!all_full) call.lengths = host.to(x.device());
+  }
+  call.well_formed = true;
+  if (dtype == at::kDouble) {
+    call.why_not = "float64 runs the step loop (the persistent kernel is float32 and bfloat16)";
+  } else if (call.T == 0 || B == 0) {
+    call.why_not = "an empty sequence or batch runs the step loop";
+  } else if (B > 32) {
+    call.why_not = "batch " + std::to_string(B) + " > 32 runs the step loop";
+  } else if (H > (int64_t(1) << 20)) {
+    call.why_not = "hidden size too large";
+  } else {
+    dispatch_persistent_dtype(dtype, [&](auto type_tag) {
+      using T = decltype(type_tag);
+      RK_CUDA_CHECK(cuda::plan_persistent<T>(to_cell(call.mode), int(B), int(H), &call.plan),
+                    "planning the persistent kernel");
+    });
+    if (!call.plan.fits) {
+      call.why_not = "W_hh of hidden size " + std::to_string(H) +
+                     " does not fit in the shared memory of a co-resident grid on this device "
+                     "(or it has no cooperative launch)";
+    }
+  }
+  return call;
+}
+
+ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x_in, const at::Tensor& h0,
+                                 const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh_in,
+                                 const at::Tensor& b_ih, const at::Tensor& b_hh, bool reverse, bool training) {
+  const bool lstm = call.mode == Mode::Lstm;
+  const int64_t T = call.T, B = call.B, H = call.H, GH = gate_count(call.mode) * H;
+  const at::Tensor x = x_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const auto opts = x.options();
+  // pre (T, B, G*H) = x W_ih^T + b_ih (+ b_hh for lstm; gru keeps b_hh on the
+  // recurrent side, inside the kernel, because r scales its n part).
+  at::Tensor bias = b_ih;
+  if (b_hh.defined() && lstm) bias = bias.defined() ? bias + b_hh : b_hh;
+  at::Tensor pre = at::empty({T, B, GH}, opts);
+  at::Tensor pre_2d = pre.view({T * B, GH});
+  if (bias.defined()) {
+    at::addmm_out(pre_2d, bias, x.view({T * B, call.I}), w_ih.t());
+  } else {
+    at::mm_out(pre_2d, x.view({T * B, call.I}), w_ih.t());
+  }
+  // Saved-activation layout of csrc/rnn_layer.cpp: slot of the state before
+  // the k-th processed step; two alternating slots without training.
+  auto slot = [&](int64_t k) { return training ? (reverse ? T - k : k) : k % 2; };
+  const int64_t slots = training ? T + 1 : 2;
+  at::Tensor states = at::empty({slots, B, H}, opts);
+  at::Tensor cells = lstm ? at::empty({slots, B, H}, opts) : at::empty({0}, opts);
+  at::Tensor gates = training ? at::empty({T, B, 4 * H}, opts) : at::empty({0}, opts);
+  at::Tensor out = at::empty({T, B, H}, opts);
+  if (h0.defined()) states[slot(0)].copy_(h0); else states[slot(0)].zero_();
+  if (lstm) {
+    if (c0.defined()) cells[slot(0)].copy_(c0); else cells[slot(0)].zero_();
+  }
+  const at::Tensor b_hh_gru = (!lstm && b_hh.defined()) ? b_hh.contiguous() : at::Tensor();
+  dispatch_persistent_dtype(x.scalar_type(), [&](auto type_tag) {
+    using S = decltype(type_tag);
+    cuda::PersistentForwardArgs<S> a;
+    a.cell = to_cell(call.mode);
+    a.steps = int(T);
+    a.B = int(B);
+    a.H = int(H);
+    a.reverse = reverse;
+    a.training = training;
+    a.lengths = lengths_ptr(call.lengths);
+    a.pre = ptr<S>(pre);
+    a.w_hh = ptr<S>(w_hh);
+    a.b_hh = ptr<S>(b_hh_gru);
+    a.states = ptr<S>(states);
+    a.cells = lstm ? ptr<S>(cells) : nullptr;
+    a.out = ptr<S>(out);
+    a.gates = training ? ptr<S>(gates) : nullptr;
+    RK_CUDA_CHECK(cuda::launch_persistent_forward<S>(a, call.plan, current_stream()), "the persistent kernel");
+  });
+  at::Tensor h_n = states[slot(T)].clone();
+  at::Tensor c_n = lstm ? cells[slot(T)].clone() : at::empty({0}, opts);
+  if (!training) {
+    states = at::empty({0}, opts);
+    cells = at::empty({0}, opts);
+  }
+  return {out, h_n, c_n, states, cells, gates, at::empty({0}, opts)};
+}
+
+enum class PersistentPolicy { Auto, Never, Always };
+
+PersistentPolicy persistent_policy() {
+  const char* value = std::getenv("RNNKERNELS_CUDA_PERSISTENT");
+  if (value == nullptr || std::string(value).empty() || std::string(value) == "auto") return PersistentPolicy::Auto;
+  if (std::string(value) == "0") return PersistentPolicy::Never;
+  TORCH_CHECK(std::string(value) == "1", "rnnkernels: RNNKERNELS_CUDA_PERSISTENT must be 0, 1 or auto, got '",
+              value, "'");
+  return PersistentPolicy::Always;
+}
+
+// Custom ops get no device guard from the dispatcher: run on x's device.
+c10::optional<c10::Device> cuda_device_of(const at::Tensor& x) {
+  return x.is_cuda() ? c10::optional<c10::Device>(x.device()) : c10::nullopt;
+}
+
+ForwardResult rnn_layer_forward_cuda(c10::string_view mode, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
+                                     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+                                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
+                                     const c10::optional<at::Tensor>& lengths, bool reverse, bool training) {
+  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x));
+  const PersistentPolicy policy = persistent_policy();
+  if (policy != PersistentPolicy::Never) {
+    const PersistentCall call = inspect_persistent(mode, x, given(h0), given(c0), w_ih, w_hh, given(b_ih),
+                                                   given(b_hh), given(w_hr), given(lengths));
+    if (call.well_formed && call.why_not.empty()) {
+      return persistent_forward(call, x, given(h0), given(c0), w_ih.contiguous(), w_hh, given(b_ih), given(b_hh),
+                                reverse, training);
+    }
+    TORCH_CHECK(policy != PersistentPolicy::Always || !call.well_formed,
+                "rnnkernels: RNNKERNELS_CUDA_PERSISTENT=1 asks for the persistent kernel, but it cannot run this "
+                "call: ", call.why_not);
+  }
+  return rnn_layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+rnn_layer_backward_cuda(c10::string_view mode, const c10::optional<at::Tensor>& grad_output,
+                        const c10::optional<at::Tensor>& grad_h_n, const c10::optional<at::Tensor>& grad_c_n,
+                        const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                        const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths, bool reverse,
+                        const at::Tensor& states, const at::Tensor& cells, const at::Tensor& gates,
+                        const at::Tensor& hidden_raw, bool has_bias, bool input_grad, bool weight_grad) {
+  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x));
+  return rnn_layer_backward(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths, reverse, states,
+                            cells, gates, hidden_raw, has_bias, input_grad, weight_grad);
+}
+
+}  // namespace
+}  // namespace rnnkernels
+
+TORCH_LIBRARY_IMPL(rnnkernels, CUDA, m) {
+  m.impl("rnn_layer_forward", &rnnkernels::rnn_layer_forward_cuda);
+  m.impl("rnn_layer_backward", &rnnkernels::rnn_layer_backward_cuda);
+}
