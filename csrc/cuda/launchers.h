@@ -83,14 +83,15 @@ template <typename T>
 cudaError_t launch_gather_projected_grad(int64_t t, int64_t B, int64_t P, const int64_t* lengths, const T* dh,
                                          const T* grad_out, T* dst, cudaStream_t stream);
 
-// ------------------------------------------------------ persistent forward
+// ---------------------------------------------- persistent forward/backward
 // The whole sequence of an lstm or gru layer (no projection) in one
-// cooperative kernel: block i keeps the rows of W_hh of its hidden units
-// [i*U, (i+1)*U) (all G gates) in shared memory for every step, computes
-// their recurrent pre-activations from the previous state (read from L2),
-// applies the cell, writes its part of the next state and meets the other
-// blocks at one grid.sync() per step. The LSTM cell state of its units stays
-// in shared memory in float between steps.
+// cooperative kernel: block i keeps the part of W_hh that its hidden units
+// [i*U, (i+1)*U) need (forward: their rows of all G gates; backward: their
+// columns) in shared memory for every step, exchanges the state (forward: h;
+// backward: the gate gradients) with the other blocks through L2 and meets
+// them at one grid.sync() per step. The LSTM cell state (and the gradients
+// of h and c in backward) of its units stays in shared memory in float
+// between steps. See csrc/cuda/persistent_kernels.cu.
 
 struct PersistentPlan {
   bool fits = false;        // a co-resident grid holds all of W_hh on chip
@@ -101,9 +102,10 @@ struct PersistentPlan {
   size_t shared_bytes = 0;  // dynamic shared memory per block
 };
 
-// Whether and how the persistent kernel runs B x H on the current device.
+// Whether and how the persistent forward (backward == false) or backward
+// kernel runs B x H on the current device.
 template <typename T>
-cudaError_t plan_persistent(Cell cell, int B, int H, PersistentPlan* plan);
+cudaError_t plan_persistent(Cell cell, int B, int H, bool backward, PersistentPlan* plan);
 
 template <typename T>
 struct PersistentForwardArgs {
@@ -123,6 +125,32 @@ struct PersistentForwardArgs {
 template <typename T>
 cudaError_t launch_persistent_forward(const PersistentForwardArgs<T>& args, const PersistentPlan& plan,
                                       cudaStream_t stream);
+
+// Gradients of the recurrence from a training forward's saved activations
+// (layout of csrc/rnn_layer.cpp); the weight and input gradients are GEMMs
+// over d_pre done by the caller.
+template <typename T>
+struct PersistentBackwardArgs {
+  Cell cell;  // Lstm or Gru
+  int steps, B, H;
+  bool reverse;
+  const int64_t* lengths;  // (B,) or nullptr
+  const T* grad_output;    // (steps, B, H) or nullptr
+  const T* grad_h_n;       // (B, H) or nullptr
+  const T* grad_c_n;       // (B, H) lstm, or nullptr
+  const T* w_hh;           // (G*H, H)
+  const T* states;         // (steps + 1, B, H)
+  const T* cells;          // (steps + 1, B, H) lstm
+  const T* gates;          // (steps, B, 4H)
+  T* d_pre;                // (steps, B, G*H) out: gradient of the input-side pre-activations
+  T* d_gh;                 // (steps, B, 3H) out, gru: of h W_hh^T + b_hh (lstm: nullptr, same as d_pre)
+  T* grad_h0;              // (B, H) out
+  T* grad_c0;              // (B, H) out, lstm
+};
+
+template <typename T>
+cudaError_t launch_persistent_backward(const PersistentBackwardArgs<T>& args, const PersistentPlan& plan,
+                                       cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace rnnkernels

@@ -9,7 +9,7 @@
 // here. Every launch is preceded by checks of the buffers it touches and
 // followed by a check of its CUDA error (RK_CUDA_CHECK).
 //
-// Which forward runs (rnn_layer_forward_cuda):
+// Which path runs (rnn_layer_forward_cuda, rnn_layer_backward_cuda):
 //   persistent kernel  lstm or gru, no projection, float32 or bfloat16,
 //                      1 <= B <= 32, the device supports cooperative launch,
 //                      and W_hh fits in the shared memory of a grid that is
@@ -17,16 +17,21 @@
 //                      smallest slice of hidden units per block whose
 //                      ceil(H / units) blocks all fit at once; e.g. an H100's
 //                      132 SMs x ~227 KiB hold W_hh of an fp32 LSTM up to
-//                      H ~ 1100). Per step it saves one GEMM launch, one
-//                      pointwise launch and the round trip of the gate
-//                      pre-activations through global memory, which is what
-//                      dominates a small-batch step.
-//   step-kernel loop   everything else: per step one cuBLAS GEMM and one
-//                      fused pointwise kernel.
+//                      H ~ 1100, of a bf16 one up to H ~ 1500). Per step it
+//                      saves a GEMM launch, a pointwise launch and the round
+//                      trip of the gate pre-activations through global
+//                      memory, and reads W_hh from shared memory instead of
+//                      L2/HBM: what dominates a small-batch step.
+//   step-kernel loop   everything else (csrc/rnn_layer.cpp): per step one
+//                      cuBLAS GEMM and one fused pointwise kernel.
+// Forward and backward decide separately; both read and write the same
+// saved-activation layout, so either backward follows either forward.
 // RNNKERNELS_CUDA_PERSISTENT=0 forces the step loop; =1 requires the
-// persistent kernel (an error when the call is not eligible): the tests use
-// both to cover both paths. The backward always runs the step loop over the
-// activations either forward saved (same layout).
+// persistent kernels (a well-formed call they cannot run is an error; a
+// malformed one still gets the step loop's argument error): the tests use
+// both to cover both paths. Where the persistent path beats the step loop
+// beyond B <= 32 is for the GPU benchmarks (benchmarks/cuda_rnn_paths.py)
+// to tell; the bound is a first guess, not a measurement.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -238,21 +243,24 @@ void gather_projected_grad_cuda(const GatherProjectedGrad& s) {
       });
 }
 
-// ------------------------------------------------------ persistent forward
+// ---------------------------------------------- persistent forward/backward
 
 namespace {
 
 using ForwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 at::Tensor given(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined() ? *t : at::Tensor(); }
 
-// A call the persistent kernel may take. Built only from arguments that are
-// already well formed: anything unexpected sends the call to the shared loop,
-// whose checks raise the user-facing error. `why_not` says why an otherwise
-// valid call cannot take the persistent path.
+// A call the persistent kernels may take. It is built only from arguments
+// that are already well formed: anything unexpected sends the call to the
+// shared loop of csrc/rnn_layer.cpp, whose checks raise the user-facing
+// error. `why_not` says why a well-formed call cannot take the persistent path.
 struct PersistentCall {
   bool well_formed = false;
+  bool excluded_kind = false;  // rnn_tanh / rnn_relu, or lstm with projection: the step loop's alone
   std::string why_not;
   Mode mode = Mode::Lstm;
   int64_t T = 0, B = 0, I = 0, H = 0;
@@ -260,11 +268,11 @@ struct PersistentCall {
   cuda::PersistentPlan plan;
 };
 
-// The storage types the persistent kernel is built for: fn(float{}) or fn(__nv_bfloat16{}).
+// The storage types the persistent kernels are built for: fn(float{}) or fn(__nv_bfloat16{}).
 template <typename F>
 void dispatch_persistent_dtype(at::ScalarType dtype, const F& fn) {
   if (dtype == at::kFloat) return fn(float{});
-  TORCH_CHECK(dtype == at::kBFloat16, "rnnkernels: the persistent kernel runs float32 and bfloat16, got ", dtype);
+  TORCH_CHECK(dtype == at::kBFloat16, "rnnkernels: the persistent kernels run float32 and bfloat16, got ", dtype);
   return fn(__nv_bfloat16{});
 }
 
@@ -272,79 +280,89 @@ bool same_place(const at::Tensor& t, const at::Tensor& x, at::IntArrayRef shape)
   return t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.sizes() == shape;
 }
 
-PersistentCall inspect_persistent(c10::string_view mode_name, const at::Tensor& x, const at::Tensor& h0,
-                                  const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                  const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
-                                  const at::Tensor& lengths) {
+bool absent_or_same_place(const at::Tensor& t, const at::Tensor& x, at::IntArrayRef shape) {
+  return !t.defined() || same_place(t, x, shape);
+}
+
+// The arguments both passes share: mode, x, w_ih, w_hh, w_hr, lengths.
+// Returns with well_formed false at the first thing that is not as expected;
+// the caller checks its own arguments and then calls decide_persistent.
+PersistentCall inspect_common(c10::string_view mode_name, const at::Tensor& x, const at::Tensor& w_ih,
+                              const at::Tensor& w_hh, const at::Tensor& w_hr, const at::Tensor& lengths) {
   PersistentCall call;
   if (mode_name != "lstm" && mode_name != "gru") {
+    call.excluded_kind = true;
     call.why_not = "only lstm and gru have a persistent kernel";
     return call;
   }
   call.mode = mode_name == "lstm" ? Mode::Lstm : Mode::Gru;
   const int64_t G = gate_count(call.mode);
+  const auto dtype = x.scalar_type();
   if (!x.is_cuda() || x.dim() != 3 || w_ih.dim() != 2 || w_ih.size(0) % G != 0 || w_ih.size(0) == 0) return call;
+  if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kBFloat16) return call;
   call.T = x.size(0);
   call.B = x.size(1);
   call.I = x.size(2);
   call.H = w_ih.size(0) / G;
-  const int64_t B = call.B, H = call.H, GH = G * H;
+  const int64_t GH = G * call.H;
   if (!same_place(w_ih, x, {GH, call.I})) return call;
   if (w_hr.defined()) {
-    call.well_formed = true;  // the projection loop checks the rest
+    call.excluded_kind = true;
     call.why_not = "lstm with projection (proj_size > 0) runs the step loop";
     return call;
   }
-  if (!same_place(w_hh, x, {GH, H})) return call;
-  if (b_ih.defined() && !same_place(b_ih, x, {GH})) return call;
-  if (b_hh.defined() && !same_place(b_hh, x, {GH})) return call;
-  if (h0.defined() && !same_place(h0, x, {B, H})) return call;
-  if (c0.defined() && (call.mode != Mode::Lstm || !same_place(c0, x, {B, H}))) return call;
-  const auto dtype = x.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kBFloat16) return call;
+  if (!same_place(w_hh, x, {GH, call.H})) return call;
   if (lengths.defined()) {
     if (!lengths.device().is_cpu() || lengths.scalar_type() != at::kLong || lengths.dim() != 1 ||
-        lengths.size(0) != B)
+        lengths.size(0) != call.B)
       return call;
     const at::Tensor host = lengths.contiguous();
     const int64_t* len = host.data_ptr<int64_t>();
     bool all_full = true;
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = 0; b < call.B; ++b) {
       if (len[b] < 0 || len[b] > call.T) return call;
       all_full = all_full && len[b] == call.T;
     }
     if (!all_full) call.lengths = host.to(x.device());
   }
   call.well_formed = true;
+  return call;
+}
+
+// Sets why_not, or the plan when the persistent kernel of this pass can run.
+void decide_persistent(PersistentCall& call, at::ScalarType dtype, bool backward) {
+  if (!call.well_formed) return;
+  const int64_t B = call.B, H = call.H;
   if (dtype == at::kDouble) {
-    call.why_not = "float64 runs the step loop (the persistent kernel is float32 and bfloat16)";
+    call.why_not = "float64 runs the step loop (the persistent kernels are float32 and bfloat16)";
   } else if (call.T == 0 || B == 0) {
     call.why_not = "an empty sequence or batch runs the step loop";
   } else if (B > 32) {
     call.why_not = "batch " + std::to_string(B) + " > 32 runs the step loop";
   } else if (H > (int64_t(1) << 20)) {
-    call.why_not = "hidden size too large";
+    call.why_not = "hidden size " + std::to_string(H) + " is too large";
   } else {
     dispatch_persistent_dtype(dtype, [&](auto type_tag) {
       using T = decltype(type_tag);
-      RK_CUDA_CHECK(cuda::plan_persistent<T>(to_cell(call.mode), int(B), int(H), &call.plan),
+      RK_CUDA_CHECK(cuda::plan_persistent<T>(to_cell(call.mode), int(B), int(H), backward, &call.plan),
                     "planning the persistent kernel");
     });
     if (!call.plan.fits) {
       call.why_not = "W_hh of hidden size " + std::to_string(H) +
                      " does not fit in the shared memory of a co-resident grid on this device "
-                     "(or it has no cooperative launch)";
+                     "(or the device has no cooperative launch)";
     }
   }
-  return call;
 }
 
+bool takes_persistent(const PersistentCall& call) { return call.well_formed && call.why_not.empty(); }
+
 ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x_in, const at::Tensor& h0,
-                                 const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh_in,
+                                 const at::Tensor& c0, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
                                  const at::Tensor& b_ih, const at::Tensor& b_hh, bool reverse, bool training) {
   const bool lstm = call.mode == Mode::Lstm;
   const int64_t T = call.T, B = call.B, H = call.H, GH = gate_count(call.mode) * H;
-  const at::Tensor x = x_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const auto opts = x.options();
   // pre (T, B, G*H) = x W_ih^T + b_ih (+ b_hh for lstm; gru keeps b_hh on the
   // recurrent side, inside the kernel, because r scales its n part).
@@ -387,7 +405,8 @@ ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x
     a.cells = lstm ? ptr<S>(cells) : nullptr;
     a.out = ptr<S>(out);
     a.gates = training ? ptr<S>(gates) : nullptr;
-    RK_CUDA_CHECK(cuda::launch_persistent_forward<S>(a, call.plan, current_stream()), "the persistent kernel");
+    RK_CUDA_CHECK(cuda::launch_persistent_forward<S>(a, call.plan, current_stream()),
+                  "the persistent forward kernel");
   });
   at::Tensor h_n = states[slot(T)].clone();
   at::Tensor c_n = lstm ? cells[slot(T)].clone() : at::empty({0}, opts);
@@ -396,6 +415,66 @@ ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x
     cells = at::empty({0}, opts);
   }
   return {out, h_n, c_n, states, cells, gates, at::empty({0}, opts)};
+}
+
+// The recurrence runs in the persistent kernel; the input and weight
+// gradients are the same GEMMs over all T*B rows as csrc/rnn_layer.cpp's
+// (no projection here).
+BackwardResult persistent_backward(const PersistentCall& call, const at::Tensor& grad_output,
+                                   const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& x_in,
+                                   const at::Tensor& w_ih_in, const at::Tensor& w_hh_in, bool reverse,
+                                   const at::Tensor& states_in, const at::Tensor& cells_in,
+                                   const at::Tensor& gates_in, bool has_bias, bool input_grad, bool weight_grad) {
+  const bool lstm = call.mode == Mode::Lstm, gru = call.mode == Mode::Gru;
+  const int64_t T = call.T, B = call.B, I = call.I, H = call.H, GH = gate_count(call.mode) * H;
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor states = states_in.contiguous(), gates = gates_in.contiguous();
+  const at::Tensor cells = lstm ? cells_in.contiguous() : at::Tensor();
+  const at::Tensor g_out = grad_output.defined() ? grad_output.contiguous() : at::Tensor();
+  const at::Tensor g_h_n = grad_h_n.defined() ? grad_h_n.contiguous() : at::Tensor();
+  const at::Tensor g_c_n = lstm && grad_c_n.defined() ? grad_c_n.contiguous() : at::Tensor();
+  const auto opts = x.options();
+  at::Tensor d_pre = at::empty({T, B, GH}, opts);                 // input side
+  at::Tensor d_gh_all = gru ? at::empty({T, B, GH}, opts) : d_pre;  // recurrent side
+  at::Tensor grad_h0 = at::empty({B, H}, opts);
+  at::Tensor grad_c0 = lstm ? at::empty({B, H}, opts) : at::empty({0}, opts);
+  dispatch_persistent_dtype(x.scalar_type(), [&](auto type_tag) {
+    using S = decltype(type_tag);
+    cuda::PersistentBackwardArgs<S> a;
+    a.cell = to_cell(call.mode);
+    a.steps = int(T);
+    a.B = int(B);
+    a.H = int(H);
+    a.reverse = reverse;
+    a.lengths = lengths_ptr(call.lengths);
+    a.grad_output = ptr<S>(g_out);
+    a.grad_h_n = ptr<S>(g_h_n);
+    a.grad_c_n = ptr<S>(g_c_n);
+    a.w_hh = ptr<S>(w_hh);
+    a.states = ptr<S>(states);
+    a.cells = ptr<S>(cells);
+    a.gates = ptr<S>(gates);
+    a.d_pre = ptr<S>(d_pre);
+    a.d_gh = gru ? ptr<S>(d_gh_all) : nullptr;
+    a.grad_h0 = ptr<S>(grad_h0);
+    a.grad_c0 = lstm ? ptr<S>(grad_c0) : nullptr;
+    RK_CUDA_CHECK(cuda::launch_persistent_backward<S>(a, call.plan, current_stream()),
+                  "the persistent backward kernel");
+  });
+  const at::Tensor d_pre_2d = d_pre.view({T * B, GH}), d_gh_2d = d_gh_all.view({T * B, GH});
+  auto empty = [&] { return at::empty({0}, opts); };
+  at::Tensor grad_x = input_grad ? at::mm(d_pre_2d, w_ih).view({T, B, I}) : empty();
+  at::Tensor grad_w_ih = empty(), grad_w_hh = empty(), grad_b_ih = empty(), grad_b_hh = empty();
+  if (weight_grad) {
+    grad_w_ih = at::mm(d_pre_2d.t(), x.view({T * B, I}));
+    // The state entering step t, for all t: states[0:T] forward, states[1:T+1] in reverse.
+    grad_w_hh = at::mm(d_gh_2d.t(), states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, H}));
+    if (has_bias) {
+      grad_b_ih = d_pre_2d.sum(0);
+      grad_b_hh = gru ? d_gh_2d.sum(0) : grad_b_ih.clone();
+    }
+  }
+  return {grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, empty()};
 }
 
 enum class PersistentPolicy { Auto, Never, Always };
@@ -407,6 +486,14 @@ PersistentPolicy persistent_policy() {
   TORCH_CHECK(std::string(value) == "1", "rnnkernels: RNNKERNELS_CUDA_PERSISTENT must be 0, 1 or auto, got '",
               value, "'");
   return PersistentPolicy::Always;
+}
+
+// With RNNKERNELS_CUDA_PERSISTENT=1 a valid call that cannot take the
+// persistent path is an error, never a silent fallback.
+void check_policy(PersistentPolicy policy, const PersistentCall& call, const char* pass) {
+  const bool refused = call.excluded_kind || (call.well_formed && !takes_persistent(call));
+  TORCH_CHECK(policy != PersistentPolicy::Always || !refused, "rnnkernels: RNNKERNELS_CUDA_PERSISTENT=1 asks for the "
+              "persistent ", pass, " kernel, but it cannot run this call: ", call.why_not);
 }
 
 // Custom ops get no device guard from the dispatcher: run on x's device.
@@ -422,27 +509,49 @@ ForwardResult rnn_layer_forward_cuda(c10::string_view mode, const at::Tensor& x,
   const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x));
   const PersistentPolicy policy = persistent_policy();
   if (policy != PersistentPolicy::Never) {
-    const PersistentCall call = inspect_persistent(mode, x, given(h0), given(c0), w_ih, w_hh, given(b_ih),
-                                                   given(b_hh), given(w_hr), given(lengths));
-    if (call.well_formed && call.why_not.empty()) {
-      return persistent_forward(call, x, given(h0), given(c0), w_ih.contiguous(), w_hh, given(b_ih), given(b_hh),
-                                reverse, training);
+    PersistentCall call = inspect_common(mode, x, w_ih, w_hh, given(w_hr), given(lengths));
+    const int64_t GH = gate_count(call.mode) * call.H;
+    call.well_formed = call.well_formed && absent_or_same_place(given(b_ih), x, {GH}) &&
+                       absent_or_same_place(given(b_hh), x, {GH}) &&
+                       absent_or_same_place(given(h0), x, {call.B, call.H}) &&
+                       (!given(c0).defined() || (call.mode == Mode::Lstm && same_place(given(c0), x, {call.B, call.H})));
+    decide_persistent(call, x.scalar_type(), /*backward=*/false);
+    if (takes_persistent(call)) {
+      return persistent_forward(call, x, given(h0), given(c0), w_ih, w_hh, given(b_ih), given(b_hh), reverse,
+                                training);
     }
-    TORCH_CHECK(policy != PersistentPolicy::Always || !call.well_formed,
-                "rnnkernels: RNNKERNELS_CUDA_PERSISTENT=1 asks for the persistent kernel, but it cannot run this "
-                "call: ", call.why_not);
+    check_policy(policy, call, "forward");
   }
   return rnn_layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-rnn_layer_backward_cuda(c10::string_view mode, const c10::optional<at::Tensor>& grad_output,
-                        const c10::optional<at::Tensor>& grad_h_n, const c10::optional<at::Tensor>& grad_c_n,
-                        const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                        const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths, bool reverse,
-                        const at::Tensor& states, const at::Tensor& cells, const at::Tensor& gates,
-                        const at::Tensor& hidden_raw, bool has_bias, bool input_grad, bool weight_grad) {
+BackwardResult rnn_layer_backward_cuda(c10::string_view mode, const c10::optional<at::Tensor>& grad_output,
+                                       const c10::optional<at::Tensor>& grad_h_n,
+                                       const c10::optional<at::Tensor>& grad_c_n, const at::Tensor& x,
+                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                       const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths,
+                                       bool reverse, const at::Tensor& states, const at::Tensor& cells,
+                                       const at::Tensor& gates, const at::Tensor& hidden_raw, bool has_bias,
+                                       bool input_grad, bool weight_grad) {
   const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x));
+  const PersistentPolicy policy = persistent_policy();
+  if (policy != PersistentPolicy::Never) {
+    PersistentCall call = inspect_common(mode, x, w_ih, w_hh, given(w_hr), given(lengths));
+    const bool lstm = call.mode == Mode::Lstm;
+    const int64_t T = call.T, B = call.B, H = call.H;
+    const at::Tensor g_c_n = given(grad_c_n);
+    call.well_formed = call.well_formed && absent_or_same_place(given(grad_output), x, {T, B, H}) &&
+                       absent_or_same_place(given(grad_h_n), x, {B, H}) &&
+                       (lstm ? absent_or_same_place(g_c_n, x, {B, H}) : (!g_c_n.defined() || g_c_n.numel() == 0)) &&
+                       same_place(states, x, {T + 1, B, H}) && (!lstm || same_place(cells, x, {T + 1, B, H})) &&
+                       same_place(gates, x, {T, B, 4 * H});
+    decide_persistent(call, x.scalar_type(), /*backward=*/true);
+    if (takes_persistent(call)) {
+      return persistent_backward(call, given(grad_output), given(grad_h_n), g_c_n, x, w_ih, w_hh, reverse, states,
+                                 cells, gates, has_bias, input_grad, weight_grad);
+    }
+    check_policy(policy, call, "backward");
+  }
   return rnn_layer_backward(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths, reverse, states,
                             cells, gates, hidden_raw, has_bias, input_grad, weight_grad);
 }
