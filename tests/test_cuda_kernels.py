@@ -1,9 +1,9 @@
 """The cuda backend (csrc/cuda/) against the float64 reference.
 
-GPU tests (marked `gpu`, skipped without a CUDA device) cover both forward
-paths, chosen with RNNKERNELS_CUDA_PERSISTENT: "0" the step-kernel loop, "1"
-the persistent kernel (an error if the call could not take it, so a passing
-persistent test did run it). Cases: every cell, float64 / float32 (tf32 off)
+GPU tests (marked `gpu`, skipped without a CUDA device) cover both paths,
+chosen with RNNKERNELS_CUDA_PERSISTENT: "0" the step-kernel loop, "1" the
+persistent forward and backward kernels (an error if the call could not take
+them, so a passing persistent test did run them), and the two mixed. Cases: every cell, float64 / float32 (tf32 off)
 / bfloat16, uneven lengths (including 0), reverse (bidirectional), B=1,
 hidden sizes not multiples of 8, projection, several layers, no h0, no bias,
 inference (no saved activations) and bad input. Without a GPU: asking for the
@@ -132,6 +132,44 @@ def test_inference_matches_reference(mode, steps, path, seed, no_tf32, monkeypat
         for name, a, e in zip(("output", "h_n", "c_n"), actual, expected):
             error = relative_error(a, e)
             assert error <= TOLERANCE[torch.float32], f"{mode} reverse={reverse} {name}: {error}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("forward_path,backward_path", [("1", "0"), ("0", "1")])
+@pytest.mark.parametrize("mode", PERSISTENT_MODES)
+def test_forward_and_backward_paths_mix(mode, forward_path, backward_path, seed, no_tf32, monkeypatch):
+    """Either backward reads what either forward saved (one activation layout)."""
+    G = reference.GATES[mode]
+    T, B, I, H = 5, 3, 4, 11
+    leaves = [torch.randn(T, B, I, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64),
+              torch.randn(B, H, dtype=torch.float64), torch.randn(G * H, I, dtype=torch.float64) * 0.3,
+              torch.randn(G * H, H, dtype=torch.float64) * 0.3, torch.randn(G * H, dtype=torch.float64) * 0.3,
+              torch.randn(G * H, dtype=torch.float64) * 0.3]
+    if mode != "lstm":
+        leaves[2] = None
+    lengths = torch.tensor([5, 2, 4], dtype=torch.int64)
+    upstream = [torch.randn(T, B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64),
+                torch.randn(B, H, dtype=torch.float64)]
+
+    def grads(run, dtype, device):
+        inputs = [t.detach().to(dtype=dtype, device=device).requires_grad_() if t is not None else None
+                  for t in leaves]
+        outs = run(inputs)
+        pairs = [(o, u.to(dtype=dtype, device=device)) for o, u in zip(outs, upstream) if o is not None]
+        present = [t for t in inputs if t is not None]
+        return torch.autograd.grad([o for o, _ in pairs], present, [u for _, u in pairs])
+
+    expected = grads(lambda a: reference.rnn_layer(mode, *a, None, lengths, True), torch.float64, "cpu")
+
+    def ours(a):
+        monkeypatch.setenv("RNNKERNELS_CUDA_PERSISTENT", forward_path)
+        outs = backends.rnn_layer(mode, *a, None, lengths, True, backend="cuda")
+        monkeypatch.setenv("RNNKERNELS_CUDA_PERSISTENT", backward_path)  # read when backward runs
+        return outs
+
+    actual = grads(ours, torch.float32, "cuda")
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert relative_error(a, e) <= TOLERANCE[torch.float32], f"{mode} gradient {i}: {relative_error(a, e)}"
 
 
 @pytest.mark.gpu

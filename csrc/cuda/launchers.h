@@ -95,8 +95,8 @@ cudaError_t launch_gather_projected_grad(int64_t t, int64_t B, int64_t P, const 
 
 struct PersistentPlan {
   bool fits = false;        // a co-resident grid holds all of W_hh on chip
-  int units_per_block = 0;  // U
-  int blocks = 0;           // ceil(H / U) <= SMs * resident blocks per SM
+  int units_per_block = 0;  // U = ceil(H / SMs): one block per SM
+  int blocks = 0;           // ceil(H / U) <= SMs
   int threads = 0;
   int max_batch = 0;        // the kernel's batch tile (>= B)
   size_t shared_bytes = 0;  // dynamic shared memory per block

@@ -346,9 +346,12 @@ KernelPtr persistent_kernel(Cell cell, int max_batch, bool backward) {
   return max_batch <= 8 ? persistent_kernel_for<T, 8>(cell, backward) : persistent_kernel_for<T, 32>(cell, backward);
 }
 
-// The first (smallest) U whose grid of ceil(H / U) blocks is co-resident:
-// most blocks, so most SMs, share the work. Larger U only grows shared
-// memory per block, so the search stops when U's slice exceeds it.
+// One block per SM, each with U = ceil(H / SMs) units. Fewer, larger blocks
+// would leave SMs idle; more, smaller ones would share an SM's shared memory
+// (the weights take as much in total) and each restage h from L2, whose
+// traffic (blocks * B * H per step) is the other main cost of a step. The
+// grid fits when one block's slice of W_hh plus its buffers fits in the
+// opt-in shared memory of a block and the blocks are co-resident.
 template <typename T>
 cudaError_t search_plan(Cell cell, int max_batch, int H, bool backward, PersistentPlan* plan) {
   int device = 0, cooperative = 0, sms = 0, shared_optin = 0;
@@ -356,29 +359,24 @@ cudaError_t search_plan(Cell cell, int max_batch, int H, bool backward, Persiste
   RK_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   RK_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   RK_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (!cooperative) return cudaSuccess;
+  if (!cooperative || sms < 1) return cudaSuccess;
+  const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
+  const size_t bytes = shared_bytes<T>(gates_of(cell), units, H, max_batch, backward);
+  if (bytes > size_t(shared_optin)) return cudaSuccess;
   const KernelPtr kernel = persistent_kernel<T>(cell, max_batch, backward);
+  // The maximum, not `bytes`: plans of other H share this kernel and stay cached.
   RK_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_optin));
   RK_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  const int G = gates_of(cell);
-  for (int U = (H + sms * 8 - 1) / (sms * 8); U <= H; ++U) {  // 8 blocks per SM is more than ever fit
-    if (U < 1) continue;
-    const size_t bytes = shared_bytes<T>(G, U, H, max_batch, backward);
-    if (bytes > size_t(shared_optin)) break;
-    const int blocks = (H + U - 1) / U;
-    int per_sm = 0;
-    RK_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads, bytes));
-    if (int64_t(per_sm) * sms >= blocks) {
-      plan->fits = true;
-      plan->units_per_block = U;
-      plan->blocks = blocks;
-      plan->threads = kPersistentThreads;
-      plan->max_batch = max_batch;
-      plan->shared_bytes = bytes;
-      return cudaSuccess;
-    }
-  }
+  int per_sm = 0;
+  RK_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads, bytes));
+  if (int64_t(per_sm) * sms < blocks) return cudaSuccess;
+  plan->fits = true;
+  plan->units_per_block = units;
+  plan->blocks = blocks;
+  plan->threads = kPersistentThreads;
+  plan->max_batch = max_batch;
+  plan->shared_bytes = bytes;
   return cudaSuccess;
 }
 

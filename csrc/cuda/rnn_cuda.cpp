@@ -12,13 +12,14 @@
 // Which path runs (rnn_layer_forward_cuda, rnn_layer_backward_cuda):
 //   persistent kernel  lstm or gru, no projection, float32 or bfloat16,
 //                      1 <= B <= 32, the device supports cooperative launch,
-//                      and W_hh fits in the shared memory of a grid that is
-//                      co-resident on the device (plan_persistent: the
-//                      smallest slice of hidden units per block whose
-//                      ceil(H / units) blocks all fit at once; e.g. an H100's
-//                      132 SMs x ~227 KiB hold W_hh of an fp32 LSTM up to
-//                      H ~ 1100, of a bf16 one up to H ~ 1500). Per step it
-//                      saves a GEMM launch, a pointwise launch and the round
+//                      and W_hh fits in the shared memory of one block per
+//                      SM (plan_persistent: U = ceil(H / SMs) hidden units
+//                      per block, each block's slice of W_hh plus buffers
+//                      within the opt-in shared memory per block; on an H100,
+//                      132 SMs x 227 KiB, that is an fp32 LSTM up to
+//                      H ~ 1200 and a bf16 one up to H ~ 1700, by a model of
+//                      the search, not measured). Per step it saves a GEMM
+//                      launch, a pointwise launch and the round
 //                      trip of the gate pre-activations through global
 //                      memory, and reads W_hh from shared memory instead of
 //                      L2/HBM: what dominates a small-batch step.
