@@ -80,8 +80,11 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
   // Inference writes the activations to a throw-away row: a branch-free inner
   // loop is one the compiler vectorises.
   std::vector<scalar_t> scratch(s.saved.defined() ? 0 : saved_gate_count(s.mode) * H);
+  const scalar_t* b_ih = s.b_ih.data_ptr<scalar_t>();
+  const scalar_t* b_hh = s.b_hh.data_ptr<scalar_t>();
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const scalar_t* pre = row<scalar_t>(s.pre, b);
+    const scalar_t* gi = row<scalar_t>(s.gi, b);
+    const scalar_t* gh = row<scalar_t>(s.gh, b);
     const scalar_t* h_prev = row<scalar_t>(s.h_prev, b);
     scalar_t* h_next = row<scalar_t>(s.h_next, b);
     scalar_t* out = row<scalar_t>(s.out, b);
@@ -97,6 +100,8 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       if (s.saved.defined()) zero_row(saved, saved_gate_count(s.mode) * H);
       continue;
     }
+    // Pre-activation of gate unit k: both GEMM outputs plus both biases.
+    auto pre = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]) + acc_t(gh[k]) + acc_t(b_hh[k]); };
     // h goes to h_raw (to be projected) or straight into the next state.
     scalar_t* h_dst = projected ? row<scalar_t>(s.h_raw, b) : h_next;
     if (lstm) {
@@ -106,8 +111,8 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       for (int64_t j = 0; j < H; ++j) {
         cells::LstmActivations<acc_t> act;
         acc_t c, h;
-        cells::lstm_forward<acc_t, Math>(acc_t(pre[j]), acc_t(pre[H + j]), acc_t(pre[2 * H + j]),
-                                         acc_t(pre[3 * H + j]), acc_t(c_prev[j]), act, c, h);
+        cells::lstm_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), acc_t(c_prev[j]), act,
+                                         c, h);
         c_next[j] = scalar_t(c);
         h_dst[j] = scalar_t(h);
         saved[j] = scalar_t(act.i);
@@ -116,13 +121,13 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
         saved[3 * H + j] = scalar_t(act.o);
       }
     } else if (gru) {
-      const scalar_t* gh = row<scalar_t>(s.gh, b);
+      auto in = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]); };
+      auto rec = [&](int64_t k) { return acc_t(gh[k]) + acc_t(b_hh[k]); };
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         cells::GruActivations<acc_t> act;
-        const acc_t h = cells::gru_forward<acc_t, Math>(
-            acc_t(pre[j]), acc_t(pre[H + j]), acc_t(pre[2 * H + j]), acc_t(gh[j]), acc_t(gh[H + j]),
-            acc_t(gh[2 * H + j]), acc_t(h_prev[j]), act);
+        const acc_t h = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
+                                                        rec(2 * H + j), acc_t(h_prev[j]), act);
         h_dst[j] = scalar_t(h);
         saved[j] = scalar_t(act.r);
         saved[H + j] = scalar_t(act.z);
@@ -131,10 +136,10 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       }
     } else if (s.mode == Mode::RnnTanh) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(acc_t(pre[j])));
+      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(acc_t(pre[j])));
+      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(pre(j)));
     }
     if (!projected) copy_row(out, h_next, P);
   }
@@ -251,9 +256,9 @@ void backward_block(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
 }  // namespace
 
 void forward_step_cpu(const ForwardStep& step) {
-  const int64_t batch = step.pre.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.pre.scalar_type(), "rnnkernels_forward_step_cpu", [&] {
-    for_each_row_block(batch, step.pre.size(1), [&](int64_t b0, int64_t b1) { forward_block<scalar_t>(step, b0, b1); });
+  const int64_t batch = step.gi.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.gi.scalar_type(), "rnnkernels_forward_step_cpu", [&] {
+    for_each_row_block(batch, step.gi.size(1), [&](int64_t b0, int64_t b1) { forward_block<scalar_t>(step, b0, b1); });
   });
 }
 
