@@ -30,8 +30,10 @@ struct ForwardStep {
   Mode mode;
   int64_t t;           // time index of this step
   at::Tensor lengths;  // (B,) int64 on x's device, or undefined: every row alive
-  at::Tensor pre;      // (B, G*H) lstm/rnn: all pre-activations; gru: x W_ih^T + b_ih
-  at::Tensor gh;       // (B, 3H) gru only: h W_hh^T + b_hh
+  at::Tensor gi;       // (B, G*H) x[t] W_ih^T (no bias)
+  at::Tensor gh;       // (B, G*H) h_prev W_hh^T (no bias)
+  at::Tensor b_ih;     // (G*H,) biases (zeros when the layer has none), added here so
+  at::Tensor b_hh;     //        that both GEMMs write their outputs without a bias copy
   at::Tensor h_prev;   // (B, P)
   at::Tensor h_next;   // (B, P) state after the step; unused with projection (see commit_projection)
   at::Tensor c_prev;   // (B, H) lstm only

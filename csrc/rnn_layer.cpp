@@ -1,8 +1,8 @@
 // The sequence loop of one recurrent layer in one direction (see rnn_layer.h).
 //
-// Forward:  pre (T, B, G*H) = x W_ih^T + biases      one GEMM for all steps
-//           per step: pre[t] += h W_hh^T              one GEMM (gru: into gh)
-//                     pointwise step                   cells.h, per device
+// Forward:  gi (T, B, G*H) = x W_ih^T                one GEMM for all steps
+//           per step: gh = h W_hh^T                   one GEMM
+//                     pointwise step (adds biases)     cells.h, per device
 // Backward: per step, in reverse processing order:
 //                     pointwise step -> d_pre[t]
 //                     dh = dh_prev + d_pre[t] W_hh    one GEMM
@@ -184,19 +184,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, GH = s.G * s.H;
   const auto opts = x.options();
 
-  // pre (T, B, G*H) = x W_ih^T + b_ih (+ b_hh, except for gru where r scales
-  // the recurrent n part, so its bias stays with the recurrent GEMM).
-  at::Tensor bias;
-  if (b_ih.defined()) bias = b_ih;
-  if (b_hh.defined() && !gru) bias = bias.defined() ? bias + b_hh : b_hh;
-  at::Tensor pre = at::empty({T, B, GH}, opts);
-  if (bias.defined()) {
-    at::Tensor pre_2d = pre.view({T * B, GH});
-    at::addmm_out(pre_2d, bias, x.view({T * B, s.I}), w_ih.t());
-  } else {
-    at::Tensor pre_2d = pre.view({T * B, GH});
-    at::mm_out(pre_2d, x.view({T * B, s.I}), w_ih.t());
+  // gi (T, B, G*H) = x W_ih^T for all steps in one GEMM. The weights are
+  // transposed once into contiguous (in, G*H) copies: MKL runs these GEMMs
+  // 1.2-1.8x faster than on a transposed view. Biases go to the pointwise step.
+  const at::Tensor w_ih_t = w_ih.t().contiguous(), w_hh_t = w_hh.t().contiguous();
+  at::Tensor gi = at::empty({T, B, GH}, opts);
+  {
+    at::Tensor gi_2d = gi.view({T * B, GH});
+    at::mm_out(gi_2d, x.view({T * B, s.I}), w_ih_t);
   }
+  const at::Tensor zero_bias = (b_ih.defined() && b_hh.defined()) ? at::Tensor() : at::zeros({GH}, opts);
+  const at::Tensor bias_ih = b_ih.defined() ? b_ih.contiguous() : zero_bias;
+  const at::Tensor bias_hh = b_hh.defined() ? b_hh.contiguous() : zero_bias;
 
   const StateSlots slot{T, reverse, training};
   const int64_t n_slots = training ? T + 1 : 2;
@@ -206,29 +205,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                                           : at::empty({0}, opts);
   // h before projection: saved for backward, else one step's scratch.
   at::Tensor hidden_raw = w_hr.defined() ? at::empty({training ? T : 1, B, H}, opts) : at::empty({0}, opts);
-  at::Tensor gh = gru ? at::empty({B, GH}, opts) : at::Tensor();
+  const at::Tensor w_hr_t = w_hr.defined() ? w_hr.t().contiguous() : at::Tensor();  // (H, P)
+  at::Tensor gh = at::empty({B, GH}, opts);  // (B, G*H) h_prev W_hh^T of the current step
   at::Tensor out = at::empty({T, B, P}, opts);
 
   if (h0.defined()) states[slot(0)].copy_(h0); else states[slot(0)].zero_();
   if (lstm) {
     if (c0.defined()) cells[slot(0)].copy_(c0); else cells[slot(0)].zero_();
   }
-  const at::Tensor w_hh_t = w_hh.t();  // (P, G*H) view
   for (const auto k : c10::irange(T)) {
     const int64_t t = reverse ? T - 1 - k : k;
     ForwardStep step;
     step.mode = s.mode;
     step.t = t;
     step.lengths = lengths;
-    step.pre = pre[t];
+    step.gi = gi[t];
+    step.gh = gh;
+    step.b_ih = bias_ih;
+    step.b_hh = bias_hh;
     step.h_prev = states[slot(k)];
     step.h_next = states[slot(k + 1)];
-    if (gru) {
-      step.gh = gh;
-      if (b_hh.defined()) at::addmm_out(gh, b_hh, step.h_prev, w_hh_t); else at::mm_out(gh, step.h_prev, w_hh_t);
-    } else {
-      step.pre.addmm_(step.h_prev, w_hh_t);
-    }
+    at::mm_out(gh, step.h_prev, w_hh_t);
     if (lstm) {
       step.c_prev = cells[slot(k)];
       step.c_next = cells[slot(k + 1)];
@@ -238,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (gates.numel() > 0) step.saved = gates[t];
     forward_step(step, x);
     if (w_hr.defined()) {
-      at::mm_out(step.out, step.h_raw, w_hr.t());
+      at::mm_out(step.out, step.h_raw, w_hr_t);
       commit_projection({t, lengths, step.out, step.h_prev, step.h_next}, x);
     }
   }

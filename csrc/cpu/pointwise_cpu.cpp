@@ -1,12 +1,19 @@
 // CPU implementation of the fused pointwise pass of one time step (see
 // csrc/pointwise.h): rows of the batch are split over threads with
 // at::parallel_for; each row applies the cells.h gate math to its H units.
+
+// Lets GCC if-convert (and so vectorise) FastFloatMath's selects, whose arms
+// hold divisions it would otherwise refuse to run speculatively; nothing here
+// relies on floating-point exceptions.
+#pragma GCC optimize("no-trapping-math")
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "cells.h"
 #include "cpu/fast_math.h"
@@ -14,6 +21,17 @@
 
 namespace rnnkernels {
 namespace {
+
+// float rows are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at
+// load time (GCC function multiversioning): the wheel stays portable and the
+// vectorised gate math runs at the machine's vector width.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define RK_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define RK_CPU_CLONES
+#define RK_ALWAYS_INLINE inline
+#endif
 
 // Below this many elements a step runs on one thread: forking costs more.
 constexpr int64_t kMinElementsPerTask = 4096;
@@ -51,7 +69,7 @@ void zero_row(scalar_t* dst, int64_t n) {
 // ------------------------------------------------------------------ forward
 
 template <typename scalar_t>
-void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Math = CpuMath<acc_t>;
   const int64_t* lengths = lengths_ptr(s.lengths);
@@ -59,12 +77,18 @@ void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
   const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
   const int64_t H = lstm ? s.c_prev.size(1) : P;
   const bool projected = s.h_raw.defined();
+  // Inference writes the activations to a throw-away row: a branch-free inner
+  // loop is one the compiler vectorises.
+  std::vector<scalar_t> scratch(s.saved.defined() ? 0 : saved_gate_count(s.mode) * H);
+  const scalar_t* b_ih = s.b_ih.data_ptr<scalar_t>();
+  const scalar_t* b_hh = s.b_hh.data_ptr<scalar_t>();
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const scalar_t* pre = row<scalar_t>(s.pre, b);
+    const scalar_t* gi = row<scalar_t>(s.gi, b);
+    const scalar_t* gh = row<scalar_t>(s.gh, b);
     const scalar_t* h_prev = row<scalar_t>(s.h_prev, b);
     scalar_t* h_next = row<scalar_t>(s.h_next, b);
     scalar_t* out = row<scalar_t>(s.out, b);
-    scalar_t* saved = row<scalar_t>(s.saved, b);
+    scalar_t* saved = s.saved.defined() ? row<scalar_t>(s.saved, b) : scratch.data();
     if (!alive(lengths, b, s.t)) {  // frozen state, zero output
       if (lstm) copy_row(row<scalar_t>(s.c_next, b), row<scalar_t>(s.c_prev, b), H);
       if (projected) {
@@ -73,9 +97,11 @@ void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
         copy_row(h_next, h_prev, P);
         zero_row(out, P);
       }
-      zero_row(saved, saved_gate_count(s.mode) * H);
+      if (s.saved.defined()) zero_row(saved, saved_gate_count(s.mode) * H);
       continue;
     }
+    // Pre-activation of gate unit k: both GEMM outputs plus both biases.
+    auto pre = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]) + acc_t(gh[k]) + acc_t(b_hh[k]); };
     // h goes to h_raw (to be projected) or straight into the next state.
     scalar_t* h_dst = projected ? row<scalar_t>(s.h_raw, b) : h_next;
     if (lstm) {
@@ -85,39 +111,35 @@ void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
       for (int64_t j = 0; j < H; ++j) {
         cells::LstmActivations<acc_t> act;
         acc_t c, h;
-        cells::lstm_forward<acc_t, Math>(acc_t(pre[j]), acc_t(pre[H + j]), acc_t(pre[2 * H + j]),
-                                         acc_t(pre[3 * H + j]), acc_t(c_prev[j]), act, c, h);
+        cells::lstm_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), acc_t(c_prev[j]), act,
+                                         c, h);
         c_next[j] = scalar_t(c);
         h_dst[j] = scalar_t(h);
-        if (saved != nullptr) {
-          saved[j] = scalar_t(act.i);
-          saved[H + j] = scalar_t(act.f);
-          saved[2 * H + j] = scalar_t(act.g);
-          saved[3 * H + j] = scalar_t(act.o);
-        }
+        saved[j] = scalar_t(act.i);
+        saved[H + j] = scalar_t(act.f);
+        saved[2 * H + j] = scalar_t(act.g);
+        saved[3 * H + j] = scalar_t(act.o);
       }
     } else if (gru) {
-      const scalar_t* gh = row<scalar_t>(s.gh, b);
+      auto in = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]); };
+      auto rec = [&](int64_t k) { return acc_t(gh[k]) + acc_t(b_hh[k]); };
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         cells::GruActivations<acc_t> act;
-        const acc_t h = cells::gru_forward<acc_t, Math>(
-            acc_t(pre[j]), acc_t(pre[H + j]), acc_t(pre[2 * H + j]), acc_t(gh[j]), acc_t(gh[H + j]),
-            acc_t(gh[2 * H + j]), acc_t(h_prev[j]), act);
+        const acc_t h = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
+                                                        rec(2 * H + j), acc_t(h_prev[j]), act);
         h_dst[j] = scalar_t(h);
-        if (saved != nullptr) {
-          saved[j] = scalar_t(act.r);
-          saved[H + j] = scalar_t(act.z);
-          saved[2 * H + j] = scalar_t(act.n);
-          saved[3 * H + j] = scalar_t(act.gh_n);
-        }
+        saved[j] = scalar_t(act.r);
+        saved[H + j] = scalar_t(act.z);
+        saved[2 * H + j] = scalar_t(act.n);
+        saved[3 * H + j] = scalar_t(act.gh_n);
       }
     } else if (s.mode == Mode::RnnTanh) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(acc_t(pre[j])));
+      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(acc_t(pre[j])));
+      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(pre(j)));
     }
     if (!projected) copy_row(out, h_next, P);
   }
@@ -126,7 +148,7 @@ void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
 // ----------------------------------------------------------------- backward
 
 template <typename scalar_t>
-void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+RK_ALWAYS_INLINE void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Math = CpuMath<acc_t>;
   const int64_t* lengths = lengths_ptr(s.lengths);
@@ -134,6 +156,7 @@ void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
   const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
   const int64_t H = lstm ? s.dc.size(1) : P;
   const int64_t GH = s.d_pre.size(1);
+  std::vector<acc_t> dh_row(H);  // gradient of this step's h (before projection)
   for (int64_t b = b_begin; b < b_end; ++b) {
     const scalar_t* dh_carry = row<scalar_t>(s.dh, b);
     scalar_t* dh_prev = row<scalar_t>(s.dh_prev, b);
@@ -148,10 +171,14 @@ void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
     const scalar_t* dh_raw = row<scalar_t>(s.dh_raw, b);
     const scalar_t* grad_out = row<scalar_t>(s.grad_out, b);
     const scalar_t* saved = row<scalar_t>(s.saved, b);
-    auto dh_at = [&](int64_t j) -> acc_t {
-      if (dh_raw != nullptr) return acc_t(dh_raw[j]);
-      return grad_out != nullptr ? acc_t(dh_carry[j]) + acc_t(grad_out[j]) : acc_t(dh_carry[j]);
-    };
+    if (dh_raw != nullptr) {
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_raw[j]);
+    } else if (grad_out != nullptr) {
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_carry[j]) + acc_t(grad_out[j]);
+    } else {
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_carry[j]);
+    }
+    const acc_t* dh = dh_row.data();
     if (lstm) {
       const scalar_t* c_prev = row<scalar_t>(s.c_prev, b);
       const scalar_t* c_next = row<scalar_t>(s.c_next, b);
@@ -161,7 +188,7 @@ void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
         const cells::LstmActivations<acc_t> act{acc_t(saved[j]), acc_t(saved[H + j]), acc_t(saved[2 * H + j]),
                                                 acc_t(saved[3 * H + j])};
         acc_t d_i, d_f, d_g, d_o, dc_prev;
-        cells::lstm_backward<acc_t, Math>(dh_at(j), acc_t(dc[j]), act, acc_t(c_prev[j]), acc_t(c_next[j]), d_i,
+        cells::lstm_backward<acc_t, Math>(dh[j], acc_t(dc[j]), act, acc_t(c_prev[j]), acc_t(c_next[j]), d_i,
                                           d_f, d_g, d_o, dc_prev);
         d_pre[j] = scalar_t(d_i);
         d_pre[H + j] = scalar_t(d_f);
@@ -178,7 +205,7 @@ void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
         const cells::GruActivations<acc_t> act{acc_t(saved[j]), acc_t(saved[H + j]), acc_t(saved[2 * H + j]),
                                                acc_t(saved[3 * H + j])};
         acc_t d_r, d_z, d_n, d_hn, dh_direct;
-        cells::gru_backward<acc_t>(dh_at(j), act, acc_t(h_prev[j]), d_r, d_z, d_n, d_hn, dh_direct);
+        cells::gru_backward<acc_t>(dh[j], act, acc_t(h_prev[j]), d_r, d_z, d_n, d_hn, dh_direct);
         d_pre[j] = d_gh[j] = scalar_t(d_r);
         d_pre[H + j] = d_gh[H + j] = scalar_t(d_z);
         d_pre[2 * H + j] = scalar_t(d_n);
@@ -190,29 +217,55 @@ void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
       const bool tanh_mode = s.mode == Mode::RnnTanh;
       if (tanh_mode) {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_tanh_backward<acc_t>(dh_at(j), acc_t(h_next[j])));
+        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_tanh_backward<acc_t>(dh[j], acc_t(h_next[j])));
       } else {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_relu_backward<acc_t>(dh_at(j), acc_t(h_next[j])));
+        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_relu_backward<acc_t>(dh[j], acc_t(h_next[j])));
       }
       zero_row(dh_prev, P);
     }
   }
 }
 
+RK_CPU_CLONES void forward_rows_float(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+  forward_rows<float>(s, b_begin, b_end);
+}
+
+RK_CPU_CLONES void backward_rows_float(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+  backward_rows<float>(s, b_begin, b_end);
+}
+
+template <typename scalar_t>
+void forward_block(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    forward_rows_float(s, b_begin, b_end);
+  } else {
+    forward_rows<scalar_t>(s, b_begin, b_end);
+  }
+}
+
+template <typename scalar_t>
+void backward_block(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    backward_rows_float(s, b_begin, b_end);
+  } else {
+    backward_rows<scalar_t>(s, b_begin, b_end);
+  }
+}
+
 }  // namespace
 
 void forward_step_cpu(const ForwardStep& step) {
-  const int64_t batch = step.pre.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.pre.scalar_type(), "rnnkernels_forward_step_cpu", [&] {
-    for_each_row_block(batch, step.pre.size(1), [&](int64_t b0, int64_t b1) { forward_rows<scalar_t>(step, b0, b1); });
+  const int64_t batch = step.gi.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.gi.scalar_type(), "rnnkernels_forward_step_cpu", [&] {
+    for_each_row_block(batch, step.gi.size(1), [&](int64_t b0, int64_t b1) { forward_block<scalar_t>(step, b0, b1); });
   });
 }
 
 void backward_step_cpu(const BackwardStep& step) {
   const int64_t batch = step.d_pre.size(0);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.d_pre.scalar_type(), "rnnkernels_backward_step_cpu", [&] {
-    for_each_row_block(batch, step.d_pre.size(1), [&](int64_t b0, int64_t b1) { backward_rows<scalar_t>(step, b0, b1); });
+    for_each_row_block(batch, step.d_pre.size(1), [&](int64_t b0, int64_t b1) { backward_block<scalar_t>(step, b0, b1); });
   });
 }
 
