@@ -55,11 +55,18 @@ $(CUDA_CHECK_SHIM):
 	@mkdir -p $(@D)
 	@printf '#pragma once\n// Stand-in for the header a CUDA build of torch generates.\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > $@
 
+CUDA_CXX = g++ -std=c++17 -O0 -c -Wall -DRNNKERNELS_WITH_CUDA -I csrc \
+  $$($(PYTHON) -c "import torch.utils.cpp_extension as c; print(' '.join('-isystem ' + p for p in c.include_paths()))") \
+  -isystem $(CUDA_CHECK)/include -isystem $(CUDA_INCLUDE)
+
+# Warnings are errors in csrc/cuda/ only (the shared loop has its own owner).
+$(CUDA_CHECK)/cuda/%.o: csrc/cuda/%.cpp $(CUDA_HEADERS) $(CUDA_CHECK_SHIM)
+	@mkdir -p $(@D)
+	$(CUDA_CXX) -Werror $< -o $@
+
 $(CUDA_CHECK)/%.o: csrc/%.cpp $(CUDA_HEADERS) $(CUDA_CHECK_SHIM)
 	@mkdir -p $(@D)
-	g++ -std=c++17 -O0 -c -Wall -Werror -DRNNKERNELS_WITH_CUDA -I csrc \
-	  $$($(PYTHON) -c "import torch.utils.cpp_extension as c; print(' '.join('-isystem ' + p for p in c.include_paths()))") \
-	  -isystem $(CUDA_CHECK)/include -isystem $(CUDA_INCLUDE) $< -o $@
+	$(CUDA_CXX) $< -o $@
 
 cuda-check: $(CU_OBJECTS) $(CUDA_CXX_OBJECTS)
 	@nm --defined-only $^ | awk 'NF == 3 {print $$3}' | sort -u > $(CUDA_CHECK)/defined.txt

@@ -38,8 +38,10 @@ struct ForwardStepArgs {
   Cell cell;
   int64_t t, B, H, P;
   const int64_t* lengths;  // (B,) or nullptr
-  const T* pre;            // (B, G*H) lstm/rnn: all pre-activations; gru: x W_ih^T + b_ih
-  const T* gh;             // (B, 3H) gru: h W_hh^T + b_hh; else nullptr
+  const T* gi;             // (B, G*H) x[t] W_ih^T (no bias)
+  const T* gh;             // (B, G*H) h_prev W_hh^T (no bias)
+  const T* b_ih;           // (G*H,) (zeros when the layer has none)
+  const T* b_hh;           // (G*H,)
   const T* h_prev;         // (B, P)
   T* h_next;               // (B, P); unused with projection
   const T* c_prev;         // (B, H) lstm
@@ -113,9 +115,10 @@ struct PersistentForwardArgs {
   int steps, B, H;
   bool reverse, training;
   const int64_t* lengths;  // (B,) or nullptr
-  const T* pre;            // (steps, B, G*H) x W_ih^T + b_ih (+ b_hh for lstm)
+  const T* gi;             // (steps, B, G*H) x W_ih^T (no bias)
   const T* w_hh;           // (G*H, H)
-  const T* b_hh;           // (G*H,) gru, or nullptr (no bias)
+  const T* b_ih;           // (G*H,) or nullptr (no bias)
+  const T* b_hh;           // (G*H,) or nullptr
   T* states;               // (slots, B, H) with the initial state in its slot (layout: rnn_layer.cpp)
   T* cells;                // (slots, B, H) lstm, initial cell state in its slot
   T* out;                  // (steps, B, H)

@@ -9,7 +9,7 @@
 //      owns a row, its lanes split k and hold one partial per batch row; a
 //      warp reduce-scatter leaves the total for b in one lane.
 //   2. pointwise: thread (u, b) adds the input projection (precomputed for
-//      all steps by one GEMM) and applies the cells.h cell; h goes to global
+//      all steps by one GEMM) and both biases and applies the cells.h cell; h goes to global
 //      memory (the next step's input of every block), the LSTM cell state
 //      stays in shared memory in float.
 //   3. grid.sync(): the next step reads the h every block just wrote.
@@ -193,17 +193,20 @@ __global__ void __launch_bounds__(kPersistentThreads)
         if (kCell == Cell::Lstm) *c_next = from_acc<T>(c_s[idx]);
         continue;
       }
-      const T* pre = a.pre + (int64_t(t) * B + b) * G * H;
-      float rec[G];
+      // Input side (x W_ih^T + b_ih) and recurrent side (h W_hh^T + b_hh) of each gate.
+      const T* gi = a.gi + (int64_t(t) * B + b) * G * H;
+      float in[G], rec[G];
 #pragma unroll
-      for (int g = 0; g < G; ++g) rec[g] = acc_s[(g * U + u) * MAX_B + b];
+      for (int g = 0; g < G; ++g) {
+        in[g] = to_acc(gi[g * H + j]) + (a.b_ih != nullptr ? to_acc(a.b_ih[g * H + j]) : 0.f);
+        rec[g] = acc_s[(g * U + u) * MAX_B + b] + (a.b_hh != nullptr ? to_acc(a.b_hh[g * H + j]) : 0.f);
+      }
       float h;
       if (kCell == Cell::Lstm) {
         cells::LstmActivations<float> act;
         float c;
-        cells::lstm_forward<float>(to_acc(pre[j]) + rec[0], to_acc(pre[H + j]) + rec[1],
-                                   to_acc(pre[2 * H + j]) + rec[2], to_acc(pre[3 * H + j]) + rec[3], c_s[idx], act,
-                                   c, h);
+        cells::lstm_forward<float>(in[0] + rec[0], in[1] + rec[1], in[2] + rec[2], in[3] + rec[3], c_s[idx], act, c,
+                                   h);
         c_s[idx] = c;
         *c_next = from_acc<T>(c);
         if (saved != nullptr) {
@@ -213,11 +216,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
           saved[3 * H + j] = from_acc<T>(act.o);
         }
       } else {
-#pragma unroll
-        for (int g = 0; g < 3; ++g) rec[g] += a.b_hh != nullptr ? to_acc(a.b_hh[g * H + j]) : 0.f;
         cells::GruActivations<float> act;
-        h = cells::gru_forward<float>(to_acc(pre[j]), to_acc(pre[H + j]), to_acc(pre[2 * H + j]), rec[0], rec[1],
-                                      rec[2], to_acc(__ldcg(h_prev + hj)), act);
+        h = cells::gru_forward<float>(in[0], in[1], in[2], rec[0], rec[1], rec[2], to_acc(__ldcg(h_prev + hj)), act);
         if (saved != nullptr) {
           saved[j] = from_acc<T>(act.r);
           saved[H + j] = from_acc<T>(act.z);

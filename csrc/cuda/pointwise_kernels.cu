@@ -19,7 +19,13 @@ __global__ void forward_step_kernel(const ForwardStepArgs<T> a) {
   const int64_t H = a.H, n = a.B * H;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = idx / H, j = idx - b * H;
-    const T* pre = a.pre + b * (kCell == Cell::Lstm ? 4 : kCell == Cell::Gru ? 3 : 1) * H;
+    const int64_t row = b * (kCell == Cell::Lstm ? 4 : kCell == Cell::Gru ? 3 : 1) * H;
+    const T* gi = a.gi + row;
+    const T* gh = a.gh + row;
+    // Input and recurrent side of gate unit k, biases included (the CPU step's order).
+    auto in = [&](int64_t k) { return to_acc(gi[k]) + to_acc(a.b_ih[k]); };
+    auto rec = [&](int64_t k) { return to_acc(gh[k]) + to_acc(a.b_hh[k]); };
+    auto pre = [&](int64_t k) { return in(k) + to_acc(gh[k]) + to_acc(a.b_hh[k]); };
     T* saved = a.saved != nullptr ? a.saved + b * 4 * H : nullptr;
     if (!row_alive(a.lengths, b, a.t)) {  // frozen state, zero output
       if (kCell == Cell::Lstm) a.c_next[idx] = a.c_prev[idx];
@@ -39,8 +45,7 @@ __global__ void forward_step_kernel(const ForwardStepArgs<T> a) {
     if (kCell == Cell::Lstm) {
       cells::LstmActivations<A> act;
       A c;
-      cells::lstm_forward<A>(to_acc(pre[j]), to_acc(pre[H + j]), to_acc(pre[2 * H + j]), to_acc(pre[3 * H + j]),
-                             to_acc(a.c_prev[idx]), act, c, h);
+      cells::lstm_forward<A>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), to_acc(a.c_prev[idx]), act, c, h);
       a.c_next[idx] = from_acc<T>(c);
       if (saved != nullptr) {
         saved[j] = from_acc<T>(act.i);
@@ -49,10 +54,9 @@ __global__ void forward_step_kernel(const ForwardStepArgs<T> a) {
         saved[3 * H + j] = from_acc<T>(act.o);
       }
     } else if (kCell == Cell::Gru) {
-      const T* gh = a.gh + b * 3 * H;
       cells::GruActivations<A> act;
-      h = cells::gru_forward<A>(to_acc(pre[j]), to_acc(pre[H + j]), to_acc(pre[2 * H + j]), to_acc(gh[j]),
-                                to_acc(gh[H + j]), to_acc(gh[2 * H + j]), to_acc(a.h_prev[idx]), act);
+      h = cells::gru_forward<A>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j), rec(2 * H + j),
+                                to_acc(a.h_prev[idx]), act);
       if (saved != nullptr) {
         saved[j] = from_acc<T>(act.r);
         saved[H + j] = from_acc<T>(act.z);
@@ -60,9 +64,9 @@ __global__ void forward_step_kernel(const ForwardStepArgs<T> a) {
         saved[3 * H + j] = from_acc<T>(act.gh_n);
       }
     } else if (kCell == Cell::RnnTanh) {
-      h = cells::rnn_tanh_forward<A>(to_acc(pre[j]));
+      h = cells::rnn_tanh_forward<A>(pre(j));
     } else {
-      h = cells::rnn_relu_forward<A>(to_acc(pre[j]));
+      h = cells::rnn_relu_forward<A>(pre(j));
     }
     const T h_stored = from_acc<T>(h);
     if (a.h_raw != nullptr) {

@@ -123,10 +123,15 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 // ----------------------------------------------- steps of csrc/pointwise.h
 
 void forward_step_cuda(const ForwardStep& s) {
-  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru, projected = s.h_raw.defined();
-  const at::Tensor& like = s.pre;
-  const int64_t B = s.pre.size(0), P = s.h_prev.size(1), H = lstm ? s.c_prev.size(1) : P;
-  check_buffer(s.pre, "pre", B, gate_count(s.mode) * H, like);
+  const bool lstm = s.mode == Mode::Lstm, projected = s.h_raw.defined();
+  TORCH_CHECK(s.b_ih.defined() && s.b_hh.defined() && s.b_ih.dim() == 1 && s.b_hh.dim() == 1,
+              "rnnkernels (cuda step): b_ih and b_hh must be 1-D (zeros when the layer has none)");
+  const at::Tensor& like = s.gi;
+  const int64_t B = s.gi.size(0), P = s.h_prev.size(1), H = lstm ? s.c_prev.size(1) : P, GH = gate_count(s.mode) * H;
+  check_buffer(s.gi, "gi", B, GH, like);
+  check_buffer(s.gh, "gh", B, GH, like);
+  check_buffer(s.b_ih.view({1, -1}), "b_ih", 1, GH, like);
+  check_buffer(s.b_hh.view({1, -1}), "b_hh", 1, GH, like);
   check_buffer(s.h_prev, "h_prev", B, P, like);
   TORCH_CHECK(projected || P == H, "rnnkernels (cuda step): without projection h has hidden_size columns");
   TORCH_CHECK(!projected || lstm, "rnnkernels (cuda step): h_raw is only for lstm with projection");
@@ -140,7 +145,6 @@ void forward_step_cuda(const ForwardStep& s) {
     check_buffer(s.c_prev, "c_prev", B, H, like);
     check_buffer(s.c_next, "c_next", B, H, like);
   }
-  if (gru) check_buffer(s.gh, "gh", B, 3 * H, like);
   if (saved_gate_count(s.mode)) check_optional_buffer(s.saved, "saved", B, 4 * H, like);
   check_device_lengths(s.lengths, B, like);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "rnnkernels_forward_step_cuda", [&] {
@@ -152,8 +156,10 @@ void forward_step_cuda(const ForwardStep& s) {
     a.H = H;
     a.P = P;
     a.lengths = lengths_ptr(s.lengths);
-    a.pre = ptr<T>(s.pre);
-    a.gh = gru ? ptr<T>(s.gh) : nullptr;
+    a.gi = ptr<T>(s.gi);
+    a.gh = ptr<T>(s.gh);
+    a.b_ih = ptr<T>(s.b_ih);
+    a.b_hh = ptr<T>(s.b_hh);
     a.h_prev = ptr<T>(s.h_prev);
     a.h_next = projected ? nullptr : ptr<T>(s.h_next);
     a.c_prev = lstm ? ptr<T>(s.c_prev) : nullptr;
@@ -365,17 +371,13 @@ ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x
   const int64_t T = call.T, B = call.B, H = call.H, GH = gate_count(call.mode) * H;
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const auto opts = x.options();
-  // pre (T, B, G*H) = x W_ih^T + b_ih (+ b_hh for lstm; gru keeps b_hh on the
-  // recurrent side, inside the kernel, because r scales its n part).
-  at::Tensor bias = b_ih;
-  if (b_hh.defined() && lstm) bias = bias.defined() ? bias + b_hh : b_hh;
-  at::Tensor pre = at::empty({T, B, GH}, opts);
-  at::Tensor pre_2d = pre.view({T * B, GH});
-  if (bias.defined()) {
-    at::addmm_out(pre_2d, bias, x.view({T * B, call.I}), w_ih.t());
-  } else {
-    at::mm_out(pre_2d, x.view({T * B, call.I}), w_ih.t());
-  }
+  // gi (T, B, G*H) = x W_ih^T for all steps in one GEMM; the kernel adds both
+  // biases in float (as the step loop does).
+  at::Tensor gi = at::empty({T, B, GH}, opts);
+  at::Tensor gi_2d = gi.view({T * B, GH});
+  at::mm_out(gi_2d, x.view({T * B, call.I}), w_ih.t());
+  const at::Tensor bias_ih = b_ih.defined() ? b_ih.contiguous() : at::Tensor();
+  const at::Tensor bias_hh = b_hh.defined() ? b_hh.contiguous() : at::Tensor();
   // Saved-activation layout of csrc/rnn_layer.cpp: slot of the state before
   // the k-th processed step; two alternating slots without training.
   auto slot = [&](int64_t k) { return training ? (reverse ? T - k : k) : k % 2; };
@@ -388,7 +390,6 @@ ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x
   if (lstm) {
     if (c0.defined()) cells[slot(0)].copy_(c0); else cells[slot(0)].zero_();
   }
-  const at::Tensor b_hh_gru = (!lstm && b_hh.defined()) ? b_hh.contiguous() : at::Tensor();
   dispatch_persistent_dtype(x.scalar_type(), [&](auto type_tag) {
     using S = decltype(type_tag);
     cuda::PersistentForwardArgs<S> a;
@@ -399,9 +400,10 @@ ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x
     a.reverse = reverse;
     a.training = training;
     a.lengths = lengths_ptr(call.lengths);
-    a.pre = ptr<S>(pre);
+    a.gi = ptr<S>(gi);
     a.w_hh = ptr<S>(w_hh);
-    a.b_hh = ptr<S>(b_hh_gru);
+    a.b_ih = ptr<S>(bias_ih);
+    a.b_hh = ptr<S>(bias_hh);
     a.states = ptr<S>(states);
     a.cells = lstm ? ptr<S>(cells) : nullptr;
     a.out = ptr<S>(out);
