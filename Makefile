@@ -9,7 +9,7 @@ STAMP  := build/.installed
 
 .PHONY: install test bench check cuda-check cuda-check-if-nvcc clean
 
-$(STAMP): setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
+$(STAMP): setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install --no-build-isolation --no-deps -e .
