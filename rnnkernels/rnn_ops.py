@@ -31,15 +31,18 @@ def _forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, revers
     T, B = x.shape[0], x.shape[1]
     H, P = _sizes(mode, w_ih, w_hr)
     lstm = mode == "lstm"
-    empty = x.new_empty((0,))
+
+    def empty():  # a new one each time: outputs must not alias each other
+        return x.new_empty((0,))
+
     out, h_n = x.new_empty((T, B, P)), x.new_empty((B, P))
-    c_n = x.new_empty((B, H)) if lstm else empty
+    c_n = x.new_empty((B, H)) if lstm else empty()
     if not training:
-        return out, h_n, c_n, empty, x.new_empty((0,)), x.new_empty((0,)), x.new_empty((0,))
+        return out, h_n, c_n, empty(), empty(), empty(), empty()
     states = x.new_empty((T + 1, B, P))
-    cells = x.new_empty((T + 1, B, H)) if lstm else x.new_empty((0,))
-    gates = x.new_empty((T, B, _SAVED_GATES[mode] * H)) if _SAVED_GATES[mode] else x.new_empty((0,))
-    hidden_raw = x.new_empty((T, B, H)) if w_hr is not None else x.new_empty((0,))
+    cells = x.new_empty((T + 1, B, H)) if lstm else empty()
+    gates = x.new_empty((T, B, _SAVED_GATES[mode] * H)) if _SAVED_GATES[mode] else empty()
+    hidden_raw = x.new_empty((T, B, H)) if w_hr is not None else empty()
     return out, h_n, c_n, states, cells, gates, hidden_raw
 
 
