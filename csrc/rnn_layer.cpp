@@ -20,11 +20,15 @@
 //                            gru: r, z, n, (h W_hh^T + b_hh)_n; rnn: empty
 //   hidden_raw  (T, B, H)    lstm with projection: h before W_hr; else empty
 // Rows past a sequence's end hold the frozen state (states, cells) or zeros.
+// With uneven lengths the batch rows of all four are in BatchOrder's sorted
+// order (longest first, stable), which backward recomputes from `lengths`.
 #include "rnn_layer.h"
 
 #include <c10/util/irange.h>
 
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "pointwise.h"
 
@@ -95,9 +99,9 @@ LayerShape check_layer(c10::string_view mode_name, const at::Tensor& x, const at
   return s;
 }
 
-// lengths: (B,) int64 on the CPU with values in [0, T]. Returns them on x's
-// device, or undefined when every sequence runs all T steps.
-at::Tensor check_lengths(const at::Tensor& lengths, const LayerShape& s, const at::Tensor& x) {
+// lengths: (B,) int64 on the CPU with values in [0, T]. Returns them
+// (contiguous), or undefined when every sequence runs all T steps.
+at::Tensor check_lengths(const at::Tensor& lengths, const LayerShape& s) {
   if (!lengths.defined()) return lengths;
   TORCH_CHECK(lengths.device().is_cpu(), "rnnkernels: lengths must be on the CPU, got ", lengths.device());
   TORCH_CHECK(lengths.scalar_type() == at::kLong, "rnnkernels: lengths must be int64, got ", lengths.scalar_type());
@@ -111,9 +115,39 @@ at::Tensor check_lengths(const at::Tensor& lengths, const LayerShape& s, const a
                 "] (the number of time steps), got lengths[", b, "] = ", len[b]);
     all_full = all_full && len[b] == s.T;
   }
-  if (all_full) return at::Tensor();
-  return host.to(x.device());
+  return all_full ? at::Tensor() : host;
 }
+
+// With uneven lengths the batch runs sorted by length, longest first (stable),
+// so the rows still running at time t are the first alive[t] rows and every
+// per-step GEMM shrinks to them: the saving PackedSequence gets from packing,
+// on padded input. Saved activations stay in this sorted order.
+struct BatchOrder {
+  at::Tensor order;            // (B,) sorted row i is the caller's row order[i]; undefined: as given
+  at::Tensor lengths;          // (B,) sorted lengths on x's device; undefined: all T
+  std::vector<int64_t> alive;  // (T,) rows running at time t
+
+  BatchOrder(const at::Tensor& host_lengths, const LayerShape& s, const at::Tensor& x) : alive(s.T, s.B) {
+    if (!host_lengths.defined()) return;
+    at::Tensor sorted, indices;
+    std::tie(sorted, indices) = host_lengths.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true);
+    const int64_t* len = sorted.data_ptr<int64_t>();
+    for (const auto t : c10::irange(s.T)) {
+      alive[t] = 0;
+      while (alive[t] < s.B && len[alive[t]] > t) ++alive[t];
+    }
+    if (!indices.equal(at::arange(s.B, indices.options()))) order = indices.to(x.device());
+    lengths = sorted.to(x.device());
+  }
+  // `t` with its batch dimension `dim` in sorted order, and back.
+  at::Tensor sort(const at::Tensor& t, int64_t dim) const {
+    return order.defined() && t.defined() ? t.index_select(dim, order) : t;
+  }
+  at::Tensor unsort(const at::Tensor& t, int64_t dim) const {
+    if (!order.defined() || !t.defined()) return t;
+    return at::empty_like(t).index_copy_(dim, order, t);
+  }
+};
 
 void forward_step(const ForwardStep& step, const at::Tensor& x) {
   if (x.is_cpu()) return forward_step_cpu(step);
@@ -177,9 +211,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (c0.defined()) check_arg(c0, "c0", {s.B, s.H}, x_in, "(batch, hidden_size)");
   if (b_ih.defined()) check_arg(b_ih, "b_ih", {s.G * s.H}, x_in, "(gates * hidden_size,)");
   if (b_hh.defined()) check_arg(b_hh, "b_hh", {s.G * s.H}, x_in, "(gates * hidden_size,)");
-  const at::Tensor lengths = check_lengths(defined_or_empty(lengths_opt), s, x_in);
+  const BatchOrder batch(check_lengths(defined_or_empty(lengths_opt), s), s, x_in);
+  const at::Tensor& lengths = batch.lengths;
 
-  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor x = batch.sort(x_in, 1).contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  h0 = batch.sort(h0, 0);
+  c0 = batch.sort(c0, 0);
   if (w_hr.defined()) w_hr = w_hr.contiguous();
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, GH = s.G * s.H;
   const auto opts = x.options();
@@ -225,7 +262,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     step.b_hh = bias_hh;
     step.h_prev = states[slot(k)];
     step.h_next = states[slot(k + 1)];
-    at::mm_out(gh, step.h_prev, w_hh_t);
+    const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
+    if (n > 0) {
+      at::Tensor gh_running = gh.narrow(0, 0, n);
+      at::mm_out(gh_running, step.h_prev.narrow(0, 0, n), w_hh_t);
+    }
     if (lstm) {
       step.c_prev = cells[slot(k)];
       step.c_next = cells[slot(k + 1)];
@@ -235,12 +276,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (gates.numel() > 0) step.saved = gates[t];
     forward_step(step, x);
     if (w_hr.defined()) {
-      at::mm_out(step.out, step.h_raw, w_hr_t);
+      if (n > 0) {
+        at::Tensor out_running = step.out.narrow(0, 0, n);
+        at::mm_out(out_running, step.h_raw.narrow(0, 0, n), w_hr_t);
+      }
       commit_projection({t, lengths, step.out, step.h_prev, step.h_next}, x);
     }
   }
-  at::Tensor h_n = states[slot(T)].clone();
-  at::Tensor c_n = lstm ? cells[slot(T)].clone() : at::empty({0}, opts);
+  at::Tensor h_n = batch.order.defined() ? batch.unsort(states[slot(T)], 0) : states[slot(T)].clone();
+  at::Tensor c_n = !lstm ? at::empty({0}, opts)
+                         : batch.order.defined() ? batch.unsort(cells[slot(T)], 0) : cells[slot(T)].clone();
+  out = batch.unsort(out, 1);
   if (!training) {  // nothing to save
     states = at::empty({0}, opts);
     cells = at::empty({0}, opts);
@@ -272,11 +318,15 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
   if (lstm) check_arg(cells, "cells", {T + 1, B, H}, x_in, "(T + 1, batch, hidden_size)");
   if (saved_gate_count(s.mode)) check_arg(gates, "gates", {T, B, saved_gate_count(s.mode) * H}, x_in, "(T, batch, 4 * hidden_size)");
   if (w_hr.defined()) check_arg(hidden_raw, "hidden_raw", {T, B, H}, x_in, "(T, batch, hidden_size)");
-  const at::Tensor lengths = check_lengths(defined_or_empty(lengths_opt), s, x_in);
+  const BatchOrder batch(check_lengths(defined_or_empty(lengths_opt), s), s, x_in);
+  const at::Tensor& lengths = batch.lengths;
 
-  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  // Into the forward's sorted batch order (see BatchOrder).
+  const at::Tensor x = batch.sort(x_in, 1).contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   if (w_hr.defined()) w_hr = w_hr.contiguous();
-  if (grad_output.defined()) grad_output = grad_output.contiguous();
+  if (grad_output.defined()) grad_output = batch.sort(grad_output, 1).contiguous();
+  grad_h_n = batch.sort(grad_h_n, 0);
+  grad_c_n = batch.sort(grad_c_n, 0);
   const auto opts = x.options();
   const StateSlots slot{T, reverse, /*training=*/true};
 
@@ -299,9 +349,13 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
     step.t = t;
     step.lengths = lengths;
     step.dh = dh;
+    const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
     if (w_hr.defined()) {
       gather_projected_grad({t, lengths, dh, grad_output.defined() ? grad_output[t] : at::Tensor(), d_proj[t]}, x);
-      at::mm_out(dh_raw, d_proj[t], w_hr);
+      if (n > 0) {
+        at::Tensor dh_raw_running = dh_raw.narrow(0, 0, n);
+        at::mm_out(dh_raw_running, d_proj[t].narrow(0, 0, n), w_hr);
+      }
       step.dh_raw = dh_raw;
     } else if (grad_output.defined()) {
       step.grad_out = grad_output[t];
@@ -318,13 +372,13 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
     if (gru) step.d_gh = d_gh_all[t];
     step.dh_prev = dh_prev;
     backward_step(step, x);
-    dh_prev.addmm_(d_gh_all[t], w_hh);  // (B, G*H) @ (G*H, P)
+    if (n > 0) dh_prev.narrow(0, 0, n).addmm_(d_gh_all[t].narrow(0, 0, n), w_hh);  // (n, G*H) @ (G*H, P)
     std::swap(dh, dh_prev);
   }
 
   // Everything below is one GEMM (or reduction) over all T*B rows.
   const at::Tensor d_pre_2d = d_pre.view({T * B, GH}), d_gh_2d = d_gh_all.view({T * B, GH});
-  at::Tensor grad_x = input_grad ? at::mm(d_pre_2d, w_ih).view({T, B, I}) : at::Tensor();
+  at::Tensor grad_x = input_grad ? batch.unsort(at::mm(d_pre_2d, w_ih).view({T, B, I}), 1) : at::Tensor();
   at::Tensor grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr;
   if (weight_grad) {
     grad_w_ih = at::mm(d_pre_2d.t(), x.view({T * B, I}));
@@ -339,8 +393,8 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
   }
   // Gradients not asked for (or of absent arguments) are empty tensors.
   auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, opts); };
-  return {or_empty(grad_x),    dh,
-          or_empty(dc),        or_empty(grad_w_ih),
+  return {or_empty(grad_x),                  batch.unsort(dh, 0),
+          or_empty(batch.unsort(dc, 0)),     or_empty(grad_w_ih),
           or_empty(grad_w_hh), or_empty(grad_b_ih),
           or_empty(grad_b_hh), or_empty(grad_w_hr)};
 }

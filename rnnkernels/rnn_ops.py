@@ -31,15 +31,18 @@ def _forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, revers
     T, B = x.shape[0], x.shape[1]
     H, P = _sizes(mode, w_ih, w_hr)
     lstm = mode == "lstm"
-    empty = x.new_empty((0,))
+
+    def empty():  # a new one each time: outputs must not alias each other
+        return x.new_empty((0,))
+
     out, h_n = x.new_empty((T, B, P)), x.new_empty((B, P))
-    c_n = x.new_empty((B, H)) if lstm else empty
+    c_n = x.new_empty((B, H)) if lstm else empty()
     if not training:
-        return out, h_n, c_n, empty, x.new_empty((0,)), x.new_empty((0,)), x.new_empty((0,))
+        return out, h_n, c_n, empty(), empty(), empty(), empty()
     states = x.new_empty((T + 1, B, P))
-    cells = x.new_empty((T + 1, B, H)) if lstm else x.new_empty((0,))
-    gates = x.new_empty((T, B, _SAVED_GATES[mode] * H)) if _SAVED_GATES[mode] else x.new_empty((0,))
-    hidden_raw = x.new_empty((T, B, H)) if w_hr is not None else x.new_empty((0,))
+    cells = x.new_empty((T + 1, B, H)) if lstm else empty()
+    gates = x.new_empty((T, B, _SAVED_GATES[mode] * H)) if _SAVED_GATES[mode] else empty()
+    hidden_raw = x.new_empty((T, B, H)) if w_hr is not None else empty()
     return out, h_n, c_n, states, cells, gates, hidden_raw
 
 
@@ -69,11 +72,14 @@ def _setup_context(ctx, inputs, output):
     _, _, c_n, states, cells, gates, hidden_raw = output
     ctx.mode, ctx.reverse, ctx.training = mode, reverse, training
     ctx.given = (h0 is not None, c0 is not None, b_ih is not None, b_hh is not None)
-    ctx.save_for_backward(x, w_ih, w_hh, w_hr, lengths, states, cells, gates, hidden_raw)
+    # save_for_backward takes None, but torch.compile's runtime wants only tensors.
+    saved = (x, w_ih, w_hh, w_hr, lengths, states, cells, gates, hidden_raw)
+    ctx.saved_present = tuple(t is not None for t in saved)
+    ctx.save_for_backward(*(t for t in saved if t is not None))
     ctx.mark_non_differentiable(states, cells, gates, hidden_raw)
     if mode != "lstm":
         ctx.mark_non_differentiable(c_n)
-    ctx.set_materialize_grads(False)
+    #ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
@@ -82,7 +88,9 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
             "rnnkernels.rnn_layer_forward was called with training=False, so it saved nothing for "
             "backward; call it with training=True when gradients are needed"
         )
-    x, w_ih, w_hh, w_hr, lengths, states, cells, gates, hidden_raw = ctx.saved_tensors
+    tensors = iter(ctx.saved_tensors)
+    saved = [next(tensors) if present else None for present in ctx.saved_present]
+    x, w_ih, w_hh, w_hr, lengths, states, cells, gates, hidden_raw = saved
     needs = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training
     has_h0, has_c0, has_b_ih, has_b_hh = ctx.given
     weight_grad = any(needs[4:9])

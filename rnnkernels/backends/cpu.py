@@ -8,11 +8,12 @@ from .. import _ext
 from . import register
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+_LOAD_ERROR = _ext.load_error()  # once here: torch.compile traces the checks below
 
 
 def _unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
-    if _ext.load_error() is not None:
-        return _ext.load_error()
+    if _LOAD_ERROR is not None:
+        return _LOAD_ERROR
     if device.type != "cpu":
         return f"the cpu backend runs on CPU tensors only, got a {device.type} tensor"
     if dtype is not None and dtype not in DTYPES:
@@ -20,9 +21,11 @@ def _unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> O
     return None
 
 
-def _rnn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
-    from .. import rnn_ops  # registers autograd and fake kernels; needs the extension
+if _LOAD_ERROR is None:
+    from .. import rnn_ops  # registers the ops' autograd formulas and fake kernels
 
+
+def _rnn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     return rnn_ops.rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
 
 
