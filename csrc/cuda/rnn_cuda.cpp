@@ -41,6 +41,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <tuple>
 
 #include "cuda/launchers.h"
 #include "pointwise.h"
@@ -271,7 +272,7 @@ struct PersistentCall {
   std::string why_not;
   Mode mode = Mode::Lstm;
   int64_t T = 0, B = 0, I = 0, H = 0;
-  at::Tensor lengths;  // on x's device, or undefined when every row runs all T steps
+  at::Tensor host_lengths;  // (B,) int64 on the CPU, or undefined when every row runs all T steps
   cuda::PersistentPlan plan;
 };
 
@@ -330,7 +331,7 @@ PersistentCall inspect_common(c10::string_view mode_name, const at::Tensor& x, c
       if (len[b] < 0 || len[b] > call.T) return call;
       all_full = all_full && len[b] == call.T;
     }
-    if (!all_full) call.lengths = host.to(x.device());
+    if (!all_full) call.host_lengths = host;
   }
   call.well_formed = true;
   return call;
@@ -364,12 +365,39 @@ void decide_persistent(PersistentCall& call, at::ScalarType dtype, bool backward
 
 bool takes_persistent(const PersistentCall& call) { return call.well_formed && call.why_not.empty(); }
 
-ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x_in, const at::Tensor& h0,
-                                 const at::Tensor& c0, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
+// With uneven lengths csrc/rnn_layer.cpp runs the batch sorted by length,
+// longest first (stable), and saves its activations in that order; the
+// persistent passes do the same so that either backward reads what either
+// forward saved. (The same rule as rnn_layer.cpp's BatchOrder, which is
+// private to that file; the GPU tests mixing the paths guard the agreement.)
+struct SortedBatch {
+  at::Tensor order;    // (B,) sorted row i is the caller's row order[i], on x's device; undefined: as given
+  at::Tensor lengths;  // (B,) sorted lengths on x's device; undefined: every row runs all T steps
+
+  SortedBatch(const at::Tensor& host_lengths, const at::Tensor& x) {
+    if (!host_lengths.defined()) return;
+    at::Tensor sorted, indices;
+    std::tie(sorted, indices) = host_lengths.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true);
+    if (!indices.equal(at::arange(indices.size(0), indices.options()))) order = indices.to(x.device());
+    lengths = sorted.to(x.device());
+  }
+  at::Tensor sort(const at::Tensor& t, int64_t dim) const {
+    return order.defined() && t.defined() ? t.index_select(dim, order) : t;
+  }
+  at::Tensor unsort(const at::Tensor& t, int64_t dim) const {
+    if (!order.defined() || !t.defined()) return t;
+    return at::empty_like(t).index_copy_(dim, order, t);
+  }
+};
+
+ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x_in, const at::Tensor& h0_in,
+                                 const at::Tensor& c0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
                                  const at::Tensor& b_ih, const at::Tensor& b_hh, bool reverse, bool training) {
   const bool lstm = call.mode == Mode::Lstm;
   const int64_t T = call.T, B = call.B, H = call.H, GH = gate_count(call.mode) * H;
-  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const SortedBatch batch(call.host_lengths, x_in);
+  const at::Tensor x = batch.sort(x_in, 1).contiguous(), h0 = batch.sort(h0_in, 0), c0 = batch.sort(c0_in, 0);
+  const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const auto opts = x.options();
   // gi (T, B, G*H) = x W_ih^T for all steps in one GEMM; the kernel adds both
   // biases in float (as the step loop does).
@@ -399,7 +427,7 @@ ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x
     a.H = int(H);
     a.reverse = reverse;
     a.training = training;
-    a.lengths = lengths_ptr(call.lengths);
+    a.lengths = lengths_ptr(batch.lengths);
     a.gi = ptr<S>(gi);
     a.w_hh = ptr<S>(w_hh);
     a.b_ih = ptr<S>(bias_ih);
@@ -411,8 +439,11 @@ ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x
     RK_CUDA_CHECK(cuda::launch_persistent_forward<S>(a, call.plan, current_stream()),
                   "the persistent forward kernel");
   });
-  at::Tensor h_n = states[slot(T)].clone();
-  at::Tensor c_n = lstm ? cells[slot(T)].clone() : at::empty({0}, opts);
+  // Back into the caller's batch order (the saved activations stay sorted).
+  at::Tensor h_n = batch.order.defined() ? batch.unsort(states[slot(T)], 0) : states[slot(T)].clone();
+  at::Tensor c_n = !lstm ? at::empty({0}, opts)
+                         : batch.order.defined() ? batch.unsort(cells[slot(T)], 0) : cells[slot(T)].clone();
+  out = batch.unsort(out, 1);
   if (!training) {
     states = at::empty({0}, opts);
     cells = at::empty({0}, opts);
@@ -430,12 +461,14 @@ BackwardResult persistent_backward(const PersistentCall& call, const at::Tensor&
                                    const at::Tensor& gates_in, bool has_bias, bool input_grad, bool weight_grad) {
   const bool lstm = call.mode == Mode::Lstm, gru = call.mode == Mode::Gru;
   const int64_t T = call.T, B = call.B, I = call.I, H = call.H, GH = gate_count(call.mode) * H;
-  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  // Into the forward's sorted batch order (see SortedBatch); the saved tensors are in it.
+  const SortedBatch batch(call.host_lengths, x_in);
+  const at::Tensor x = batch.sort(x_in, 1).contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const at::Tensor states = states_in.contiguous(), gates = gates_in.contiguous();
   const at::Tensor cells = lstm ? cells_in.contiguous() : at::Tensor();
-  const at::Tensor g_out = grad_output.defined() ? grad_output.contiguous() : at::Tensor();
-  const at::Tensor g_h_n = grad_h_n.defined() ? grad_h_n.contiguous() : at::Tensor();
-  const at::Tensor g_c_n = lstm && grad_c_n.defined() ? grad_c_n.contiguous() : at::Tensor();
+  const at::Tensor g_out = grad_output.defined() ? batch.sort(grad_output, 1).contiguous() : at::Tensor();
+  const at::Tensor g_h_n = grad_h_n.defined() ? batch.sort(grad_h_n, 0).contiguous() : at::Tensor();
+  const at::Tensor g_c_n = lstm && grad_c_n.defined() ? batch.sort(grad_c_n, 0).contiguous() : at::Tensor();
   const auto opts = x.options();
   at::Tensor d_pre = at::empty({T, B, GH}, opts);                 // input side
   at::Tensor d_gh_all = gru ? at::empty({T, B, GH}, opts) : d_pre;  // recurrent side
@@ -449,7 +482,7 @@ BackwardResult persistent_backward(const PersistentCall& call, const at::Tensor&
     a.B = int(B);
     a.H = int(H);
     a.reverse = reverse;
-    a.lengths = lengths_ptr(call.lengths);
+    a.lengths = lengths_ptr(batch.lengths);
     a.grad_output = ptr<S>(g_out);
     a.grad_h_n = ptr<S>(g_h_n);
     a.grad_c_n = ptr<S>(g_c_n);
@@ -466,7 +499,7 @@ BackwardResult persistent_backward(const PersistentCall& call, const at::Tensor&
   });
   const at::Tensor d_pre_2d = d_pre.view({T * B, GH}), d_gh_2d = d_gh_all.view({T * B, GH});
   auto empty = [&] { return at::empty({0}, opts); };
-  at::Tensor grad_x = input_grad ? at::mm(d_pre_2d, w_ih).view({T, B, I}) : empty();
+  at::Tensor grad_x = input_grad ? batch.unsort(at::mm(d_pre_2d, w_ih).view({T, B, I}), 1) : empty();
   at::Tensor grad_w_ih = empty(), grad_w_hh = empty(), grad_b_ih = empty(), grad_b_hh = empty();
   if (weight_grad) {
     grad_w_ih = at::mm(d_pre_2d.t(), x.view({T * B, I}));
@@ -477,7 +510,8 @@ BackwardResult persistent_backward(const PersistentCall& call, const at::Tensor&
       grad_b_hh = gru ? d_gh_2d.sum(0) : grad_b_ih.clone();
     }
   }
-  return {grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, empty()};
+  return {grad_x,    batch.unsort(grad_h0, 0), lstm ? batch.unsort(grad_c0, 0) : grad_c0, grad_w_ih, grad_w_hh,
+          grad_b_ih, grad_b_hh, empty()};
 }
 
 enum class PersistentPolicy { Auto, Never, Always };
