@@ -15,12 +15,15 @@ from .. import _ext
 from . import register
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+# Once here, not per call: torch.compile traces the checks below.
+_LOAD_ERROR = _ext.load_error()
+_BUILT_WITH_CUDA = _LOAD_ERROR is None and _ext.built_with("cuda")
 
 
 def _unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
-    if _ext.load_error() is not None:
-        return _ext.load_error()
-    if not _ext.built_with("cuda"):
+    if _LOAD_ERROR is not None:
+        return _LOAD_ERROR
+    if not _BUILT_WITH_CUDA:
         return ("the rnnkernels extension was built without CUDA; rebuild it on a machine with a CUDA toolkit "
                 "and a CUDA build of torch (pip install --no-build-isolation -e .)")
     if device.type != "cuda":
@@ -30,9 +33,11 @@ def _unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> O
     return None
 
 
-def _rnn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
-    from .. import rnn_ops  # registers autograd and fake kernels; needs the extension
+if _LOAD_ERROR is None:
+    from .. import rnn_ops  # registers the ops' autograd formulas and fake kernels
 
+
+def _rnn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     return rnn_ops.rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
 
 
