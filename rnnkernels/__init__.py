@@ -9,6 +9,10 @@ from .attention import dot_product_attention
 from .backends import BackendUnavailableError, use_backend
 from .modules import GRU, LSTM, RNN, convert, unconvert
 
+# Import every backend now, not at the first call: torch.compile cannot trace
+# the import machinery inside a compiled model.
+backends.names()
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -5,6 +5,9 @@ names and shapes, initialisation, state_dict, repr and isinstance are torch's
 own; only forward changes: it runs on an rnnkernels backend and also takes
 padded input with per-sequence `lengths`.
 """
+import importlib.abc
+import importlib.machinery
+import sys
 from typing import Optional
 
 import torch
@@ -131,6 +134,60 @@ class GRU(_RecurrentMixin, nn.GRU):
 class RNN(_RecurrentMixin, nn.RNN):
     """torch.nn.RNN (tanh or relu) on rnnkernels backends."""
 
+
+# torch.compile: Dynamo refuses every torch.nn.RNN/GRU/LSTM instance unless
+# torch._dynamo.config.allow_rnn is set (it cannot trace torch.nn's _VF
+# kernels). These subclasses run traceable custom ops, so the check is lifted
+# for them alone (torch.nn's own modules keep Dynamo's default). The patch is
+# applied when Dynamo's builder module is imported: importing Dynamo eagerly
+# would cost seconds at `import rnnkernels`. If Dynamo's internals ever change
+# shape, the patch is skipped and compiling just graph-breaks at these modules.
+_DYNAMO_BUILDER = "torch._dynamo.variables.builder"
+
+
+def _let_dynamo_trace(builder) -> None:
+    try:
+        from torch._dynamo import config
+
+        variable_builder = builder.VariableBuilder
+        original = variable_builder.wrap_module
+        if getattr(original, "_rnnkernels", False) or not hasattr(config, "allow_rnn"):
+            return
+
+        def wrap_module(self, value):
+            if isinstance(value, _RecurrentMixin) and not config.allow_rnn:
+                with config.patch(allow_rnn=True):
+                    return original(self, value)
+            return original(self, value)
+
+        wrap_module._rnnkernels = True
+        variable_builder.wrap_module = wrap_module
+    except Exception:  # pragma: no cover - a future torch
+        pass
+
+
+class _PatchDynamoOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _DYNAMO_BUILDER:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            _let_dynamo_trace(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+if _DYNAMO_BUILDER in sys.modules:
+    _let_dynamo_trace(sys.modules[_DYNAMO_BUILDER])
+else:
+    sys.meta_path.insert(0, _PatchDynamoOnImport())
 
 _TO_RK = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
 _TO_TORCH = {v: k for k, v in _TO_RK.items()}

@@ -1,0 +1,171 @@
+"""torch.nn vs rnnkernels' cpu backend, side by side in one run (llm.c style).
+
+    .venv/bin/python benchmarks/cpu_rnn_kernels.py [--quick] [--cells lstm,gru,rnn_tanh] [--out FILE.md]
+
+For each (T, B, input, hidden) of issue 3, each cell, 1 layer and 2 layers
+bidirectional: forward (no grad) and forward+backward times of torch.nn and
+rk (same weights, same input), interleaved, median of repeats after warm-up;
+prints the ratio torch/rk (> 1: rk is faster) and rk's GFLOP/s. Then padded
+input with uneven lengths (rk) against the same data as a PackedSequence
+(torch.nn). The machine is shared and noisy: read the ratios, not the times.
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkernels as rk
+
+SHAPES = [(35, 20, 200, 200), (35, 20, 650, 650), (100, 8, 128, 256), (50, 64, 256, 512), (200, 1, 64, 128),
+          (16, 256, 128, 128)]
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
+TORCH_MODULE = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}
+RK_MODULE = {"lstm": rk.LSTM, "gru": rk.GRU, "rnn_tanh": rk.RNN}
+
+
+def forward_flops(cell, T, B, I, H, layers, directions):
+    """2 * multiply-adds of the GEMMs (the pointwise work is not counted)."""
+    flops, in_size = 0, I
+    for _ in range(layers):
+        flops += directions * 2 * T * B * GATES[cell] * H * (in_size + H)
+        in_size = H * directions
+    return flops
+
+
+def timed(fn, sync_inputs=()):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compare(fn_torch, fn_rk, repeats, warmup=2):
+    """Median seconds of each, run alternately so noise hits both alike."""
+    for _ in range(warmup):
+        fn_torch()
+        fn_rk()
+    t_torch, t_rk = [], []
+    for _ in range(repeats):
+        t_torch.append(timed(fn_torch))
+        t_rk.append(timed(fn_rk))
+    return statistics.median(t_torch), statistics.median(t_rk)
+
+
+def make_pair(cell, I, H, layers, bidirectional):
+    torch.manual_seed(0)
+    ref = TORCH_MODULE[cell](I, H, num_layers=layers, bidirectional=bidirectional)
+    ours = RK_MODULE[cell](I, H, num_layers=layers, bidirectional=bidirectional, backend="cpu")
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def bench_config(cell, shape, layers, bidirectional, repeats):
+    T, B, I, H = shape
+    ref, ours = make_pair(cell, I, H, layers, bidirectional)
+    x = torch.randn(T, B, I)
+    xg = x.clone().requires_grad_()
+
+    def fwd(module):
+        def run():
+            with torch.no_grad():
+                module(x)
+        return run
+
+    def fwd_bwd(module):
+        def run():
+            out, _ = module(xg)
+            out.sum().backward()
+        return run
+
+    f_torch, f_rk = compare(fwd(ref), fwd(ours), repeats)
+    fb_torch, fb_rk = compare(fwd_bwd(ref), fwd_bwd(ours), repeats)
+    flops = forward_flops(cell, T, B, I, H, layers, 2 if bidirectional else 1)
+    return {
+        "fwd_torch_ms": f_torch * 1e3, "fwd_rk_ms": f_rk * 1e3, "fwd_ratio": f_torch / f_rk,
+        "fb_torch_ms": fb_torch * 1e3, "fb_rk_ms": fb_rk * 1e3, "fb_ratio": fb_torch / fb_rk,
+        "fwd_rk_gflops": flops / f_rk / 1e9, "fb_rk_gflops": 3 * flops / fb_rk / 1e9,
+    }
+
+
+def bench_lengths(cell, shape, repeats):
+    """fwd+bwd on uneven lengths: rk on padded input + lengths vs torch.nn on a PackedSequence."""
+    T, B, I, H = shape
+    ref, ours = make_pair(cell, I, H, 1, False)
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    lengths[0] = T
+    x = torch.randn(T, B, I, requires_grad=True)
+
+    def run_torch():
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, _ = ref(packed)
+        out.data.sum().backward()
+
+    def run_rk():
+        out, _ = ours(x, lengths=lengths)
+        out.sum().backward()
+
+    t_torch, t_rk = compare(run_torch, run_rk, repeats)
+    return {"torch_ms": t_torch * 1e3, "rk_ms": t_rk * 1e3, "ratio": t_torch / t_rk}
+
+
+def sgemm_rate(repeats=5):
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(2):
+        a @ b
+    times = [timed(lambda: a @ b) for _ in range(repeats)]
+    return 2 * 1024 ** 3 / statistics.median(times) / 1e9
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 1-layer only")
+    parser.add_argument("--cells", default="lstm,gru,rnn_tanh")
+    parser.add_argument("--shapes", default="", help="indices into SHAPES, e.g. 0,2 (default: all)")
+    parser.add_argument("--repeats", type=int, default=0)
+    parser.add_argument("--out", default="", help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    shapes = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES
+    cells = args.cells.split(",")
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}; "
+             f"ratio = torch.nn time / rk time (> 1: rk faster); sgemm 1024^3: {sgemm_rate():.0f} GFLOP/s", "",
+             "| cell | layers | T, B, I, H | fwd torch ms | fwd rk ms | fwd ratio | fwd+bwd torch ms | fwd+bwd rk ms "
+             "| fwd+bwd ratio | rk fwd+bwd GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    summary = {}
+    for cell in cells:
+        for layers, bidirectional in ([(1, False)] if args.quick else [(1, False), (2, True)]):
+            for shape in shapes:
+                r = bench_config(cell, shape, layers, bidirectional, repeats)
+                summary.setdefault(cell, []).append(r)
+                line = (f"| {cell} | {layers}{' bi' if bidirectional else ''} | {shape} | {r['fwd_torch_ms']:.2f} | "
+                        f"{r['fwd_rk_ms']:.2f} | {r['fwd_ratio']:.2f} | {r['fb_torch_ms']:.2f} | {r['fb_rk_ms']:.2f} | "
+                        f"{r['fb_ratio']:.2f} | {r['fb_rk_gflops']:.0f} |")
+                lines.append(line)
+                print(line, flush=True)
+    lines += ["", "| cell | median fwd ratio | median fwd+bwd ratio | min fwd ratio | min fwd+bwd ratio |",
+              "|---|---|---|---|---|"]
+    for cell, rows in summary.items():
+        lines.append(f"| {cell} | {statistics.median(r['fwd_ratio'] for r in rows):.2f} | "
+                     f"{statistics.median(r['fb_ratio'] for r in rows):.2f} | {min(r['fwd_ratio'] for r in rows):.2f} | "
+                     f"{min(r['fb_ratio'] for r in rows):.2f} |")
+    lines += ["", "Uneven lengths, fwd+bwd: rk padded + lengths vs torch.nn PackedSequence (1 layer)", "",
+              "| cell | T, B, I, H | torch packed ms | rk padded ms | ratio |", "|---|---|---|---|---|"]
+    print("\n".join(lines[-len(summary) - 6:]), flush=True)
+    for cell in cells:
+        for shape in shapes:
+            r = bench_lengths(cell, shape, repeats)
+            line = f"| {cell} | {shape} | {r['torch_ms']:.2f} | {r['rk_ms']:.2f} | {r['ratio']:.2f} |"
+            lines.append(line)
+            print(line, flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("# CPU kernels vs torch.nn\n\n`" + " ".join(["python"] + sys.argv) + "`\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

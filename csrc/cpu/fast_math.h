@@ -1,0 +1,70 @@
+// Math policy (exp, tanh) the CPU pointwise loops pass to cells.h.
+//
+// libm's expf / tanhf are calls the compiler cannot vectorise (without
+// -ffast-math), and they dominate a step's pointwise pass. FastFloatMath is
+// plain arithmetic that `#pragma omp simd` loops vectorise: Cephes' expf
+// polynomial (error ~1 ulp over the clamped range) and, for tanh, Cephes'
+// odd polynomial for |x| < 0.625 and 1 - 2 / (exp(2|x|) + 1) above (a few
+// ulp). double keeps libm: it is the precision reference. The selects need
+// -fno-trapping-math (see pointwise_cpu.cpp) to be vectorised.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "cells.h"
+
+namespace rnnkernels {
+
+struct FastFloatMath {
+  static inline float exp(float x) {
+    x = x < -87.0f ? -87.0f : x;  // 2^k stays a normal float
+    x = x > 88.0f ? 88.0f : x;
+    // k = round(x / ln 2) by the 1.5 * 2^23 trick (no libm call, exact for |k| < 2^22)
+    const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // x - k ln2 in two parts
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+  }
+
+  static inline float tanh(float x) {
+    const float a = x < 0.0f ? -x : x;
+    const float z = x * x;
+    float small = -5.70498872745e-3f;
+    small = small * z + 2.06390887954e-2f;
+    small = small * z - 5.37397155531e-2f;
+    small = small * z + 1.33314422036e-1f;
+    small = small * z - 3.33332819422e-1f;
+    small = small * z * x + x;
+    const float large = 1.0f - 2.0f / (exp(2.0f * a) + 1.0f);
+    const float signed_large = x < 0.0f ? -large : large;
+    return a < 0.625f ? small : signed_large;
+  }
+
+  static inline double exp(double x) { return cells::StdMath::exp(x); }
+  static inline double tanh(double x) { return cells::StdMath::tanh(x); }
+};
+
+template <typename T>
+struct CpuMathFor {
+  using type = cells::StdMath;
+};
+
+template <>
+struct CpuMathFor<float> {
+  using type = FastFloatMath;
+};
+
+template <typename T>
+using CpuMath = typename CpuMathFor<T>::type;
+
+}  // namespace rnnkernels

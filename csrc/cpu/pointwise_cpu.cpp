@@ -1,0 +1,305 @@
+// CPU implementation of the fused pointwise pass of one time step (see
+// csrc/pointwise.h): rows of the batch are split over threads with
+// at::parallel_for; each row applies the cells.h gate math to its H units.
+
+// Lets GCC if-convert (and so vectorise) FastFloatMath's selects, whose arms
+// hold divisions it would otherwise refuse to run speculatively; nothing here
+// relies on floating-point exceptions.
+#pragma GCC optimize("no-trapping-math")
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "cells.h"
+#include "cpu/fast_math.h"
+#include "pointwise.h"
+
+namespace rnnkernels {
+namespace {
+
+// float rows are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at
+// load time (GCC function multiversioning): the wheel stays portable and the
+// vectorised gate math runs at the machine's vector width.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define RK_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define RK_CPU_CLONES
+#define RK_ALWAYS_INLINE inline
+#endif
+
+// Below this many elements a step runs on one thread: forking costs more.
+constexpr int64_t kMinElementsPerTask = 4096;
+
+template <typename F>
+void for_each_row_block(int64_t batch, int64_t elements_per_row, const F& fn) {
+  const int64_t grain = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(1, elements_per_row));
+  at::parallel_for(0, batch, grain, fn);
+}
+
+// Row b's pointer into a (B, n) tensor, or nullptr for an undefined one.
+template <typename scalar_t>
+scalar_t* row(const at::Tensor& tensor, int64_t b) {
+  return tensor.defined() ? tensor.data_ptr<scalar_t>() + b * tensor.size(1) : nullptr;
+}
+
+inline bool alive(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+inline const int64_t* lengths_ptr(const at::Tensor& lengths) {
+  return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+}
+
+template <typename scalar_t>
+void copy_row(scalar_t* dst, const scalar_t* src, int64_t n) {
+  std::memcpy(dst, src, n * sizeof(scalar_t));
+}
+
+template <typename scalar_t>
+void zero_row(scalar_t* dst, int64_t n) {
+  if (dst != nullptr) std::fill(dst, dst + n, scalar_t(0));
+}
+
+// ------------------------------------------------------------------ forward
+
+template <typename scalar_t>
+RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Math = CpuMath<acc_t>;
+  const int64_t* lengths = lengths_ptr(s.lengths);
+  const int64_t P = s.h_prev.size(1);
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  const int64_t H = lstm ? s.c_prev.size(1) : P;
+  const bool projected = s.h_raw.defined();
+  // Inference writes the activations to a throw-away row: a branch-free inner
+  // loop is one the compiler vectorises.
+  std::vector<scalar_t> scratch(s.saved.defined() ? 0 : saved_gate_count(s.mode) * H);
+  const scalar_t* b_ih = s.b_ih.data_ptr<scalar_t>();
+  const scalar_t* b_hh = s.b_hh.data_ptr<scalar_t>();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const scalar_t* gi = row<scalar_t>(s.gi, b);
+    const scalar_t* gh = row<scalar_t>(s.gh, b);
+    const scalar_t* h_prev = row<scalar_t>(s.h_prev, b);
+    scalar_t* h_next = row<scalar_t>(s.h_next, b);
+    scalar_t* out = row<scalar_t>(s.out, b);
+    scalar_t* saved = s.saved.defined() ? row<scalar_t>(s.saved, b) : scratch.data();
+    if (!alive(lengths, b, s.t)) {  // frozen state, zero output
+      if (lstm) copy_row(row<scalar_t>(s.c_next, b), row<scalar_t>(s.c_prev, b), H);
+      if (projected) {
+        zero_row(row<scalar_t>(s.h_raw, b), H);  // projected and then discarded by commit_projection
+      } else {
+        copy_row(h_next, h_prev, P);
+        zero_row(out, P);
+      }
+      if (s.saved.defined()) zero_row(saved, saved_gate_count(s.mode) * H);
+      continue;
+    }
+    // Pre-activation of gate unit k: both GEMM outputs plus both biases.
+    auto pre = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]) + acc_t(gh[k]) + acc_t(b_hh[k]); };
+    // h goes to h_raw (to be projected) or straight into the next state.
+    scalar_t* h_dst = projected ? row<scalar_t>(s.h_raw, b) : h_next;
+    if (lstm) {
+      const scalar_t* c_prev = row<scalar_t>(s.c_prev, b);
+      scalar_t* c_next = row<scalar_t>(s.c_next, b);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        cells::LstmActivations<acc_t> act;
+        acc_t c, h;
+        cells::lstm_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), acc_t(c_prev[j]), act,
+                                         c, h);
+        c_next[j] = scalar_t(c);
+        h_dst[j] = scalar_t(h);
+        saved[j] = scalar_t(act.i);
+        saved[H + j] = scalar_t(act.f);
+        saved[2 * H + j] = scalar_t(act.g);
+        saved[3 * H + j] = scalar_t(act.o);
+      }
+    } else if (gru) {
+      auto in = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]); };
+      auto rec = [&](int64_t k) { return acc_t(gh[k]) + acc_t(b_hh[k]); };
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        cells::GruActivations<acc_t> act;
+        const acc_t h = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
+                                                        rec(2 * H + j), acc_t(h_prev[j]), act);
+        h_dst[j] = scalar_t(h);
+        saved[j] = scalar_t(act.r);
+        saved[H + j] = scalar_t(act.z);
+        saved[2 * H + j] = scalar_t(act.n);
+        saved[3 * H + j] = scalar_t(act.gh_n);
+      }
+    } else if (s.mode == Mode::RnnTanh) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(pre(j)));
+    }
+    if (!projected) copy_row(out, h_next, P);
+  }
+}
+
+// ----------------------------------------------------------------- backward
+
+template <typename scalar_t>
+RK_ALWAYS_INLINE void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Math = CpuMath<acc_t>;
+  const int64_t* lengths = lengths_ptr(s.lengths);
+  const int64_t P = s.dh.size(1);
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  const int64_t H = lstm ? s.dc.size(1) : P;
+  const int64_t GH = s.d_pre.size(1);
+  std::vector<acc_t> dh_row(H);  // gradient of this step's h (before projection)
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const scalar_t* dh_carry = row<scalar_t>(s.dh, b);
+    scalar_t* dh_prev = row<scalar_t>(s.dh_prev, b);
+    scalar_t* d_pre = row<scalar_t>(s.d_pre, b);
+    if (!alive(lengths, b, s.t)) {  // the state passed through unchanged: so does its gradient
+      copy_row(dh_prev, dh_carry, P);
+      zero_row(d_pre, GH);
+      zero_row(row<scalar_t>(s.d_gh, b), GH);
+      continue;  // dc (lstm) stays as it is
+    }
+    // The gradient of this step's h: through the projection, or carry + output.
+    const scalar_t* dh_raw = row<scalar_t>(s.dh_raw, b);
+    const scalar_t* grad_out = row<scalar_t>(s.grad_out, b);
+    const scalar_t* saved = row<scalar_t>(s.saved, b);
+    if (dh_raw != nullptr) {
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_raw[j]);
+    } else if (grad_out != nullptr) {
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_carry[j]) + acc_t(grad_out[j]);
+    } else {
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_carry[j]);
+    }
+    const acc_t* dh = dh_row.data();
+    if (lstm) {
+      const scalar_t* c_prev = row<scalar_t>(s.c_prev, b);
+      const scalar_t* c_next = row<scalar_t>(s.c_next, b);
+      scalar_t* dc = row<scalar_t>(s.dc, b);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const cells::LstmActivations<acc_t> act{acc_t(saved[j]), acc_t(saved[H + j]), acc_t(saved[2 * H + j]),
+                                                acc_t(saved[3 * H + j])};
+        acc_t d_i, d_f, d_g, d_o, dc_prev;
+        cells::lstm_backward<acc_t, Math>(dh[j], acc_t(dc[j]), act, acc_t(c_prev[j]), acc_t(c_next[j]), d_i,
+                                          d_f, d_g, d_o, dc_prev);
+        d_pre[j] = scalar_t(d_i);
+        d_pre[H + j] = scalar_t(d_f);
+        d_pre[2 * H + j] = scalar_t(d_g);
+        d_pre[3 * H + j] = scalar_t(d_o);
+        dc[j] = scalar_t(dc_prev);
+      }
+      zero_row(dh_prev, P);  // h_prev reaches the loss only through W_hh
+    } else if (gru) {
+      const scalar_t* h_prev = row<scalar_t>(s.h_prev, b);
+      scalar_t* d_gh = row<scalar_t>(s.d_gh, b);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const cells::GruActivations<acc_t> act{acc_t(saved[j]), acc_t(saved[H + j]), acc_t(saved[2 * H + j]),
+                                               acc_t(saved[3 * H + j])};
+        acc_t d_r, d_z, d_n, d_hn, dh_direct;
+        cells::gru_backward<acc_t>(dh[j], act, acc_t(h_prev[j]), d_r, d_z, d_n, d_hn, dh_direct);
+        d_pre[j] = d_gh[j] = scalar_t(d_r);
+        d_pre[H + j] = d_gh[H + j] = scalar_t(d_z);
+        d_pre[2 * H + j] = scalar_t(d_n);
+        d_gh[2 * H + j] = scalar_t(d_hn);
+        dh_prev[j] = scalar_t(dh_direct);
+      }
+    } else {
+      const scalar_t* h_next = row<scalar_t>(s.h_next, b);
+      const bool tanh_mode = s.mode == Mode::RnnTanh;
+      if (tanh_mode) {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_tanh_backward<acc_t>(dh[j], acc_t(h_next[j])));
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_relu_backward<acc_t>(dh[j], acc_t(h_next[j])));
+      }
+      zero_row(dh_prev, P);
+    }
+  }
+}
+
+RK_CPU_CLONES void forward_rows_float(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+  forward_rows<float>(s, b_begin, b_end);
+}
+
+RK_CPU_CLONES void backward_rows_float(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+  backward_rows<float>(s, b_begin, b_end);
+}
+
+template <typename scalar_t>
+void forward_block(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    forward_rows_float(s, b_begin, b_end);
+  } else {
+    forward_rows<scalar_t>(s, b_begin, b_end);
+  }
+}
+
+template <typename scalar_t>
+void backward_block(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    backward_rows_float(s, b_begin, b_end);
+  } else {
+    backward_rows<scalar_t>(s, b_begin, b_end);
+  }
+}
+
+}  // namespace
+
+void forward_step_cpu(const ForwardStep& step) {
+  const int64_t batch = step.gi.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.gi.scalar_type(), "rnnkernels_forward_step_cpu", [&] {
+    for_each_row_block(batch, step.gi.size(1), [&](int64_t b0, int64_t b1) { forward_block<scalar_t>(step, b0, b1); });
+  });
+}
+
+void backward_step_cpu(const BackwardStep& step) {
+  const int64_t batch = step.d_pre.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.d_pre.scalar_type(), "rnnkernels_backward_step_cpu", [&] {
+    for_each_row_block(batch, step.d_pre.size(1), [&](int64_t b0, int64_t b1) { backward_block<scalar_t>(step, b0, b1); });
+  });
+}
+
+void commit_projection_cpu(const CommitProjection& s) {
+  const int64_t* lengths = lengths_ptr(s.lengths);
+  const int64_t batch = s.out.size(0), P = s.out.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, s.out.scalar_type(), "rnnkernels_commit_projection_cpu", [&] {
+    for (int64_t b = 0; b < batch; ++b) {
+      if (alive(lengths, b, s.t)) {
+        copy_row(row<scalar_t>(s.h_next, b), row<scalar_t>(s.out, b), P);
+      } else {
+        copy_row(row<scalar_t>(s.h_next, b), row<scalar_t>(s.h_prev, b), P);
+        zero_row(row<scalar_t>(s.out, b), P);
+      }
+    }
+  });
+}
+
+void gather_projected_grad_cpu(const GatherProjectedGrad& s) {
+  using namespace at;
+  const int64_t* lengths = lengths_ptr(s.lengths);
+  const int64_t batch = s.dst.size(0), P = s.dst.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, s.dst.scalar_type(), "rnnkernels_gather_projected_grad_cpu", [&] {
+    for (int64_t b = 0; b < batch; ++b) {
+      scalar_t* dst = row<scalar_t>(s.dst, b);
+      if (!alive(lengths, b, s.t)) {
+        zero_row(dst, P);
+        continue;
+      }
+      const scalar_t* dh = row<scalar_t>(s.dh, b);
+      const scalar_t* grad_out = row<scalar_t>(s.grad_out, b);
+      for (int64_t j = 0; j < P; ++j) dst[j] = grad_out != nullptr ? scalar_t(dh[j] + grad_out[j]) : dh[j];
+    }
+  });
+}
+
+}  // namespace rnnkernels

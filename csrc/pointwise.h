@@ -1,0 +1,89 @@
+// The fused pointwise pass of one time step, per device.
+//
+// csrc/rnn_layer.cpp owns the sequence loop (GEMMs through ATen, device
+// agnostic) and calls these once per step; each device implements them with
+// the gate math of csrc/cells.h: csrc/cpu/pointwise_cpu.cpp (at::parallel_for
+// over batch rows), csrc/cuda/ for CUDA.
+//
+// Shapes: B batch, H hidden, P = proj_size or H, G gates (1 rnn, 4 lstm, 3 gru).
+// Every tensor is contiguous, of x's dtype and device, except `lengths`.
+// A row b is alive at time t when lengths is undefined or t < lengths[b];
+// a dead row keeps its state, outputs zero and passes gradients through.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace rnnkernels {
+
+enum class Mode { RnnTanh, RnnRelu, Lstm, Gru };
+
+inline int64_t gate_count(Mode mode) {
+  return mode == Mode::Lstm ? 4 : mode == Mode::Gru ? 3 : 1;
+}
+
+// Floats saved per hidden unit for backward: lstm i,f,g,o; gru r,z,n,gh_n.
+inline int64_t saved_gate_count(Mode mode) {
+  return mode == Mode::Lstm || mode == Mode::Gru ? 4 : 0;
+}
+
+struct ForwardStep {
+  Mode mode;
+  int64_t t;           // time index of this step
+  at::Tensor lengths;  // (B,) int64 on x's device, or undefined: every row alive
+  at::Tensor gi;       // (B, G*H) x[t] W_ih^T (no bias)
+  at::Tensor gh;       // (B, G*H) h_prev W_hh^T (no bias)
+  at::Tensor b_ih;     // (G*H,) biases (zeros when the layer has none), added here so
+  at::Tensor b_hh;     //        that both GEMMs write their outputs without a bias copy
+  at::Tensor h_prev;   // (B, P)
+  at::Tensor h_next;   // (B, P) state after the step; unused with projection (see commit_projection)
+  at::Tensor c_prev;   // (B, H) lstm only
+  at::Tensor c_next;   // (B, H) lstm only
+  at::Tensor out;      // (B, P) output at t; unused with projection
+  at::Tensor h_raw;    // (B, H) lstm with projection: h before projection, or undefined
+  at::Tensor saved;    // (B, saved_gate_count*H) activations for backward, or undefined (inference)
+};
+
+struct BackwardStep {
+  Mode mode;
+  int64_t t;
+  at::Tensor lengths;   // as in ForwardStep
+  at::Tensor grad_out;  // (B, P) gradient of the output at t, or undefined (none, or projection)
+  at::Tensor dh;        // (B, P) gradient of the state after the step (from later steps and h_n)
+  at::Tensor dh_raw;    // (B, H) lstm with projection: gradient of h before projection, else undefined
+  at::Tensor dc;        // (B, H) lstm: gradient of c after the step; updated in place to that of c_prev
+  at::Tensor saved;     // (B, saved_gate_count*H) from forward
+  at::Tensor h_prev;    // (B, P) gru
+  at::Tensor h_next;    // (B, P) rnn
+  at::Tensor c_prev;    // (B, H) lstm
+  at::Tensor c_next;    // (B, H) lstm
+  at::Tensor d_pre;     // (B, G*H) out: gradient of the input-side pre-activations (zero on dead rows)
+  at::Tensor d_gh;      // (B, 3H) out, gru only: gradient of h W_hh^T + b_hh
+  at::Tensor dh_prev;   // (B, P) out: the part of d h_prev not through W_hh (dead rows: dh)
+};
+
+// LSTM with projection, forward: `out` holds h_raw W_hr^T. Alive rows:
+// h_next = out; dead rows: h_next = h_prev, out = 0.
+struct CommitProjection {
+  int64_t t;
+  at::Tensor lengths, out, h_prev, h_next;  // (B,), (B, P) x3
+};
+
+// LSTM with projection, backward: dst = alive ? dh + grad_out : 0 (grad_out may be undefined).
+struct GatherProjectedGrad {
+  int64_t t;
+  at::Tensor lengths, dh, grad_out, dst;  // (B,), (B, P) x3
+};
+
+void forward_step_cpu(const ForwardStep& step);
+void backward_step_cpu(const BackwardStep& step);
+void commit_projection_cpu(const CommitProjection& step);
+void gather_projected_grad_cpu(const GatherProjectedGrad& step);
+
+#ifdef RNNKERNELS_WITH_CUDA
+void forward_step_cuda(const ForwardStep& step);
+void backward_step_cuda(const BackwardStep& step);
+void commit_projection_cuda(const CommitProjection& step);
+void gather_projected_grad_cuda(const GatherProjectedGrad& step);
+#endif
+
+}  // namespace rnnkernels

@@ -1,0 +1,39 @@
+// Op schemas of the recurrent layers, and their CPU registration.
+//
+// rnn_layer_forward: one layer, one direction; mode is "rnn_tanh",
+// "rnn_relu", "lstm" or "gru" (one op, so there is one copy of the loop).
+//   x (T, B, I); h0 (B, P) or None (zeros); c0 (B, H) lstm only, or None;
+//   w_ih (G*H, I); w_hh (G*H, P); b_ih, b_hh (G*H,) or None;
+//   w_hr (P, H) lstm projection or None; lengths (B,) int64 CPU or None;
+//   reverse: walk t = T-1..0 (each sequence starts at its own last step);
+//   training: save what backward needs (else the last four are empty).
+//   -> output (T, B, P), h_n (B, P), c_n (B, H) (lstm; else empty),
+//      states, cells, gates, hidden_raw: saved activations, layout in rnn_layer.cpp.
+// rnn_layer_backward: gradients from a training forward's saved tensors.
+//   grad_output, grad_h_n, grad_c_n may be None (no gradient flows there);
+//   input_grad / weight_grad: whether to compute grad_x / the weight and
+//   bias gradients (else empty); has_bias: whether biases were given.
+//   -> grad_x, grad_h0, grad_c0 (lstm; else empty), grad_w_ih, grad_w_hh,
+//      grad_b_ih, grad_b_hh, grad_w_hr (empty when absent or not asked for).
+// Autograd and fake kernels are registered in rnnkernels/rnn_ops.py.
+#include <torch/library.h>
+
+#include "rnn_layer.h"
+
+TORCH_LIBRARY_FRAGMENT(rnnkernels, m) {
+  m.def(
+      "rnn_layer_forward(str mode, Tensor x, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, bool reverse, bool training) -> (Tensor output, Tensor h_n, "
+      "Tensor c_n, Tensor states, Tensor cells, Tensor gates, Tensor hidden_raw)");
+  m.def(
+      "rnn_layer_backward(str mode, Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor x, "
+      "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool reverse, Tensor states, Tensor cells, "
+      "Tensor gates, Tensor hidden_raw, bool has_bias, bool input_grad, bool weight_grad) -> (Tensor grad_x, "
+      "Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
+      "Tensor grad_w_hr)");
+}
+
+TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
+  m.impl("rnn_layer_forward", &rnnkernels::rnn_layer_forward);
+  m.impl("rnn_layer_backward", &rnnkernels::rnn_layer_backward);
+}

@@ -1,0 +1,131 @@
+"""Autograd formulas and fake (meta) kernels of the compiled recurrent-layer ops.
+
+`torch.ops.rnnkernels.rnn_layer_forward` / `rnn_layer_backward` are defined in
+csrc/rnn_ops.cpp (schemas and the saved-activation layout are documented
+there and in csrc/rnn_layer.cpp). Importing this module registers, for them,
+the autograd formula (forward saves activations, backward is the second op)
+and the fake kernels that let torch.compile trace them without running them.
+Import it only when the extension is loaded (rnnkernels._ext.load_error() is None).
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _ext
+from .reference import GATES
+
+if _ext.load_error() is not None:  # pragma: no cover - guarded by the callers
+    raise ImportError(_ext.load_error())
+
+_SAVED_GATES = {"lstm": 4, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
+
+
+def _sizes(mode: str, w_ih: Tensor, w_hr: Optional[Tensor]):
+    hidden = w_ih.shape[0] // GATES[mode]
+    return hidden, (w_hr.shape[0] if w_hr is not None else hidden)
+
+
+@torch.library.register_fake("rnnkernels::rnn_layer_forward")
+def _forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training):
+    T, B = x.shape[0], x.shape[1]
+    H, P = _sizes(mode, w_ih, w_hr)
+    lstm = mode == "lstm"
+
+    def empty():  # a new one each time: outputs must not alias each other
+        return x.new_empty((0,))
+
+    out, h_n = x.new_empty((T, B, P)), x.new_empty((B, P))
+    c_n = x.new_empty((B, H)) if lstm else empty()
+    if not training:
+        return out, h_n, c_n, empty(), empty(), empty(), empty()
+    states = x.new_empty((T + 1, B, P))
+    cells = x.new_empty((T + 1, B, H)) if lstm else empty()
+    gates = x.new_empty((T, B, _SAVED_GATES[mode] * H)) if _SAVED_GATES[mode] else empty()
+    hidden_raw = x.new_empty((T, B, H)) if w_hr is not None else empty()
+    return out, h_n, c_n, states, cells, gates, hidden_raw
+
+
+@torch.library.register_fake("rnnkernels::rnn_layer_backward")
+def _backward_fake(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths, reverse, states, cells,
+                   gates, hidden_raw, has_bias, input_grad, weight_grad):
+    T, B, I = x.shape
+    H, P = _sizes(mode, w_ih, w_hr)
+    GH = w_ih.shape[0]
+
+    def empty():
+        return x.new_empty((0,))
+
+    grad_x = x.new_empty((T, B, I)) if input_grad else empty()
+    grad_h0 = x.new_empty((B, P))
+    grad_c0 = x.new_empty((B, H)) if mode == "lstm" else empty()
+    grad_w_ih = x.new_empty((GH, I)) if weight_grad else empty()
+    grad_w_hh = x.new_empty((GH, P)) if weight_grad else empty()
+    grad_b_ih = x.new_empty((GH,)) if weight_grad and has_bias else empty()
+    grad_b_hh = x.new_empty((GH,)) if weight_grad and has_bias else empty()
+    grad_w_hr = x.new_empty((P, H)) if weight_grad and w_hr is not None else empty()
+    return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr
+
+
+def _setup_context(ctx, inputs, output):
+    mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training = inputs
+    _, _, c_n, states, cells, gates, hidden_raw = output
+    ctx.mode, ctx.reverse, ctx.training = mode, reverse, training
+    ctx.given = (h0 is not None, c0 is not None, b_ih is not None, b_hh is not None)
+    # save_for_backward takes None, but torch.compile's runtime wants only tensors.
+    saved = (x, w_ih, w_hh, w_hr, lengths, states, cells, gates, hidden_raw)
+    ctx.saved_present = tuple(t is not None for t in saved)
+    ctx.save_for_backward(*(t for t in saved if t is not None))
+    ctx.mark_non_differentiable(states, cells, gates, hidden_raw)
+    if mode != "lstm":
+        ctx.mark_non_differentiable(c_n)
+    #ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
+    if not ctx.training:
+        raise RuntimeError(
+            "rnnkernels.rnn_layer_forward was called with training=False, so it saved nothing for "
+            "backward; call it with training=True when gradients are needed"
+        )
+    tensors = iter(ctx.saved_tensors)
+    saved = [next(tensors) if present else None for present in ctx.saved_present]
+    x, w_ih, w_hh, w_hr, lengths, states, cells, gates, hidden_raw = saved
+    needs = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training
+    has_h0, has_c0, has_b_ih, has_b_hh = ctx.given
+    weight_grad = any(needs[4:9])
+    grads = torch.ops.rnnkernels.rnn_layer_backward(
+        ctx.mode, grad_output, grad_h_n, grad_c_n if ctx.mode == "lstm" else None, x, w_ih, w_hh, w_hr, lengths,
+        ctx.reverse, states, cells, gates, hidden_raw, has_b_ih or has_b_hh, needs[1], weight_grad)
+    grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr = grads
+
+    def keep(grad, needed, given=True):
+        return grad if needed and given else None
+
+    return (
+        None,
+        keep(grad_x, needs[1]),
+        keep(grad_h0, needs[2], has_h0),
+        keep(grad_c0, needs[3], has_c0 and ctx.mode == "lstm"),
+        keep(grad_w_ih, needs[4]),
+        keep(grad_w_hh, needs[5]),
+        keep(grad_b_ih, needs[6], has_b_ih),
+        keep(grad_b_hh, needs[7], has_b_hh),
+        keep(grad_w_hr, needs[8], w_hr is not None),
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("rnnkernels::rnn_layer_forward", _backward, setup_context=_setup_context)
+
+
+def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+    """The backend contract (rnnkernels.reference.rnn_layer) on the compiled op:
+    saves activations only when some input requires grad."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    out, h_n, c_n, *_ = torch.ops.rnnkernels.rnn_layer_forward(
+        mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training)
+    return out, h_n, (c_n if mode == "lstm" else None)

@@ -1,0 +1,327 @@
+"""The `cpu` backend (csrc/rnn_layer.cpp, csrc/cpu/): gradients, equality with
+the float64 reference, thread independence, bad input, opcheck, torch.compile."""
+import itertools
+
+import pytest
+import torch
+
+import rnnkernels as rk
+from rnnkernels import _ext, backends
+from rnnkernels.check import TOLERANCE, RNNCase, relative_error, run_rnn_case
+from rnnkernels.reference import GATES
+
+pytestmark = pytest.mark.skipif(_ext.load_error() is not None, reason=str(_ext.load_error()))
+
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+forward_op = torch.ops.rnnkernels.rnn_layer_forward
+backward_op = torch.ops.rnnkernels.rnn_layer_backward
+
+
+def layer_inputs(mode, T=3, B=3, I=2, H=3, proj=0, bias=True, with_h0=True, lengths=None, dtype=torch.float64,
+                 seed=0, requires_grad=True):
+    """Fresh random arguments of rnn_layer_forward (before `reverse, training`)."""
+    gen = torch.Generator().manual_seed(seed)
+    P = proj or H
+    G = GATES[mode] * H
+
+    def rand(*shape):
+        return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype).requires_grad_(requires_grad)
+
+    x = rand(T, B, I)
+    h0 = rand(B, P) if with_h0 else None
+    c0 = rand(B, H) if with_h0 and mode == "lstm" else None
+    w_ih, w_hh = rand(G, I), rand(G, P)
+    b_ih, b_hh = (rand(G), rand(G)) if bias else (None, None)
+    w_hr = rand(P, H) if proj else None
+    lengths = torch.tensor(lengths, dtype=torch.int64) if lengths is not None else None
+    return [mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths]
+
+
+# ---------------------------------------------------------------- gradcheck
+
+GRADCHECK_OPTIONS = [
+    dict(),
+    dict(lengths=[3, 1, 2]),
+    dict(lengths=[0, 3, 2], reverse=True),
+    dict(reverse=True),
+    dict(with_h0=False),
+    dict(bias=False, lengths=[2, 3, 3]),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("options", GRADCHECK_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+def test_gradcheck(mode, options):
+    options = dict(options)
+    reverse = options.pop("reverse", False)
+    args = layer_inputs(mode, **options)
+    check_layer_gradients(args, reverse)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(lengths=[3, 1, 2], reverse=True), dict(with_h0=False, lengths=[2, 0, 3])],
+                         ids=["plain", "lengths-reverse", "no-h0"])
+def test_gradcheck_lstm_projection(options):
+    options = dict(options)
+    reverse = options.pop("reverse", False)
+    check_layer_gradients(layer_inputs("lstm", H=4, proj=2, **options), reverse)
+
+
+def check_layer_gradients(args, reverse):
+    mode = args[0]
+    tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def fn(*tensors):
+        full = list(args)
+        for i, t in zip(tensor_positions, tensors):
+            full[i] = t
+        out, h_n, c_n, *_ = forward_op(*full, reverse, True)
+        return (out, h_n, c_n) if mode == "lstm" else (out, h_n)
+
+    inputs = tuple(args[i] for i in tensor_positions)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# ---------------------------------------------- equality with the reference
+
+CASES = [
+    RNNCase(mode=m, **kw)
+    for m, kw in itertools.product(MODES, [
+        dict(),
+        dict(steps=1),
+        dict(batch=1, steps=7),
+        dict(hidden_size=13, lengths=[5, 2, 4]),
+        dict(bidirectional=True, lengths=[1, 5, 3], num_layers=2),
+        dict(batch_first=True, bias=False, with_h0=False, lengths=[5, 0, 1]),
+        dict(batch=9, steps=6, hidden_size=21, input_size=7, bidirectional=True, lengths=[6, 1, 2, 3, 4, 5, 6, 6, 2]),
+    ])
+] + [
+    RNNCase(mode="lstm", proj_size=3, hidden_size=7, bidirectional=True, lengths=[5, 1, 3], num_layers=2),
+    RNNCase(mode="lstm", proj_size=1, hidden_size=5, steps=1, batch=1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.describe())
+def test_matches_reference(case, dtype):
+    case.dtype = dtype
+    errors = run_rnn_case(case, "cpu", seed=3)
+    assert max(errors.values()) < TOLERANCE[dtype], errors
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_bfloat16_close_to_reference(mode):
+    # bfloat16 storage, float32 gate math: within the harness' bfloat16 tolerance.
+    # (rnn_relu is left out: its unbounded state amplifies bfloat16 rounding.)
+    case = RNNCase(mode=mode, hidden_size=16, input_size=8, lengths=[5, 3, 4], dtype=torch.bfloat16)
+    errors = run_rnn_case(case, "cpu", seed=1)
+    assert max(errors.values()) < TOLERANCE[torch.bfloat16], errors
+
+
+# ------------------------------------------------ threads and determinism
+
+def run_module_with_grads(mode, threads, seed=0):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        # large enough that the pointwise pass splits rows over two threads
+        module = {"lstm": rk.LSTM, "gru": rk.GRU, "rnn_tanh": rk.RNN}[mode](16, 48, backend="cpu")
+        x = torch.randn(6, 64, 16, requires_grad=True)
+        lengths = torch.randint(1, 7, (64,))
+        out, _ = module(x, lengths=lengths)
+        out.backward(torch.randn_like(out))
+        return [out.detach(), x.grad] + [p.grad for p in module.parameters()]
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_threads_agree_and_repeats_are_bit_identical(mode):
+    one = run_module_with_grads(mode, 1)
+    two = run_module_with_grads(mode, 2)
+    again = run_module_with_grads(mode, 2)
+    for a, b, c in zip(one, two, again):
+        assert relative_error(b, a) < 1e-6
+        assert torch.equal(b, c)
+
+
+# ---------------------------------------------------------------- bad input
+
+def call_forward(args, reverse=False, training=False):
+    return forward_op(*args, reverse, training)
+
+
+def replaced(args, index, value):
+    args = list(args)
+    args[index] = value
+    return args
+
+
+BAD_INPUTS = [
+    # (description, change to valid lstm args, expected message fragment)
+    ("mode", lambda a: replaced(a, 0, "lstn"), "mode must be one of"),
+    ("x not 3-D", lambda a: replaced(a, 1, a[1][0]), "x must be 3-D"),
+    ("x integer", lambda a: replaced(a, 1, a[1].long()), "x must be float32, float64 or bfloat16"),
+    ("x float16", lambda a: replaced(a, 1, a[1].half()), "x must be float32, float64 or bfloat16"),
+    ("h0 shape", lambda a: replaced(a, 2, a[2][:, :2]), "h0 must have shape"),
+    ("h0 dtype", lambda a: replaced(a, 2, a[2].float()), "h0 must have dtype"),
+    ("c0 shape", lambda a: replaced(a, 3, a[3][:2]), "c0 must have shape"),
+    ("w_ih rows", lambda a: replaced(a, 4, a[4][:5]), "w_ih must have shape"),
+    ("w_ih cols", lambda a: replaced(a, 4, a[4][:, :1]), "w_ih must have shape"),
+    ("w_hh", lambda a: replaced(a, 5, a[5][:, :2]), "w_hh must have shape"),
+    ("b_ih", lambda a: replaced(a, 6, a[6][:4]), "b_ih must have shape"),
+    ("b_hh dtype", lambda a: replaced(a, 7, a[7].float()), "b_hh must have dtype"),
+    ("w_hr", lambda a: replaced(a, 8, torch.randn(3, 5, dtype=torch.float64)), "w_hr must have shape"),
+    ("lengths too long", lambda a: replaced(a, 9, torch.tensor([3, 4, 1])), "lengths must lie in [0, 3]"),
+    ("lengths negative", lambda a: replaced(a, 9, torch.tensor([3, -1, 1])), "lengths must lie in [0, 3]"),
+    ("lengths shape", lambda a: replaced(a, 9, torch.tensor([3, 1])), "lengths must have shape (3,)"),
+    ("lengths dtype", lambda a: replaced(a, 9, torch.tensor([3.0, 1.0, 2.0])), "lengths must be int64"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_named_before_any_work(name, change, message):
+    args = change(layer_inputs("lstm", requires_grad=False, lengths=[3, 1, 2]))
+    before = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(RuntimeError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        call_forward(args)
+    for a, b in zip(args, before):  # the caller's tensors are untouched
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+
+
+def test_state_arguments_for_the_wrong_cell_are_rejected():
+    args = layer_inputs("gru", requires_grad=False)
+    with pytest.raises(RuntimeError, match="c0 is only for lstm"):
+        call_forward(replaced(args, 3, torch.zeros(3, 3, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match=r"w_hr \(projection\) is only for lstm"):
+        call_forward(replaced(args, 8, torch.zeros(3, 3, dtype=torch.float64)))
+
+
+def test_backward_without_training_forward_is_a_clear_error():
+    args = layer_inputs("lstm")
+    out, *_ = call_forward(args, training=False)
+    with pytest.raises(RuntimeError, match="training=False"):
+        out.sum().backward()
+
+
+def test_non_contiguous_inputs_are_read_correctly():
+    args = layer_inputs("lstm", requires_grad=False, H=4, proj=2, lengths=[3, 2, 1])
+    strided = list(args)
+    strided[1] = args[1].transpose(0, 1).contiguous().transpose(0, 1)  # (T, B, I) with batch-major strides
+    strided[4] = args[4].t().contiguous().t()
+    strided[5] = args[5].t().contiguous().t()
+    strided[8] = args[8].t().contiguous().t()
+    strided[6] = torch.stack([args[6], args[6]], 1)[:, 0]
+    assert not strided[1].is_contiguous() and not strided[4].is_contiguous() and not strided[6].is_contiguous()
+    for a, b in zip(call_forward(args), call_forward(strided)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("T,B,lengths", [(0, 3, None), (4, 0, None), (0, 0, None), (3, 2, [0, 0]), (3, 2, [0, 3])])
+def test_empty_shapes_match_reference(mode, T, B, lengths):
+    torch.manual_seed(0)
+    cls = {"lstm": rk.LSTM, "gru": rk.GRU, "rnn_tanh": rk.RNN, "rnn_relu": rk.RNN}[mode]
+    kwargs = {"nonlinearity": "relu"} if mode == "rnn_relu" else {}
+    module = cls(3, 4, bidirectional=True, **kwargs).double()
+    x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
+    length_tensor = torch.tensor(lengths, dtype=torch.int64) if lengths is not None else None
+    out, state = module(x, lengths=length_tensor, backend="cpu")
+    ref_out, ref_state = module(x, lengths=length_tensor, backend="reference")
+    states = state if isinstance(state, tuple) else (state,)
+    ref_states = ref_state if isinstance(ref_state, tuple) else (ref_state,)
+    assert out.shape == ref_out.shape and torch.allclose(out, ref_out)
+    for s, r in zip(states, ref_states):
+        assert s.shape == r.shape and torch.allclose(s, r)
+    (out.sum() + sum(s.sum() for s in states)).backward()  # backward runs too
+    assert x.grad is None or x.grad.shape == x.shape
+
+
+# ------------------------------------------------------ backend selection
+
+def test_auto_picks_cpu_for_cpu_tensors():
+    assert backends.available("cpu", dtype=torch.float32)[0] == "cpu"
+    assert backends.resolve(None, "cpu", "rnn", torch.float64)[0] == "cpu"
+    assert "float16" in backends.unavailable_reason("cpu", "cpu", dtype=torch.float16)
+    assert "CPU tensors only" in backends.unavailable_reason("cpu", "cuda", dtype=torch.float32)
+
+
+def test_inference_saves_nothing():
+    args = layer_inputs("lstm", requires_grad=False, H=4, proj=2)
+    *_, states, cells, gates, hidden_raw = call_forward(args, training=False)
+    assert states.numel() == cells.numel() == gates.numel() == hidden_raw.numel() == 0
+    *_, states, cells, gates, hidden_raw = call_forward(args, training=True)
+    assert states.shape == (4, 3, 2) and cells.shape == (4, 3, 4) and gates.shape == (3, 3, 16)
+    assert hidden_raw.shape == (3, 3, 4)
+
+
+# ------------------------------------------------------------------ opcheck
+
+OPCHECK_CASES = [("lstm", dict(proj=2, H=4, lengths=[3, 1, 2])), ("lstm", dict(with_h0=False)),
+                 ("gru", dict(lengths=[2, 3, 0])), ("rnn_tanh", dict(bias=False)), ("rnn_relu", dict())]
+
+
+@pytest.mark.parametrize("mode,options", OPCHECK_CASES, ids=[c[0] + str(i) for i, c in enumerate(OPCHECK_CASES)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck(mode, options, reverse):
+    args = layer_inputs(mode, dtype=torch.float32, **options)
+    torch.library.opcheck(forward_op, tuple(args) + (reverse, True))
+    no_grad_args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(forward_op, tuple(no_grad_args) + (reverse, False))
+    # the backward op on a training forward's saved activations
+    out, h_n, c_n, states, cells, gates, hidden_raw = forward_op(*no_grad_args, reverse, True)
+    x, w_ih, w_hh, w_hr, lengths = no_grad_args[1], no_grad_args[4], no_grad_args[5], no_grad_args[8], no_grad_args[9]
+    grad_c_n = torch.randn_like(c_n) if mode == "lstm" else None
+    backward_args = (mode, torch.randn_like(out), torch.randn_like(h_n), grad_c_n, x, w_ih, w_hh, w_hr, lengths, reverse,
+                     states, cells, gates, hidden_raw, no_grad_args[6] is not None, True, True)
+    torch.library.opcheck(backward_op, backward_args)
+
+
+# ---------------------------------------------------------- torch.compile
+
+class Tagger(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = rk.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3)
+        self.head = torch.nn.Linear(6, 2)
+
+    def forward(self, x, lengths):
+        out, (h, c) = self.rnn(x, lengths=lengths)
+        return self.head(out).square().mean() + h.square().mean() + c.mean()
+
+
+def compile_and_compare(backend):
+    torch.manual_seed(0)
+    model = Tagger()
+    x, lengths = torch.randn(5, 3, 4), torch.tensor([5, 2, 4])
+    compiled = torch.compile(model, fullgraph=True, backend=backend)  # fullgraph: a graph break is an error
+    loss = compiled(x, lengths)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    expected = model(x, lengths)
+    expected.backward()
+    assert relative_error(loss, expected) < 1e-5
+    for g, p in zip(grads, model.parameters()):
+        assert relative_error(g, p.grad) < 1e-5
+
+
+def test_compile_fullgraph_aot_eager():
+    torch._dynamo.reset()
+    compile_and_compare("aot_eager")
+
+
+def test_compile_fullgraph_inductor():
+    torch._dynamo.reset()
+    compile_and_compare("inductor")
+
+
+def test_torch_nn_lstm_keeps_dynamo_default():
+    # The Dynamo patch for rnnkernels modules leaves torch.nn's own alone.
+    from torch._dynamo import config
+
+    torch._dynamo.reset()
+    assert config.allow_rnn is False
+    with pytest.raises(Exception, match="LSTM"):
+        torch.compile(torch.nn.LSTM(2, 3), fullgraph=True, backend="eager")(torch.randn(2, 1, 2))
