@@ -175,7 +175,8 @@ def _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, end, DW, bh, scale_l
     if HAS_DW:
         dp += tl.load(DW + bh * Tq * Tk + rows[:, None] * Tk + cols[None, :],
                       mask=(rows[:, None] < Tq) & (cols[None, :] < Tk), other=0.0).to(tl.float32)
-    return p, p * (dp - delta[:, None])
+    # A row with one visible key has weight 1 whatever the score: its scores get exactly no gradient.
+    return p, tl.where(end[:, None] > 1, p * (dp - delta[:, None]), 0.0)
 
 
 @triton.jit

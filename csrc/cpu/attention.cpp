@@ -310,6 +310,10 @@ void backward_kernel(const Geometry& g, const T* grad_out, const T* grad_weights
             const T* p = probs.data() + r * kKeyBlock;
             T* ds = dprobs.data() + r * kKeyBlock;
             const T d_i = delta[i0 + r];
+            if (g.visible_end(b, i0 + r) == 1) {  // one visible key: its weight is 1 whatever the score,
+              std::fill(ds, ds + cols, T(0));      // so the score gets exactly no gradient
+              continue;
+            }
             if (grad_weights) {
               const T* dw = grad_weights + (bh * g.tq + i0 + r) * g.tk + k0;
               for (int64_t j = 0; j < cols; ++j) ds[j] += dw[j];
