@@ -1,0 +1,166 @@
+"""One recurrent layer, one direction, on Triton kernels: forward and backward.
+
+    layer_forward   input projection of all steps (one matmul), then the
+                    recurrence on the step path or the sequence path
+    layer_backward  the recurrence backwards on either path, then the input
+                    and weight gradients as big matmuls
+
+The two paths write the same saved buffers, so a forward on one path can be
+differentiated on the other. Semantics (gate order, lengths, reverse) are
+rnnkernels/reference.py's; the math is rnn_cells.py's.
+
+Buffers of one layer (T steps, B batch, I input, H hidden, G gates, S saved):
+    gi       (T, B, G*H)  x W_ih^T + b_ih, storage dtype
+    h_prev   (T, B, H)    state entering step t, storage dtype
+    c_prev   (T, B, H)    cell entering step t, fp32 (lstm; else empty)
+    saved    (T, B, S*H)  fp32 activations (rnn_cells.py)
+    dgh, dgi (T, B, G*H)  gate gradients, storage dtype (dgi is dgh except for gru)
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch import Tensor
+
+from .rnn_cells import MODE_CODES, NUM_GATES, NUM_SAVED
+from .rnn_sequence import sequence_backward_kernel, sequence_forward_kernel
+from .rnn_step import step_backward_kernel, step_forward_kernel
+
+# Path heuristic: the sequence kernel holds (BLOCK_B, next_pow2(H)) fp32 tiles
+# per gate in registers, so it only suits small H; at large batch the step
+# path's per-step cuBLAS GEMM has enough work to hide its launch cost. These
+# limits are untuned first guesses (no GPU measured yet): the GPU playbook
+# (benchmarks/triton_rnn.py) times both paths and records where they cross.
+SEQUENCE_MAX_HIDDEN = 256
+SEQUENCE_MAX_BATCH = 64
+
+PATHS = ("auto", "step", "sequence")
+
+# Sequence kernel tiles: rows per program and the K chunk of the tl.dot loop.
+SEQUENCE_BLOCK_B = 16
+SEQUENCE_BLOCK_K = 32
+# Step kernel tile bounds (pointwise, no tl.dot: any power of two works).
+STEP_MAX_BLOCK_B = 16
+STEP_MAX_BLOCK_H = 128
+
+
+def choose_path(path: str, batch: int, hidden: int) -> str:
+    """"step" or "sequence" for a layer of this batch and hidden size."""
+    if path != "auto":
+        return path
+    return "sequence" if hidden <= SEQUENCE_MAX_HIDDEN and batch <= SEQUENCE_MAX_BATCH else "step"
+
+
+def _lengths_on(lengths: Optional[Tensor], device) -> Tuple[Optional[Tensor], bool]:
+    if lengths is None:
+        return torch.empty(1, dtype=torch.int32, device=device), False
+    return lengths.to(device=device, dtype=torch.int32), True
+
+
+def _step_blocks(B: int, H: int):
+    block_b = min(STEP_MAX_BLOCK_B, triton.next_power_of_2(max(B, 1)))
+    block_h = min(STEP_MAX_BLOCK_H, triton.next_power_of_2(max(H, 1)))
+    return block_b, block_h, (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
+
+
+def _sequence_blocks(B: int, H: int):
+    block_h = max(16, triton.next_power_of_2(H))
+    return SEQUENCE_BLOCK_B, block_h, SEQUENCE_BLOCK_K, (triton.cdiv(B, SEQUENCE_BLOCK_B),)
+
+
+def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+                  b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+                  path: str = "auto"):
+    """Returns (out, h_n, c_n, saved, h_prev, c_prev); c_n and c_prev are empty
+    unless mode is lstm. Inputs are assumed validated (rnnkernels/backends/triton.py)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    G, S = NUM_GATES[mode], NUM_SAVED[mode]
+    is_lstm = mode == "lstm"
+    dev, dtype = x.device, x.dtype
+    x, h0, w_ih, w_hh = x.contiguous(), h0.contiguous(), w_ih.contiguous(), w_hh.contiguous()
+    out = torch.empty(T, B, H, device=dev, dtype=dtype)
+    saved = torch.empty(T, B, S * H, device=dev, dtype=torch.float32)
+    h_prev = torch.empty(T, B, H, device=dev, dtype=dtype)
+    c_prev = torch.empty(T if is_lstm else 0, B, H, device=dev, dtype=torch.float32)
+    c_n = torch.empty(B if is_lstm else 0, H, device=dev, dtype=torch.float32)
+    if T == 0 or B == 0:
+        c_n = c0.to(torch.float32).clone() if is_lstm else c_n
+        return out, h0.clone(), c_n.to(dtype), saved, h_prev, c_prev
+    gi = F.linear(x, w_ih, b_ih).contiguous()  # (T, B, G*H): the input projection of every step at once
+    lengths_dev, has_lengths = _lengths_on(lengths, dev)
+    consts = dict(MODE=MODE_CODES[mode], G=G, S=S, HAS_LENGTHS=has_lengths)
+    c0_f32 = c0.to(torch.float32).contiguous() if is_lstm else c_n
+
+    if choose_path(path, B, H) == "sequence":
+        h_n = torch.empty(B, H, device=dev, dtype=dtype)
+        block_b, block_h, block_k, grid = _sequence_blocks(B, H)
+        sequence_forward_kernel[grid](
+            gi, w_hh, b_hh if b_hh is not None else w_hh, h0, c0_f32, h_prev, c_prev, out, saved, h_n, c_n,
+            lengths_dev, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse,
+            BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, **consts)
+    else:
+        h_n = h0.clone()                                    # (B, H) running state, storage dtype
+        if is_lstm:
+            c_n.copy_(c0_f32)                               # (B, H) running cell, fp32
+        gh = torch.empty(B, G * H, device=dev, dtype=dtype)  # (B, G*H) recurrent product of one step
+        block_b, block_h, grid = _step_blocks(B, H)
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            if b_hh is not None:
+                torch.addmm(b_hh, h_n, w_hh.t(), out=gh)
+            else:
+                torch.mm(h_n, w_hh.t(), out=gh)
+            step_forward_kernel[grid](
+                gi[t], gh, h_n, c_n, h_prev[t], c_prev[t] if is_lstm else c_prev, out[t], saved[t],
+                lengths_dev, t, B, H, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
+    return out, h_n, c_n.to(dtype), saved, h_prev, c_prev
+
+
+def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, has_bias: bool,
+                   lengths: Optional[Tensor], reverse: bool,
+                   grad_out: Tensor, grad_h_n: Tensor, grad_c_n: Optional[Tensor],
+                   saved: Tensor, h_prev: Tensor, c_prev: Tensor, path: str = "auto"):
+    """Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh); dc0 is None unless
+    lstm, the bias gradients None without biases."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    G, S = NUM_GATES[mode], NUM_SAVED[mode]
+    is_lstm = mode == "lstm"
+    dev, dtype = x.device, x.dtype
+    x, w_ih, w_hh = x.contiguous(), w_ih.contiguous(), w_hh.contiguous()
+    grad_out, grad_h_n = grad_out.contiguous(), grad_h_n.contiguous()
+    # fp32 carried state gradients; dh0 ends as (B, H) fp32
+    dh = grad_h_n.to(torch.float32).clone()
+    dc = grad_c_n.to(torch.float32).contiguous().clone() if is_lstm else dh.new_empty(0, H)
+    dgh = torch.zeros(T, B, G * H, device=dev, dtype=dtype)
+    dgi = torch.zeros(T, B, G * H, device=dev, dtype=dtype) if mode == "gru" else dgh
+    if T > 0 and B > 0:
+        lengths_dev, has_lengths = _lengths_on(lengths, dev)
+        consts = dict(MODE=MODE_CODES[mode], G=G, S=S, HAS_LENGTHS=has_lengths)
+        if choose_path(path, B, H) == "sequence":
+            block_b, block_h, block_k, grid = _sequence_blocks(B, H)
+            dh0 = torch.empty_like(dh)
+            dc0 = torch.empty_like(dc)
+            sequence_backward_kernel[grid](
+                grad_out, dh, dc, w_hh, saved, h_prev, c_prev, dgh, dgi, dh0, dc0,
+                lengths_dev, T, B, H, REVERSE=reverse,
+                BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, **consts)
+            dh, dc = dh0, dc0
+        else:
+            block_b, block_h, grid = _step_blocks(B, H)
+            dh_mm = torch.zeros(B, H, device=dev, dtype=dtype)  # (B, H) dgh_{t+1} W_hh
+            for t in (range(T) if reverse else range(T - 1, -1, -1)):
+                step_backward_kernel[grid](
+                    dh, dc, dh_mm, grad_out[t], saved[t], h_prev[t], c_prev[t] if is_lstm else c_prev,
+                    dgh[t], dgi[t], lengths_dev, t, B, H, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
+                torch.mm(dgh[t], w_hh, out=dh_mm)
+            dh += dh_mm
+    # Input and weight gradients: big matmuls over all steps at once.
+    dgi_2d, dgh_2d = dgi.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
+    dx = torch.matmul(dgi, w_ih)                                   # (T, B, I)
+    dw_ih = dgi_2d.t().mm(x.reshape(T * B, I))                     # (G*H, I)
+    dw_hh = dgh_2d.t().mm(h_prev.reshape(T * B, H))                # (G*H, H)
+    db_ih = dgi_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
+    db_hh = dgh_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
+    return dx, dh.to(dtype), dc.to(dtype) if is_lstm else None, dw_ih, dw_hh, db_ih, db_hh
