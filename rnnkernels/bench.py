@@ -1,2 +1,133 @@
-def add_parser(subparsers):
-    pass
+"""`rnnkernels bench`: torch baselines against rnnkernels backends, side by side.
+
+Suites live in rnnkernels.benchmarks (the repo's benchmarks/ folder), one
+module each with `run(device, dtype, backends, full, repeats, progress) -> rows`.
+The table gives, per shape and pass, torch's time, each backend's time, the
+ratio torch/ours (> 1: we are faster) and achieved GFLOP/s.
+"""
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+from typing import Dict, List
+
+import torch
+
+_SUITES = {"rnn": "rnnkernels.benchmarks.rnn"}
+
+
+def machine_info(device: torch.device) -> Dict[str, str]:
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = str(torch.version.cuda)
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown_table(rows: List[Dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: List[Dict]) -> List[str]:
+    """Median speedup per backend, cell and pass."""
+    import statistics
+
+    lines = []
+    backends = sorted({k[: -len("_speedup")] for row in rows for k in row if k.endswith("_speedup")})
+    for backend in backends:
+        groups: Dict[tuple, List[float]] = {}
+        for row in rows:
+            if f"{backend}_speedup" in row:
+                key = (row.get("cell", row.get("name", "")), row["pass"])
+                groups.setdefault(key, []).append(row[f"{backend}_speedup"])
+        for (cell, kind), values in sorted(groups.items()):
+            lines.append(f"{backend:<10} {cell:<10} {kind:<8} median speedup {statistics.median(values):5.2f}x "
+                         f"(min {min(values):.2f}x, max {max(values):.2f}x, {len(values)} shapes)")
+    return lines
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="time torch baselines against rnnkernels backends")
+    parser.add_argument("--suite", choices=sorted(_SUITES) + ["all"], default="all")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    parser.add_argument("--backend", action="append", help="backend to time (repeatable; default: the fastest built)")
+    parser.add_argument("--full", action="store_true", help="the whole suite (default: the quick one, < 3 min on CPU)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--markdown", action="store_true", help="write benchmarks/results/bench_<device>.md")
+    parser.add_argument("--json", action="store_true", help="write benchmarks/results/bench_<device>.json")
+    parser.add_argument("--out-dir", default=os.path.join("benchmarks", "results"))
+    parser.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype)
+    from tqdm import tqdm
+
+    info = machine_info(device)
+    print(" | ".join(f"{k}: {v}" for k, v in info.items()))
+    results = {}
+    for suite in (sorted(_SUITES) if args.suite == "all" else [args.suite]):
+        module = importlib.import_module(_SUITES[suite])
+        rows = module.run(device=device, dtype=dtype, backends=args.backend, full=args.full, repeats=args.repeats,
+                          progress=lambda items: tqdm(items, desc=f"bench {suite}", leave=False, file=sys.stderr))
+        results[suite] = rows
+        print(f"\n## {suite} ({device.type}, {args.dtype}); speedup = torch time / rnnkernels time\n")
+        print(markdown_table(rows))
+        print("\n".join(summary(rows)))
+    if args.markdown or args.json:
+        os.makedirs(args.out_dir, exist_ok=True)
+        stem = os.path.join(args.out_dir, f"bench_{device.type}_{args.dtype}{'_full' if args.full else ''}")
+        if args.markdown:
+            with open(stem + ".md", "w") as f:
+                f.write(f"# rnnkernels bench\n\n`{' '.join(['rnnkernels'] + sys.argv[1:])}`\n\n")
+                f.write("".join(f"- {k}: {v}\n" for k, v in info.items()))
+                for suite, rows in results.items():
+                    f.write(f"\n## {suite}\n\nspeedup = torch time / rnnkernels time (> 1: faster)\n\n")
+                    f.write(markdown_table(rows))
+                    f.write("\n```\n" + "\n".join(summary(rows)) + "\n```\n")
+            print(f"wrote {stem}.md")
+        if args.json:
+            with open(stem + ".json", "w") as f:
+                json.dump({"info": info, "results": results}, f, indent=1)
+            print(f"wrote {stem}.json")
+    return 0

@@ -50,7 +50,7 @@ class _RecurrentMixin:
                 f"input is on {data.device} but the module's weights are on {self._flat_weights[0].device}"
             )
 
-    def _run(self, input: Tensor, hx, lengths, backend):
+    def _run(self, input: Tensor, hx, lengths, backend, batch_first: bool):
         return functional.rnn_forward(
             self._rk_mode,
             input,
@@ -62,7 +62,7 @@ class _RecurrentMixin:
             proj_size=self.proj_size,
             dropout=self.dropout,
             training=self.training,
-            batch_first=self.batch_first,
+            batch_first=batch_first,
             lengths=lengths,
             backend=backend if backend is not None else getattr(self, "backend", "auto"),
         )
@@ -83,7 +83,7 @@ class _RecurrentMixin:
             else:
                 self._check_state(data, _map_state(hx, lambda h: self.permute_hidden_one(h, sorted_indices)), batch_sizes)
             padded, seq_lengths = pad_packed_sequence(input)  # (T, B, I) in the caller's order
-            output, state = self._run(padded, hx, seq_lengths, backend)
+            output, state = self._run(padded, hx, seq_lengths, backend, batch_first=False)
             order = sorted_indices if sorted_indices is not None else torch.arange(len(seq_lengths))
             packed = pack_padded_sequence(output[:, order.to(output.device)], seq_lengths[order.cpu()])
             return PackedSequence(packed.data, batch_sizes, sorted_indices, unsorted_indices), state
@@ -109,7 +109,7 @@ class _RecurrentMixin:
         if hx is None:
             hx = self._zero_state(batch, input)
         self._check_state(input, hx, None)
-        output, state = self._run(input, hx, lengths, backend)
+        output, state = self._run(input, hx, lengths, backend, batch_first=self.batch_first)
         if not is_batched:
             output = output.squeeze(batch_dim)
             state = _map_state(state, lambda s: s.squeeze(1))
