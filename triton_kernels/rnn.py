@@ -69,6 +69,11 @@ def _sequence_blocks(B: int, H: int):
     return SEQUENCE_BLOCK_B, block_h, SEQUENCE_BLOCK_K, (triton.cdiv(B, SEQUENCE_BLOCK_B),)
 
 
+def _upcast_dot(dtype: torch.dtype) -> bool:
+    """The interpreter's tl.dot is wrong for bf16 (see rnn_sequence.py)."""
+    return dtype == torch.bfloat16 and type(sequence_forward_kernel).__name__ == "InterpretedFunction"
+
+
 def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                   b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
                   path: str = "auto"):
@@ -98,7 +103,7 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
         block_b, block_h, block_k, grid = _sequence_blocks(B, H)
         sequence_forward_kernel[grid](
             gi, w_hh, b_hh if b_hh is not None else w_hh, h0, c0_f32, h_prev, c_prev, out, saved, h_n, c_n,
-            lengths_dev, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse,
+            lengths_dev, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
             BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, **consts)
     else:
         h_n = h0.clone()                                    # (B, H) running state, storage dtype
@@ -144,7 +149,7 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, has_bias: b
             dc0 = torch.empty_like(dc)
             sequence_backward_kernel[grid](
                 grad_out, dh, dc, w_hh, saved, h_prev, c_prev, dgh, dgi, dh0, dc0,
-                lengths_dev, T, B, H, REVERSE=reverse,
+                lengths_dev, T, B, H, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
                 BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, **consts)
             dh, dc = dh0, dc0
         else:

@@ -11,6 +11,10 @@ regardless and is hot in L1/L2), because Triton cannot slice a register tile.
 A debug_barrier orders that write before the reads of other threads.
 W_hh is re-read from global memory (L2) each step. tl.dot needs tiles >= 16 on
 each side: BLOCK_B, BLOCK_H, BLOCK_K are >= 16 and masked.
+
+UPCAST_DOT: Triton's interpreter (3.9) multiplies bfloat16 tiles as their raw
+uint16 bits, so under the interpreter bf16 operands are widened to fp32
+before tl.dot; compiled kernels use the native bf16 tensor-core dot.
 """
 import triton
 import triton.language as tl
@@ -20,7 +24,7 @@ from .rnn_cells import LSTM, GRU, alive_rows, step_backward_pointwise, step_forw
 
 @triton.jit
 def recurrent_gate(h_t_ptr, w_ptr, b_ptr, gate, rows, cols, B, H,
-                   HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                    BLOCK_K: tl.constexpr):
     """(BLOCK_B, BLOCK_H) fp32 tile of h W_hh^T + b_hh for one gate.
     h_t_ptr: (B, H) storage dtype; w_ptr: W_hh (G*H, H)."""
@@ -31,6 +35,8 @@ def recurrent_gate(h_t_ptr, w_ptr, b_ptr, gate, rows, cols, B, H,
                           mask=(rows < B)[:, None] & (ks < H)[None, :], other=0.0)       # (BLOCK_B, BLOCK_K)
         w_chunk = tl.load(w_ptr + (gate * H + cols[None, :]) * H + ks[:, None],
                           mask=(ks < H)[:, None] & (cols < H)[None, :], other=0.0)       # (BLOCK_K, BLOCK_H) of W^T
+        if UPCAST_DOT:
+            h_chunk, w_chunk = h_chunk.to(tl.float32), w_chunk.to(tl.float32)
         acc = tl.dot(h_chunk, w_chunk, acc, input_precision="ieee")
     if HAS_BIAS:
         acc += tl.load(b_ptr + gate * H + cols, mask=cols < H, other=0.0).to(tl.float32)[None, :]
@@ -38,7 +44,7 @@ def recurrent_gate(h_t_ptr, w_ptr, b_ptr, gate, rows, cols, B, H,
 
 
 @triton.jit
-def gate_grad_product(dg_t_ptr, w_ptr, rows, cols, B, H, G: tl.constexpr,
+def gate_grad_product(dg_t_ptr, w_ptr, rows, cols, B, H, G: tl.constexpr, UPCAST_DOT: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """(BLOCK_B, BLOCK_H) fp32 tile of dgh_t W_hh: dgh_t (B, G*H), W_hh (G*H, H)."""
     acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
@@ -48,6 +54,8 @@ def gate_grad_product(dg_t_ptr, w_ptr, rows, cols, B, H, G: tl.constexpr,
                            mask=(rows < B)[:, None] & (ks < G * H)[None, :], other=0.0)  # (BLOCK_B, BLOCK_K)
         w_chunk = tl.load(w_ptr + ks[:, None] * H + cols[None, :],
                           mask=(ks < G * H)[:, None] & (cols < H)[None, :], other=0.0)   # (BLOCK_K, BLOCK_H)
+        if UPCAST_DOT:
+            dg_chunk, w_chunk = dg_chunk.to(tl.float32), w_chunk.to(tl.float32)
         acc = tl.dot(dg_chunk, w_chunk, acc, input_precision="ieee")
     return acc
 
@@ -62,7 +70,7 @@ def sequence_forward_kernel(
     h_n_ptr, c_n_ptr,              # (B, H) final state; c fp32
     lengths_ptr, T, B, H,
     MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -81,16 +89,16 @@ def sequence_forward_kernel(
         # Record the state entering step t; the product below reads it back.
         tl.store(h_prev_t_ptr + offs, h.to(h_prev_ptr.dtype.element_ty), mask=mask)
         tl.debug_barrier()
-        gh0 = recurrent_gate(h_prev_t_ptr, w_hh_ptr, b_hh_ptr, 0, rows, cols, B, H, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K)
+        gh0 = recurrent_gate(h_prev_t_ptr, w_hh_ptr, b_hh_ptr, 0, rows, cols, B, H, HAS_BIAS, UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
         gh1, gh2, gh3 = gh0 * 0.0, gh0 * 0.0, gh0 * 0.0
         if G > 1:
             gh1 = recurrent_gate(h_prev_t_ptr, w_hh_ptr, b_hh_ptr, 1, rows, cols, B, H, HAS_BIAS,
-                                 BLOCK_B, BLOCK_H, BLOCK_K)
+                                 UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
             gh2 = recurrent_gate(h_prev_t_ptr, w_hh_ptr, b_hh_ptr, 2, rows, cols, B, H, HAS_BIAS,
-                                 BLOCK_B, BLOCK_H, BLOCK_K)
+                                 UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
         if G > 3:
             gh3 = recurrent_gate(h_prev_t_ptr, w_hh_ptr, b_hh_ptr, 3, rows, cols, B, H, HAS_BIAS,
-                                 BLOCK_B, BLOCK_H, BLOCK_K)
+                                 UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
         alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
         h, c = step_forward_pointwise(MODE, G, S, h, c, gh0, gh1, gh2, gh3, alive,
                                       gi_ptr + t * B * G * H, h_prev_t_ptr, c_prev_ptr + t * B * H,
@@ -110,7 +118,7 @@ def sequence_backward_kernel(
     grad_h0_ptr, grad_c0_ptr,      # (B, H) fp32 gradients of the initial state out
     lengths_ptr, T, B, H,
     MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    REVERSE: tl.constexpr,
+    REVERSE: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -133,7 +141,7 @@ def sequence_backward_kernel(
                                                 h_prev_ptr + t * B * H, c_prev_ptr + t * B * H,
                                                 dgh_t_ptr, dgi_ptr + t * B * G * H, rows, cols, mask, H)
         tl.debug_barrier()  # dgh_t written by all threads before the product reads it
-        dh = dh_direct + gate_grad_product(dgh_t_ptr, w_hh_ptr, rows, cols, B, H, G, BLOCK_B, BLOCK_H, BLOCK_K)
+        dh = dh_direct + gate_grad_product(dgh_t_ptr, w_hh_ptr, rows, cols, B, H, G, UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
     tl.store(grad_h0_ptr + offs, dh, mask=mask)
     if MODE == LSTM:
         tl.store(grad_c0_ptr + offs, dc, mask=mask)

@@ -30,7 +30,7 @@ import torch
 
 # Modules under rnnkernels.backends whose import registers implementations. A
 # kernel issue adds its module here; nothing else in the package changes.
-_BACKEND_MODULES = ("reference",)
+_BACKEND_MODULES = ("reference", "triton")
 
 OPS = ("rnn", "attention")
 

@@ -1,0 +1,202 @@
+"""The `triton` backend: one recurrent layer on the Triton kernels of
+rnnkernels.triton_kernels (rnn.py), as torch.library custom ops with autograd
+and fake kernels, so torch.compile traces them without graph breaks.
+
+    rnnkernels::triton_rnn_layer_forward   -> out, h_n, c_n, saved, h_prev, c_prev
+    rnnkernels::triton_rnn_layer_backward  -> dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+Custom ops cannot return None: c_n, c_prev, dc0 are empty unless mode is
+lstm; db_ih, db_hh are empty without biases.
+
+It runs on CUDA tensors, and on CPU tensors when the kernels were imported
+under TRITON_INTERPRET=1 (Triton reads that variable when a kernel is
+decorated, i.e. when rnnkernels.triton_kernels.rnn is first imported; that
+happens lazily, at the first call). LSTM projections (proj_size, w_hr) are
+not supported here: asking for them is an error naming w_hr.
+
+Step path or sequence path: rnnkernels.triton_kernels.rnn.choose_path (hidden
+size and batch); `PATH` below forces one ("step" / "sequence") for tests and
+benchmarks.
+"""
+import importlib
+import os
+import sys
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..reference import GATES, MODES
+from . import register
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+PATH = "auto"  # "auto" | "step" | "sequence"
+_PACKAGE = "rnnkernels.triton_kernels"
+_NUM_SAVED = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 4}  # as rnn_cells.NUM_SAVED; import-free for fakes
+
+
+def _kernels():
+    return importlib.import_module(f"{_PACKAGE}.rnn")
+
+
+def _triton_missing() -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"Triton is not installed ({exc}); install it with `pip install triton`"
+    return None
+
+
+def _interpreted() -> Optional[bool]:
+    """Whether the kernels run in Triton's interpreter; None if not imported yet."""
+    step = sys.modules.get(f"{_PACKAGE}.rnn_step")
+    if step is None:
+        return None
+    return type(step.step_forward_kernel).__name__ == "InterpretedFunction"
+
+
+def unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
+    missing = _triton_missing()
+    if missing is not None:
+        return missing
+    if dtype is not None and dtype not in DTYPES:
+        return f"the triton backend supports float32, float16 and bfloat16, not {dtype}"
+    if device.type == "cuda":
+        return None
+    if device.type != "cpu":
+        return f"the triton backend runs on CUDA tensors (and CPU tensors under TRITON_INTERPRET=1), not {device.type}"
+    interpreted = _interpreted()
+    if interpreted is None and os.environ.get("TRITON_INTERPRET") != "1":
+        return "set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors (slow; for tests)"
+    if interpreted is False:
+        return ("the Triton kernels were imported without TRITON_INTERPRET=1, so they cannot run on CPU "
+                "tensors; set TRITON_INTERPRET=1 before the first triton-backend call")
+    return None
+
+
+def check_layer_args(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths) -> None:
+    """Raises a clear error, naming the argument, before any kernel runs."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if w_hr is not None:
+        raise NotImplementedError(
+            "the triton backend does not support LSTM projections (proj_size > 0, w_hr given); "
+            "use backend='cuda', 'cpu' or 'reference' for them")
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D (T, B, input_size), got shape {tuple(x.shape)}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"x must be float32, float16 or bfloat16 for the triton backend, got {x.dtype}")
+    T, B, I = x.shape
+    G = GATES[mode]
+    if w_hh.dim() != 2 or w_hh.shape[0] % G != 0 or w_hh.shape[0] != G * w_hh.shape[1]:
+        raise ValueError(f"w_hh must have shape ({G}*H, H) for {mode}, got {tuple(w_hh.shape)}")
+    H = w_hh.shape[1]
+    expected = {"w_ih": (w_ih, (G * H, I)), "w_hh": (w_hh, (G * H, H)), "h0": (h0, (B, H)),
+                "c0": (c0, (B, H)), "b_ih": (b_ih, (G * H,)), "b_hh": (b_hh, (G * H,))}
+    if mode == "lstm" and c0 is None:
+        raise ValueError("c0 is required for lstm")
+    if mode != "lstm" and c0 is not None:
+        raise ValueError(f"c0 must be None for {mode}")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih and b_hh must both be given or both be None")
+    for name, (tensor, shape) in expected.items():
+        if tensor is None:
+            continue
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        if tensor.dtype != x.dtype:
+            raise TypeError(f"{name} must have x's dtype {x.dtype}, got {tensor.dtype}")
+        if tensor.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {tensor.device}")
+    if lengths is not None:
+        if lengths.dtype != torch.int64 or lengths.shape != (B,):
+            raise ValueError(f"lengths must be an int64 tensor of shape ({B},), got {lengths.dtype} "
+                             f"of shape {tuple(lengths.shape)}")
+        if B > 0 and not torch.compiler.is_compiling():
+            low, high = int(lengths.min()), int(lengths.max())
+            if low < 0 or high > T:
+                raise ValueError(f"lengths must lie in [0, {T}], got min {low}, max {high}")
+    reason = unavailable_reason(x.device, x.dtype)
+    if reason is not None:
+        raise RuntimeError(f"the triton backend cannot run here: {reason}")
+
+
+# ------------------------------------------------------------------ custom ops
+
+
+@torch.library.custom_op("rnnkernels::triton_rnn_layer_forward", mutates_args=())
+def layer_forward_op(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+                     b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+                     path: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_kernels().layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, path))
+
+
+@layer_forward_op.register_fake
+def _layer_forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, path):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    lstm = mode == "lstm"
+    f32 = torch.float32
+    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B if lstm else 0, H),
+            x.new_empty(T, B, _NUM_SAVED[mode] * H, dtype=f32), x.new_empty(T, B, H),
+            x.new_empty(T if lstm else 0, B, H, dtype=f32))
+
+
+@torch.library.custom_op("rnnkernels::triton_rnn_layer_backward", mutates_args=())
+def layer_backward_op(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, has_bias: bool, lengths: Optional[Tensor],
+                      reverse: bool, grad_out: Tensor, grad_h_n: Tensor, grad_c_n: Optional[Tensor], saved: Tensor,
+                      h_prev: Tensor, c_prev: Tensor, path: str
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _kernels().layer_backward(
+        mode, x, w_ih, w_hh, has_bias, lengths, reverse, grad_out, grad_h_n, grad_c_n, saved, h_prev, c_prev, path)
+    empty = x.new_empty(0)
+    return (dx, dh0, dc0 if dc0 is not None else empty.clone(), dw_ih, dw_hh,
+            db_ih if db_ih is not None else empty.clone(), db_hh if db_hh is not None else empty.clone())
+
+
+@layer_backward_op.register_fake
+def _layer_backward_fake(mode, x, w_ih, w_hh, has_bias, lengths, reverse, grad_out, grad_h_n, grad_c_n, saved,
+                         h_prev, c_prev, path):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    bias = (w_hh.shape[0],) if has_bias else (0,)
+    return (torch.empty_like(x), x.new_empty(B, H), x.new_empty(B if mode == "lstm" else 0, H),
+            torch.empty_like(w_ih), torch.empty_like(w_hh), x.new_empty(bias), x.new_empty(bias))
+
+
+def _setup_context(ctx, inputs, output):
+    mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, path = inputs
+    _, _, _, saved, h_prev, c_prev = output
+    ctx.mode, ctx.reverse, ctx.path = mode, reverse, path
+    ctx.has_c0, ctx.has_bias = c0 is not None, b_ih is not None
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, saved, h_prev, c_prev)
+
+
+def _backward(ctx, grad_out, grad_h_n, grad_c_n, *unused_grads):
+    x, w_ih, w_hh, lengths, saved, h_prev, c_prev = ctx.saved_tensors
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    grad_out = grad_out if grad_out is not None else x.new_zeros(T, B, H)
+    grad_h_n = grad_h_n if grad_h_n is not None else x.new_zeros(B, H)
+    if ctx.mode == "lstm":
+        grad_c_n = grad_c_n if grad_c_n is not None else x.new_zeros(B, H)
+    else:
+        grad_c_n = None
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = layer_backward_op(
+        ctx.mode, x, w_ih, w_hh, ctx.has_bias, lengths, ctx.reverse, grad_out, grad_h_n, grad_c_n,
+        saved, h_prev, c_prev, ctx.path)
+    return (None, dx, dh0, dc0 if ctx.has_c0 else None, dw_ih, dw_hh,
+            db_ih if ctx.has_bias else None, db_hh if ctx.has_bias else None, None, None, None)
+
+
+layer_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+    """The backend entry point (contract: rnnkernels.reference.rnn_layer)."""
+    check_layer_args(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    out, h_n, c_n, _, _, _ = layer_forward_op(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, PATH)
+    return out, h_n, c_n if mode == "lstm" else None
+
+
+register("rnn", "triton", rnn_layer, priority={"cuda": 20}, unavailable_reason=unavailable_reason)

@@ -1,0 +1,247 @@
+"""The triton backend's LSTM / GRU / RNN kernels on CPU tensors in Triton's
+interpreter, against the float64 reference: outputs, final states and every
+gradient, on both the step path and the sequence path.
+
+Triton decides interpreter or compiler when a kernel is decorated, i.e. when
+rnnkernels.triton_kernels.rnn is imported, and reads TRITON_INTERPRET again
+while launching, so it is set for that import and for each test of this
+module (and restored, so other test modules see the environment they expect);
+test_kernels_run_in_the_interpreter checks that it took.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+_previous = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    from rnnkernels.triton_kernels import rnn as triton_rnn
+    from rnnkernels.triton_kernels import rnn_sequence, rnn_step
+finally:
+    if _previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous
+
+import rnnkernels as rk  # noqa: E402
+from rnnkernels import backends  # noqa: E402
+from rnnkernels.backends import triton as triton_backend  # noqa: E402
+from rnnkernels.check import TOLERANCE, RNNCase, run_rnn_case  # noqa: E402
+
+MODES = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+PATHS = ["step", "sequence"]
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    monkeypatch.setattr(triton_backend, "PATH", request.param)
+    return request.param
+
+
+def assert_close(case: RNNCase, seed: int):
+    errors = run_rnn_case(case, "triton", seed=seed)
+    worst = max(errors.values())
+    assert worst <= TOLERANCE[case.dtype], f"{case.describe()} seed {seed}: {errors}"
+
+
+def test_kernels_run_in_the_interpreter():
+    for kernel in (rnn_step.step_forward_kernel, rnn_step.step_backward_kernel,
+                   rnn_sequence.sequence_forward_kernel, rnn_sequence.sequence_backward_kernel):
+        assert type(kernel).__name__ == "InterpretedFunction"
+    assert "triton" in backends.available("cpu", dtype=torch.float32)
+    assert backends.unavailable_reason("triton", "cpu", dtype=torch.float64) is not None
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("mode", MODES)
+def test_uneven_lengths_bidirectional(mode, path, seed):
+    # Two directions: the reverse one starts each sequence at its own last step.
+    case = RNNCase(mode=mode, bidirectional=True, steps=5, batch=4, input_size=3, hidden_size=5,
+                   lengths=[5, 2, 4, 1], dtype=torch.float32)
+    assert_close(case, seed)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("mode", MODES)
+def test_two_layers_no_bias_no_h0(mode, path, seed):
+    case = RNNCase(mode=mode, num_layers=2, bias=False, with_h0=False, batch_first=True, steps=3, batch=2,
+                   input_size=4, hidden_size=7, dtype=torch.float32)
+    assert_close(case, seed)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_single_step(mode, path, seed):
+    case = RNNCase(mode=mode, bidirectional=True, steps=1, batch=3, input_size=2, hidden_size=3,
+                   dtype=torch.float32)
+    assert_close(case, seed)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_several_tiles(mode, path, seed):
+    # B = 17 > 16 rows per program; H = 37 spans two BLOCK_K chunks of the
+    # sequence kernel's dot loop (and G*H several); uneven lengths with a zero.
+    case = RNNCase(mode=mode, bidirectional=True, steps=3, batch=17, input_size=3, hidden_size=37,
+                   lengths=[3, 0, 2, 1, 3, 2, 1, 3, 3, 2, 1, 1, 2, 3, 1, 2, 3], dtype=torch.float32)
+    assert_close(case, seed)
+
+
+def test_step_path_splits_hidden_into_column_blocks(monkeypatch, seed):
+    monkeypatch.setattr(triton_backend, "PATH", "step")
+    monkeypatch.setattr(triton_rnn, "STEP_MAX_BLOCK_H", 16)
+    monkeypatch.setattr(triton_rnn, "STEP_MAX_BLOCK_B", 2)
+    case = RNNCase(mode="lstm", steps=3, batch=5, input_size=3, hidden_size=37, lengths=[3, 1, 2, 3, 2],
+                   dtype=torch.float32)
+    assert_close(case, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_half_precision(mode, path, dtype, seed):
+    case = RNNCase(mode=mode, bidirectional=True, steps=4, batch=3, input_size=3, hidden_size=6,
+                   lengths=[4, 2, 3], dtype=dtype)
+    assert_close(case, seed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_on_one_path_backward_on_the_other(mode, seed):
+    """Both paths write the same saved buffers; each pairing gives the same answer."""
+    T, B, I, H = 4, 3, 3, 5
+    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H) if mode == "lstm" else None
+    w_ih, w_hh, b_ih, b_hh = torch.randn(G * H, I), torch.randn(G * H, H) / 3, torch.randn(G * H), torch.randn(G * H)
+    lengths = torch.tensor([4, 1, 3])
+    grads = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H) if mode == "lstm" else None
+    results = {}
+    for forward_path in PATHS:
+        out, h_n, c_n, saved, h_prev, c_prev = triton_rnn.layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                                        lengths, True, forward_path)
+        for backward_path in PATHS:
+            results[forward_path, backward_path] = (out, h_n, c_n) + triton_rnn.layer_backward(
+                mode, x, w_ih, w_hh, True, lengths, True, *grads, saved, h_prev, c_prev, backward_path)
+    expected = results["step", "step"]
+    for key, values in results.items():
+        for a, b in zip(values, expected):
+            if b is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{key}")
+
+
+def test_auto_path_heuristic():
+    assert triton_rnn.choose_path("auto", 8, 256) == "sequence"
+    assert triton_rnn.choose_path("auto", 8, 257) == "step"
+    assert triton_rnn.choose_path("auto", 10_000, 64) == "step"
+    assert triton_rnn.choose_path("step", 1, 16) == "step"
+
+
+def test_module_drop_in(seed):
+    """rk.LSTM on the triton backend matches torch.nn.LSTM with the same weights."""
+    theirs = torch.nn.LSTM(3, 5, bidirectional=True)
+    ours = rk.LSTM(3, 5, bidirectional=True, backend="triton")
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 2, 3)
+    expected, (h, c) = theirs(x)
+    out, (h_n, c_n) = ours(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_n, h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c_n, c, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_traces_the_ops(seed):
+    """The functional API on the triton backend under torch.compile(fullgraph=True):
+    the custom ops trace without graph breaks, forward and backward."""
+    T, B, I, H = 4, 2, 3, 5
+    weights = [torch.randn(4 * H, I) / 2, torch.randn(4 * H, H) / 2, torch.randn(4 * H), torch.randn(4 * H)]
+    weights = [w.requires_grad_() for w in weights]
+    lengths = torch.tensor([4, 2])
+
+    def run(x, backend):
+        return rk.functional.lstm(x, None, weights, lengths=lengths, backend=backend)[0]
+
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True)
+    x = torch.randn(T, B, I)
+    for fn in (run, compiled):
+        xi = x.clone().requires_grad_()
+        out = fn(xi, "triton")
+        ref_x = x.clone().requires_grad_()
+        ref = run(ref_x, "reference")
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        upstream = torch.randn_like(out)
+        (grad,) = torch.autograd.grad(out, xi, upstream)
+        (ref_grad,) = torch.autograd.grad(ref, ref_x, upstream)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_opcheck_forward_op(seed):
+    T, B, I, H = 3, 2, 3, 4
+    args = ("gru", torch.randn(T, B, I, requires_grad=True), torch.randn(B, H, requires_grad=True), None,
+            torch.randn(3 * H, I, requires_grad=True), torch.randn(3 * H, H, requires_grad=True),
+            torch.randn(3 * H, requires_grad=True), torch.randn(3 * H, requires_grad=True),
+            torch.tensor([3, 1]), False, "sequence")
+    torch.library.opcheck(torch.ops.rnnkernels.triton_rnn_layer_forward.default, args)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def layer_args(mode="lstm", T=3, B=2, I=4, H=5, dtype=torch.float32):
+    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    return dict(mode=mode, x=torch.randn(T, B, I, dtype=dtype), h0=torch.randn(B, H, dtype=dtype),
+                c0=torch.randn(B, H, dtype=dtype) if mode == "lstm" else None,
+                w_ih=torch.randn(G * H, I, dtype=dtype), w_hh=torch.randn(G * H, H, dtype=dtype),
+                b_ih=torch.randn(G * H, dtype=dtype), b_hh=torch.randn(G * H, dtype=dtype), w_hr=None,
+                lengths=None, reverse=False)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(w_hr=torch.randn(3, 5)), NotImplementedError, "w_hr"),
+    (dict(w_ih=torch.randn(20, 3)), ValueError, r"w_ih must have shape \(20, 4\)"),
+    (dict(w_hh=torch.randn(20, 4)), ValueError, "w_hh must have shape"),
+    (dict(h0=torch.randn(3, 5)), ValueError, r"h0 must have shape \(2, 5\)"),
+    (dict(c0=None), ValueError, "c0 is required"),
+    (dict(b_hh=torch.randn(20, dtype=torch.float64)), TypeError, "b_hh must have x's dtype"),
+    (dict(b_ih=None), ValueError, "b_ih and b_hh"),
+    (dict(lengths=torch.tensor([3, 4])), ValueError, r"lengths must lie in \[0, 3\]"),
+    (dict(lengths=torch.tensor([3, 1, 1])), ValueError, r"lengths must be an int64 tensor of shape \(2,\)"),
+    (dict(x=torch.randn(3, 2, 4, dtype=torch.float64)), TypeError, "x must be float32"),
+    (dict(x=torch.randn(3, 4)), ValueError, "x must be 3-D"),
+])
+def test_bad_input_names_the_argument(change, error, match):
+    args = layer_args()
+    args.update(change)
+    before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(error, match=match):
+        triton_backend.rnn_layer(**args)
+    for name, tensor in before.items():
+        assert torch.equal(args[name], tensor), f"{name} was modified"
+
+
+def test_proj_size_is_a_clear_error():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        rk.LSTM(3, 5, proj_size=2, backend="triton")(torch.randn(2, 1, 3))
+
+
+def test_float64_is_unavailable():
+    with pytest.raises(rk.BackendUnavailableError, match="float32, float16 and bfloat16"):
+        rk.GRU(3, 4, backend="triton").double()(torch.randn(2, 1, 3, dtype=torch.float64))
+
+
+def test_cpu_without_interpreter_is_a_clear_error():
+    """In a fresh process without TRITON_INTERPRET the backend refuses CPU tensors."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import torch, rnnkernels as rk\n"
+            "try:\n"
+            "    rk.GRU(3, 4, backend='triton')(torch.randn(2, 1, 3))\n"
+            "except rk.BackendUnavailableError as e:\n"
+            "    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors" in result.stdout, result.stderr
