@@ -124,11 +124,11 @@ def test_forward_on_one_path_backward_on_the_other(mode, seed):
     grads = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H) if mode == "lstm" else None
     results = {}
     for forward_path in PATHS:
-        out, h_n, c_n, saved, h_prev, c_prev = triton_rnn.layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                                                        lengths, True, forward_path)
+        out, h_n, c_n, saved, h_prev, c_prev, h_raw = triton_rnn.layer_forward(
+            mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, lengths, True, forward_path)
         for backward_path in PATHS:
             results[forward_path, backward_path] = (out, h_n, c_n) + triton_rnn.layer_backward(
-                mode, x, w_ih, w_hh, True, lengths, True, *grads, saved, h_prev, c_prev, backward_path)
+                mode, x, w_ih, w_hh, None, True, lengths, True, *grads, saved, h_prev, c_prev, h_raw, backward_path)
     expected = results["step", "step"]
     for key, values in results.items():
         for a, b in zip(values, expected):
@@ -181,12 +181,16 @@ def test_torch_compile_traces_the_ops(seed):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
-def test_opcheck_forward_op(seed):
-    T, B, I, H = 3, 2, 3, 4
-    args = ("gru", torch.randn(T, B, I, requires_grad=True), torch.randn(B, H, requires_grad=True), None,
-            torch.randn(3 * H, I, requires_grad=True), torch.randn(3 * H, H, requires_grad=True),
-            torch.randn(3 * H, requires_grad=True), torch.randn(3 * H, requires_grad=True),
-            torch.tensor([3, 1]), False, "sequence")
+@pytest.mark.parametrize("mode, proj, path", [("gru", False, "sequence"), ("lstm", True, "step")])
+def test_opcheck_forward_op(mode, proj, path, seed):
+    T, B, I, H, P = 3, 2, 3, 4, 2 if proj else 4
+    G = {"lstm": 4, "gru": 3}[mode]
+
+    def leaf(*shape):
+        return torch.randn(*shape, requires_grad=True)
+
+    args = (mode, leaf(T, B, I), leaf(B, P), leaf(B, H) if mode == "lstm" else None, leaf(G * H, I),
+            leaf(G * H, P), leaf(G * H), leaf(G * H), leaf(P, H) if proj else None, torch.tensor([3, 1]), False, path)
     torch.library.opcheck(torch.ops.rnnkernels.triton_rnn_layer_forward.default, args)
 
 
@@ -203,7 +207,11 @@ def layer_args(mode="lstm", T=3, B=2, I=4, H=5, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("change, error, match", [
-    (dict(w_hr=torch.randn(3, 5)), NotImplementedError, "w_hr"),
+    (dict(w_hr=torch.randn(3, 5)), ValueError, r"w_hh must have shape \(20, 3\)"),
+    (dict(w_hr=torch.randn(3, 5), w_hh=torch.randn(20, 3), h0=torch.randn(2, 3), mode="gru"), ValueError,
+     "w_hr .* only defined for lstm"),
+    (dict(w_hr=torch.randn(3, 4), w_hh=torch.randn(20, 3), h0=torch.randn(2, 3)), ValueError,
+     r"w_hr must have shape \(3, 5\)"),
     (dict(w_ih=torch.randn(20, 3)), ValueError, r"w_ih must have shape \(20, 4\)"),
     (dict(w_hh=torch.randn(20, 4)), ValueError, "w_hh must have shape"),
     (dict(h0=torch.randn(3, 5)), ValueError, r"h0 must have shape \(2, 5\)"),
@@ -225,9 +233,17 @@ def test_bad_input_names_the_argument(change, error, match):
         assert torch.equal(args[name], tensor), f"{name} was modified"
 
 
-def test_proj_size_is_a_clear_error():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        rk.LSTM(3, 5, proj_size=2, backend="triton")(torch.randn(2, 1, 3))
+@pytest.mark.parametrize("path", PATHS, indirect=True)  # a projection always takes the step path
+def test_lstm_projection(path, seed):
+    case = RNNCase(mode="lstm", proj_size=3, bidirectional=True, num_layers=2, steps=4, batch=3, input_size=2,
+                   hidden_size=5, lengths=[4, 1, 3], dtype=torch.float32)
+    assert_close(case, seed)
+
+
+def test_lstm_projection_bf16(seed):
+    case = RNNCase(mode="lstm", proj_size=2, bidirectional=True, steps=3, batch=3, input_size=2,
+                   hidden_size=4, lengths=[3, 1, 2], dtype=torch.bfloat16)
+    assert_close(case, seed)
 
 
 def test_float64_is_unavailable():

@@ -13,6 +13,8 @@ Buffers of one layer (T steps, B batch, I input, H hidden, G gates, S saved):
     gi       (T, B, G*H)  x W_ih^T + b_ih, storage dtype
     h_prev   (T, B, H)    state entering step t, storage dtype
     c_prev   (T, B, H)    cell entering step t, fp32 (lstm; else empty)
+    h_raw    (T, B, H)    unprojected h (lstm with proj_size; else empty);
+                          h_prev, out and h_n are (.., P) with P = proj_size
     saved    (T, B, S*H)  fp32 activations (rnn_cells.py)
     dgh, dgi (T, B, G*H)  gate gradients, storage dtype (dgi is dgh except for gru)
 """
@@ -45,8 +47,11 @@ STEP_MAX_BLOCK_B = 16
 STEP_MAX_BLOCK_H = 128
 
 
-def choose_path(path: str, batch: int, hidden: int) -> str:
-    """"step" or "sequence" for a layer of this batch and hidden size."""
+def choose_path(path: str, batch: int, hidden: int, has_proj: bool = False) -> str:
+    """"step" or "sequence" for a layer of this batch and hidden size. LSTM
+    projections (proj_size) run on the step path only, whatever `path` says."""
+    if has_proj:
+        return "step"
     if path != "auto":
         return path
     return "sequence" if hidden <= SEQUENCE_MAX_HIDDEN and batch <= SEQUENCE_MAX_BATCH else "step"
@@ -74,76 +79,100 @@ def _upcast_dot(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and type(sequence_forward_kernel).__name__ == "InterpretedFunction"
 
 
+def _alive(lengths: Optional[Tensor], T: int, device) -> Optional[Tensor]:
+    """(T, B, 1) bool on device: step t of sequence b runs; None without lengths."""
+    if lengths is None:
+        return None
+    steps = torch.arange(T, device=device).unsqueeze(1)
+    return (steps < lengths.to(device).unsqueeze(0)).unsqueeze(-1)
+
+
 def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-                  b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
-                  path: str = "auto"):
-    """Returns (out, h_n, c_n, saved, h_prev, c_prev); c_n and c_prev are empty
-    unless mode is lstm. Inputs are assumed validated (rnnkernels/backends/triton.py)."""
+                  b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                  lengths: Optional[Tensor], reverse: bool, path: str = "auto"):
+    """Returns (out, h_n, c_n, saved, h_prev, c_prev, h_raw); c_n, c_prev are
+    empty unless mode is lstm, h_raw (T, B, H: the unprojected h) empty
+    without w_hr. Inputs are assumed validated (rnnkernels/backends/triton.py)."""
     T, B, _ = x.shape
-    H = w_hh.shape[1]
     G, S = NUM_GATES[mode], NUM_SAVED[mode]
-    is_lstm = mode == "lstm"
+    H, P = w_hh.shape[0] // G, w_hh.shape[1]  # hidden size; state size (proj_size or H)
+    is_lstm, has_proj = mode == "lstm", w_hr is not None
     dev, dtype = x.device, x.dtype
     x, h0, w_ih, w_hh = x.contiguous(), h0.contiguous(), w_ih.contiguous(), w_hh.contiguous()
-    out = torch.empty(T, B, H, device=dev, dtype=dtype)
+    out = torch.empty(T, B, P, device=dev, dtype=dtype)
     saved = torch.empty(T, B, S * H, device=dev, dtype=torch.float32)
-    h_prev = torch.empty(T, B, H, device=dev, dtype=dtype)
+    h_prev = torch.empty(T, B, P, device=dev, dtype=dtype)
     c_prev = torch.empty(T if is_lstm else 0, B, H, device=dev, dtype=torch.float32)
     c_n = torch.empty(B if is_lstm else 0, H, device=dev, dtype=torch.float32)
+    h_raw = torch.empty(T if has_proj else 0, B, H, device=dev, dtype=dtype)
     if T == 0 or B == 0:
         c_n = c0.to(torch.float32).clone() if is_lstm else c_n
-        return out, h0.clone(), c_n.to(dtype), saved, h_prev, c_prev
+        return out, h0.clone(), c_n.to(dtype), saved, h_prev, c_prev, h_raw
     gi = F.linear(x, w_ih, b_ih).contiguous()  # (T, B, G*H): the input projection of every step at once
     lengths_dev, has_lengths = _lengths_on(lengths, dev)
     consts = dict(MODE=MODE_CODES[mode], G=G, S=S, HAS_LENGTHS=has_lengths)
     c0_f32 = c0.to(torch.float32).contiguous() if is_lstm else c_n
 
-    if choose_path(path, B, H) == "sequence":
+    if choose_path(path, B, H, has_proj) == "sequence":
         h_n = torch.empty(B, H, device=dev, dtype=dtype)
         block_b, block_h, block_k, grid = _sequence_blocks(B, H)
         sequence_forward_kernel[grid](
             gi, w_hh, b_hh if b_hh is not None else w_hh, h0, c0_f32, h_prev, c_prev, out, saved, h_n, c_n,
             lengths_dev, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
             BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, **consts)
-    else:
-        h_n = h0.clone()                                    # (B, H) running state, storage dtype
-        if is_lstm:
-            c_n.copy_(c0_f32)                               # (B, H) running cell, fp32
-        gh = torch.empty(B, G * H, device=dev, dtype=dtype)  # (B, G*H) recurrent product of one step
-        block_b, block_h, grid = _step_blocks(B, H)
-        for t in (range(T - 1, -1, -1) if reverse else range(T)):
-            if b_hh is not None:
-                torch.addmm(b_hh, h_n, w_hh.t(), out=gh)
-            else:
-                torch.mm(h_n, w_hh.t(), out=gh)
+        return out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw
+
+    h_n = h0.clone()                                    # (B, P) running state, storage dtype
+    if is_lstm:
+        c_n.copy_(c0_f32)                               # (B, H) running cell, fp32
+    gh = torch.empty(B, G * H, device=dev, dtype=dtype)  # (B, G*H) recurrent product of one step
+    alive = _alive(lengths, T, dev) if has_proj else None
+    block_b, block_h, grid = _step_blocks(B, H)
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        if b_hh is not None:
+            torch.addmm(b_hh, h_n, w_hh.t(), out=gh)
+        else:
+            torch.mm(h_n, w_hh.t(), out=gh)
+        if not has_proj:
             step_forward_kernel[grid](
                 gi[t], gh, h_n, c_n, h_prev[t], c_prev[t] if is_lstm else c_prev, out[t], saved[t],
-                lengths_dev, t, B, H, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
-    return out, h_n, c_n.to(dtype), saved, h_prev, c_prev
+                lengths_dev, t, B, H, HAS_PROJ=False, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
+            continue
+        # Projection: the kernel writes the unprojected h (zero past the end),
+        # so its projection is already the step's output.
+        h_prev[t].copy_(h_n)
+        step_forward_kernel[grid](
+            gi[t], gh, h_n, c_n, h_prev[t], c_prev[t], h_raw[t], saved[t],
+            lengths_dev, t, B, H, HAS_PROJ=True, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
+        torch.mm(h_raw[t], w_hr.t(), out=out[t])
+        h_n = out[t].clone() if alive is None else torch.where(alive[t], out[t], h_n)
+    return out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw
 
 
-def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, has_bias: bool,
+def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], has_bias: bool,
                    lengths: Optional[Tensor], reverse: bool,
                    grad_out: Tensor, grad_h_n: Tensor, grad_c_n: Optional[Tensor],
-                   saved: Tensor, h_prev: Tensor, c_prev: Tensor, path: str = "auto"):
-    """Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh); dc0 is None unless
-    lstm, the bias gradients None without biases."""
+                   saved: Tensor, h_prev: Tensor, c_prev: Tensor, h_raw: Tensor, path: str = "auto"):
+    """Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); dc0 is None
+    unless lstm, the bias gradients None without biases, dw_hr None without w_hr."""
     T, B, I = x.shape
-    H = w_hh.shape[1]
     G, S = NUM_GATES[mode], NUM_SAVED[mode]
-    is_lstm = mode == "lstm"
+    H, P = w_hh.shape[0] // G, w_hh.shape[1]
+    is_lstm, has_proj = mode == "lstm", w_hr is not None
     dev, dtype = x.device, x.dtype
     x, w_ih, w_hh = x.contiguous(), w_ih.contiguous(), w_hh.contiguous()
     grad_out, grad_h_n = grad_out.contiguous(), grad_h_n.contiguous()
-    # fp32 carried state gradients; dh0 ends as (B, H) fp32
+    # fp32 carried state gradients: dh (B, P), dc (B, H)
     dh = grad_h_n.to(torch.float32).clone()
     dc = grad_c_n.to(torch.float32).contiguous().clone() if is_lstm else dh.new_empty(0, H)
     dgh = torch.zeros(T, B, G * H, device=dev, dtype=dtype)
     dgi = torch.zeros(T, B, G * H, device=dev, dtype=dtype) if mode == "gru" else dgh
+    d_out = torch.zeros(T if has_proj else 0, B, P, device=dev, dtype=dtype)  # gradient of each projected output
     if T > 0 and B > 0:
         lengths_dev, has_lengths = _lengths_on(lengths, dev)
         consts = dict(MODE=MODE_CODES[mode], G=G, S=S, HAS_LENGTHS=has_lengths)
-        if choose_path(path, B, H) == "sequence":
+        backward_steps = range(T) if reverse else range(T - 1, -1, -1)
+        if choose_path(path, B, H, has_proj) == "sequence":
             block_b, block_h, block_k, grid = _sequence_blocks(B, H)
             dh0 = torch.empty_like(dh)
             dc0 = torch.empty_like(dc)
@@ -152,20 +181,39 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, has_bias: b
                 lengths_dev, T, B, H, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
                 BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, **consts)
             dh, dc = dh0, dc0
-        else:
+        elif not has_proj:
             block_b, block_h, grid = _step_blocks(B, H)
             dh_mm = torch.zeros(B, H, device=dev, dtype=dtype)  # (B, H) dgh_{t+1} W_hh
-            for t in (range(T) if reverse else range(T - 1, -1, -1)):
+            for t in backward_steps:
                 step_backward_kernel[grid](
                     dh, dc, dh_mm, grad_out[t], saved[t], h_prev[t], c_prev[t] if is_lstm else c_prev,
-                    dgh[t], dgi[t], lengths_dev, t, B, H, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
+                    dgh[t], dgi[t], lengths_dev, t, B, H, HAS_PROJ=False, BLOCK_B=block_b, BLOCK_H=block_h,
+                    **consts)
                 torch.mm(dgh[t], w_hh, out=dh_mm)
             dh += dh_mm
+        else:
+            block_b, block_h, grid = _step_blocks(B, H)
+            alive = _alive(lengths, T, dev)
+            for t in backward_steps:
+                if alive is None:
+                    dh_total = dh + grad_out[t]  # (B, P) gradient of the state after step t
+                    d_out[t] = dh_total          # ... and of the projected output of step t
+                else:  # past the end the output is constant zero and the state passes through
+                    dh_total = dh + torch.where(alive[t], grad_out[t], 0.0)
+                    d_out[t] = torch.where(alive[t], dh_total, 0.0)
+                dh_raw = torch.mm(d_out[t], w_hr).float()  # (B, H) gradient of the unprojected h
+                step_backward_kernel[grid](
+                    dh_raw, dc, dh_raw, grad_out[t], saved[t], h_prev[t], c_prev[t], dgh[t], dgi[t],
+                    lengths_dev, t, B, H, HAS_PROJ=True, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
+                dh = torch.mm(dgh[t], w_hh).float()
+                if alive is not None:  # an ended sequence's state passes its gradient through
+                    dh += torch.where(alive[t], 0.0, dh_total)
     # Input and weight gradients: big matmuls over all steps at once.
     dgi_2d, dgh_2d = dgi.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
     dx = torch.matmul(dgi, w_ih)                                   # (T, B, I)
     dw_ih = dgi_2d.t().mm(x.reshape(T * B, I))                     # (G*H, I)
-    dw_hh = dgh_2d.t().mm(h_prev.reshape(T * B, H))                # (G*H, H)
+    dw_hh = dgh_2d.t().mm(h_prev.reshape(T * B, P))                # (G*H, P)
     db_ih = dgi_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
     db_hh = dgh_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
-    return dx, dh.to(dtype), dc.to(dtype) if is_lstm else None, dw_ih, dw_hh, db_ih, db_hh
+    dw_hr = d_out.reshape(T * B, P).t().mm(h_raw.reshape(T * B, H)) if has_proj else None  # (P, H)
+    return dx, dh.to(dtype), dc.to(dtype) if is_lstm else None, dw_ih, dw_hh, db_ih, db_hh, dw_hr

@@ -170,16 +170,19 @@ def alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS: tl.constexpr):
 
 
 @triton.jit
-def step_forward_pointwise(MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+def step_forward_pointwise(MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr, HAS_PROJ: tl.constexpr,
                            h, c, gh0, gh1, gh2, gh3, alive,
                            gi_t_ptr, h_prev_t_ptr, c_prev_t_ptr, out_t_ptr, saved_t_ptr,
                            rows, cols, mask, H):
     """Everything of one forward step but the recurrent product: records the
     state entering the step (h_prev_t, c_prev_t), applies the cell, writes the
     output (zero past the end) and the saved activations. Returns the state
-    after the step (unchanged for ended sequences)."""
+    after the step (unchanged for ended sequences).
+    HAS_PROJ (lstm with proj_size): out_t is the unprojected h (B, H); the
+    host projects it and keeps the (B, P) state and its record."""
     offs = rows[:, None] * H + cols[None, :]
-    tl.store(h_prev_t_ptr + offs, h.to(h_prev_t_ptr.dtype.element_ty), mask=mask)
+    if not HAS_PROJ:
+        tl.store(h_prev_t_ptr + offs, h.to(h_prev_t_ptr.dtype.element_ty), mask=mask)
     if MODE == LSTM:
         tl.store(c_prev_t_ptr + offs, c, mask=mask)
     gi0, gi1, gi2, gi3 = load_gates(gi_t_ptr, rows, cols, mask, H, G)
@@ -190,20 +193,25 @@ def step_forward_pointwise(MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
 
 
 @triton.jit
-def step_backward_pointwise(MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+def step_backward_pointwise(MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr, HAS_PROJ: tl.constexpr,
                             dh, dc, alive,
                             grad_out_t_ptr, saved_t_ptr, h_prev_t_ptr, c_prev_t_ptr, dgh_t_ptr, dgi_t_ptr,
                             rows, cols, mask, H):
     """Everything of one backward step but the product dgh_t W_hh. dh, dc:
     gradients reaching the state after step t (without this step's output
     gradient). Writes dgh_t (and dgi_t for gru), zero for ended sequences.
-    Returns (dh_direct, dc_prev): dh_prev = dh_direct + dgh_t W_hh."""
+    Returns (dh_direct, dc_prev): dh_prev = dh_direct + dgh_t W_hh.
+    HAS_PROJ: dh is the gradient of the unprojected h with the output
+    gradient already in it (the host handles the (B, P) side)."""
     offs = rows[:, None] * H + cols[None, :]
-    grad_out = tl.load(grad_out_t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dh = dh + tl.where(alive, grad_out, 0.0)  # the output is constant zero past the end
+    if not HAS_PROJ:
+        grad_out = tl.load(grad_out_t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dh = dh + tl.where(alive, grad_out, 0.0)  # the output is constant zero past the end
     s0, s1, s2, s3 = load_gates(saved_t_ptr, rows, cols, mask, H, S)
-    h_prev = tl.load(h_prev_t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    c_prev = h_prev * 0.0
+    h_prev = dh * 0.0
+    if MODE == GRU:
+        h_prev = tl.load(h_prev_t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    c_prev = dh * 0.0
     if MODE == LSTM:
         c_prev = tl.load(c_prev_t_ptr + offs, mask=mask, other=0.0)
     dgi0, dgi1, dgi2, dgi3, dgh0, dgh1, dgh2, dgh3, dh_direct, dc_prev = cell_backward(

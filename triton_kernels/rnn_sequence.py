@@ -100,7 +100,7 @@ def sequence_forward_kernel(
             gh3 = recurrent_gate(h_prev_t_ptr, w_hh_ptr, b_hh_ptr, 3, rows, cols, B, H, HAS_BIAS,
                                  UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
         alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
-        h, c = step_forward_pointwise(MODE, G, S, h, c, gh0, gh1, gh2, gh3, alive,
+        h, c = step_forward_pointwise(MODE, G, S, False, h, c, gh0, gh1, gh2, gh3, alive,
                                       gi_ptr + t * B * G * H, h_prev_t_ptr, c_prev_ptr + t * B * H,
                                       out_ptr + t * B * H, saved_ptr + t * B * S * H, rows, cols, mask, H)
     tl.store(h_n_ptr + offs, h.to(h_n_ptr.dtype.element_ty), mask=mask)
@@ -136,7 +136,7 @@ def sequence_backward_kernel(
             t = step
         alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
         dgh_t_ptr = dgh_ptr + t * B * G * H
-        dh_direct, dc = step_backward_pointwise(MODE, G, S, dh, dc, alive,
+        dh_direct, dc = step_backward_pointwise(MODE, G, S, False, dh, dc, alive,
                                                 grad_out_ptr + t * B * H, saved_ptr + t * B * S * H,
                                                 h_prev_ptr + t * B * H, c_prev_ptr + t * B * H,
                                                 dgh_t_ptr, dgi_ptr + t * B * G * H, rows, cols, mask, H)

@@ -2,21 +2,20 @@
 rnnkernels.triton_kernels (rnn.py), as torch.library custom ops with autograd
 and fake kernels, so torch.compile traces them without graph breaks.
 
-    rnnkernels::triton_rnn_layer_forward   -> out, h_n, c_n, saved, h_prev, c_prev
-    rnnkernels::triton_rnn_layer_backward  -> dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+    rnnkernels::triton_rnn_layer_forward   -> out, h_n, c_n, saved, h_prev, c_prev, h_raw
+    rnnkernels::triton_rnn_layer_backward  -> dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 Custom ops cannot return None: c_n, c_prev, dc0 are empty unless mode is
-lstm; db_ih, db_hh are empty without biases.
+lstm; db_ih, db_hh are empty without biases; h_raw, dw_hr without w_hr.
 
 It runs on CUDA tensors, and on CPU tensors when the kernels were imported
 under TRITON_INTERPRET=1 (Triton reads that variable when a kernel is
 decorated, i.e. when rnnkernels.triton_kernels.rnn is first imported; that
-happens lazily, at the first call). LSTM projections (proj_size, w_hr) are
-not supported here: asking for them is an error naming w_hr.
+happens lazily, at the first call).
 
 Step path or sequence path: rnnkernels.triton_kernels.rnn.choose_path (hidden
-size and batch); `PATH` below forces one ("step" / "sequence") for tests and
-benchmarks.
+size and batch; LSTM projections always take the step path); `PATH` below
+forces one ("step" / "sequence") for tests and benchmarks.
 """
 import importlib
 import os
@@ -78,21 +77,22 @@ def check_layer_args(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths) -> 
     """Raises a clear error, naming the argument, before any kernel runs."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if w_hr is not None:
-        raise NotImplementedError(
-            "the triton backend does not support LSTM projections (proj_size > 0, w_hr given); "
-            "use backend='cuda', 'cpu' or 'reference' for them")
+    if w_hr is not None and mode != "lstm":
+        raise ValueError(f"w_hr (a projection) is only defined for lstm, not {mode}")
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D (T, B, input_size), got shape {tuple(x.shape)}")
     if x.dtype not in DTYPES:
         raise TypeError(f"x must be float32, float16 or bfloat16 for the triton backend, got {x.dtype}")
     T, B, I = x.shape
     G = GATES[mode]
-    if w_hh.dim() != 2 or w_hh.shape[0] % G != 0 or w_hh.shape[0] != G * w_hh.shape[1]:
-        raise ValueError(f"w_hh must have shape ({G}*H, H) for {mode}, got {tuple(w_hh.shape)}")
-    H = w_hh.shape[1]
-    expected = {"w_ih": (w_ih, (G * H, I)), "w_hh": (w_hh, (G * H, H)), "h0": (h0, (B, H)),
-                "c0": (c0, (B, H)), "b_ih": (b_ih, (G * H,)), "b_hh": (b_hh, (G * H,))}
+    P = w_hr.shape[0] if w_hr is not None and w_hr.dim() == 2 else None  # proj_size
+    if w_hh.dim() != 2 or w_hh.shape[0] % G != 0 or (P is None and w_hh.shape[0] != G * w_hh.shape[1]):
+        state = "P" if w_hr is not None else "H"
+        raise ValueError(f"w_hh must have shape ({G}*H, {state}) for {mode}, got {tuple(w_hh.shape)}")
+    H = w_hh.shape[0] // G
+    P = P if P is not None else H
+    expected = {"w_ih": (w_ih, (G * H, I)), "w_hh": (w_hh, (G * H, P)), "h0": (h0, (B, P)),
+                "c0": (c0, (B, H)), "b_ih": (b_ih, (G * H,)), "b_hh": (b_hh, (G * H,)), "w_hr": (w_hr, (P, H))}
     if mode == "lstm" and c0 is None:
         raise ValueError("c0 is required for lstm")
     if mode != "lstm" and c0 is not None:
@@ -126,67 +126,68 @@ def check_layer_args(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths) -> 
 
 @torch.library.custom_op("rnnkernels::triton_rnn_layer_forward", mutates_args=())
 def layer_forward_op(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-                     b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
-                     path: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_kernels().layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, path))
+                     b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                     lengths: Optional[Tensor], reverse: bool, path: str
+                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_kernels().layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, path))
 
 
 @layer_forward_op.register_fake
-def _layer_forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, path):
+def _layer_forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, path):
     T, B, _ = x.shape
-    H = w_hh.shape[1]
-    lstm = mode == "lstm"
+    H, P = w_hh.shape[0] // GATES[mode], w_hh.shape[1]
+    lstm, proj = mode == "lstm", w_hr is not None
     f32 = torch.float32
-    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B if lstm else 0, H),
-            x.new_empty(T, B, _NUM_SAVED[mode] * H, dtype=f32), x.new_empty(T, B, H),
-            x.new_empty(T if lstm else 0, B, H, dtype=f32))
+    return (x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B if lstm else 0, H),
+            x.new_empty(T, B, _NUM_SAVED[mode] * H, dtype=f32), x.new_empty(T, B, P),
+            x.new_empty(T if lstm else 0, B, H, dtype=f32), x.new_empty(T if proj else 0, B, H))
 
 
 @torch.library.custom_op("rnnkernels::triton_rnn_layer_backward", mutates_args=())
-def layer_backward_op(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, has_bias: bool, lengths: Optional[Tensor],
-                      reverse: bool, grad_out: Tensor, grad_h_n: Tensor, grad_c_n: Optional[Tensor], saved: Tensor,
-                      h_prev: Tensor, c_prev: Tensor, path: str
-                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _kernels().layer_backward(
-        mode, x, w_ih, w_hh, has_bias, lengths, reverse, grad_out, grad_h_n, grad_c_n, saved, h_prev, c_prev, path)
-    empty = x.new_empty(0)
-    return (dx, dh0, dc0 if dc0 is not None else empty.clone(), dw_ih, dw_hh,
-            db_ih if db_ih is not None else empty.clone(), db_hh if db_hh is not None else empty.clone())
+def layer_backward_op(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], has_bias: bool,
+                      lengths: Optional[Tensor], reverse: bool, grad_out: Tensor, grad_h_n: Tensor,
+                      grad_c_n: Optional[Tensor], saved: Tensor, h_prev: Tensor, c_prev: Tensor, h_raw: Tensor,
+                      path: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grads = _kernels().layer_backward(mode, x, w_ih, w_hh, w_hr, has_bias, lengths, reverse, grad_out, grad_h_n,
+                                      grad_c_n, saved, h_prev, c_prev, h_raw, path)
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
 @layer_backward_op.register_fake
-def _layer_backward_fake(mode, x, w_ih, w_hh, has_bias, lengths, reverse, grad_out, grad_h_n, grad_c_n, saved,
-                         h_prev, c_prev, path):
+def _layer_backward_fake(mode, x, w_ih, w_hh, w_hr, has_bias, lengths, reverse, grad_out, grad_h_n, grad_c_n,
+                         saved, h_prev, c_prev, h_raw, path):
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H, P = w_hh.shape[0] // GATES[mode], w_hh.shape[1]
     bias = (w_hh.shape[0],) if has_bias else (0,)
-    return (torch.empty_like(x), x.new_empty(B, H), x.new_empty(B if mode == "lstm" else 0, H),
-            torch.empty_like(w_ih), torch.empty_like(w_hh), x.new_empty(bias), x.new_empty(bias))
+    return (torch.empty_like(x), x.new_empty(B, P), x.new_empty(B if mode == "lstm" else 0, H),
+            torch.empty_like(w_ih), torch.empty_like(w_hh), x.new_empty(bias), x.new_empty(bias),
+            torch.empty_like(w_hr) if w_hr is not None else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, path = inputs
-    _, _, _, saved, h_prev, c_prev = output
+    mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, path = inputs
+    _, _, _, saved, h_prev, c_prev, h_raw = output
     ctx.mode, ctx.reverse, ctx.path = mode, reverse, path
     ctx.has_c0, ctx.has_bias = c0 is not None, b_ih is not None
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, saved, h_prev, c_prev)
+    ctx.save_for_backward(x, w_ih, w_hh, w_hr, lengths, saved, h_prev, c_prev, h_raw)
 
 
 def _backward(ctx, grad_out, grad_h_n, grad_c_n, *unused_grads):
-    x, w_ih, w_hh, lengths, saved, h_prev, c_prev = ctx.saved_tensors
+    x, w_ih, w_hh, w_hr, lengths, saved, h_prev, c_prev, h_raw = ctx.saved_tensors
     T, B, _ = x.shape
-    H = w_hh.shape[1]
-    grad_out = grad_out if grad_out is not None else x.new_zeros(T, B, H)
-    grad_h_n = grad_h_n if grad_h_n is not None else x.new_zeros(B, H)
+    H, P = w_hh.shape[0] // GATES[ctx.mode], w_hh.shape[1]
+    grad_out = grad_out if grad_out is not None else x.new_zeros(T, B, P)
+    grad_h_n = grad_h_n if grad_h_n is not None else x.new_zeros(B, P)
     if ctx.mode == "lstm":
         grad_c_n = grad_c_n if grad_c_n is not None else x.new_zeros(B, H)
     else:
         grad_c_n = None
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = layer_backward_op(
-        ctx.mode, x, w_ih, w_hh, ctx.has_bias, lengths, ctx.reverse, grad_out, grad_h_n, grad_c_n,
-        saved, h_prev, c_prev, ctx.path)
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = layer_backward_op(
+        ctx.mode, x, w_ih, w_hh, w_hr, ctx.has_bias, lengths, ctx.reverse, grad_out, grad_h_n, grad_c_n,
+        saved, h_prev, c_prev, h_raw, ctx.path)
     return (None, dx, dh0, dc0 if ctx.has_c0 else None, dw_ih, dw_hh,
-            db_ih if ctx.has_bias else None, db_hh if ctx.has_bias else None, None, None, None)
+            db_ih if ctx.has_bias else None, db_hh if ctx.has_bias else None,
+            dw_hr if w_hr is not None else None, None, None, None)
 
 
 layer_forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -195,7 +196,7 @@ layer_forward_op.register_autograd(_backward, setup_context=_setup_context)
 def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     """The backend entry point (contract: rnnkernels.reference.rnn_layer)."""
     check_layer_args(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
-    out, h_n, c_n, _, _, _ = layer_forward_op(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, PATH)
+    out, h_n, c_n = layer_forward_op(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, PATH)[:3]
     return out, h_n, c_n if mode == "lstm" else None
 
 
