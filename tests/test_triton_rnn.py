@@ -261,3 +261,33 @@ def test_cpu_without_interpreter_is_a_clear_error():
             "    print(e)\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors" in result.stdout, result.stderr
+
+
+# ------------------------------------------------------------------ on a GPU
+
+_COMPILED_CASES = """
+import torch
+from rnnkernels.backends import triton as triton_backend
+from rnnkernels.check import TOLERANCE, RNNCase, run_rnn_case
+assert type(__import__("rnnkernels.triton_kernels.rnn_step", fromlist=["x"]).step_forward_kernel).__name__ == "JITFunction"
+worst = {}
+for path in ("step", "sequence"):
+    triton_backend.PATH = path
+    for dtype in (torch.float32, torch.bfloat16):
+        for mode, proj in (("lstm", 0), ("gru", 0), ("rnn_tanh", 0), ("lstm", 3)):
+            case = RNNCase(mode=mode, proj_size=proj, bidirectional=True, steps=6, batch=19, input_size=5,
+                           hidden_size=37, lengths=[6, 1, 3, 0] + [6] * 15, dtype=dtype, device="cuda")
+            errors = run_rnn_case(case, "triton", seed=1)
+            assert max(errors.values()) <= TOLERANCE[dtype], (path, case.describe(), errors)
+print("compiled kernels ok")
+"""
+
+
+@pytest.mark.gpu
+def test_compiled_kernels_on_cuda():
+    """The compiled (not interpreted) kernels on CUDA tensors, both paths, fp32
+    and bf16: a fresh process, since this module's kernels are interpreted."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", _COMPILED_CASES], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert "compiled kernels ok" in result.stdout, result.stdout + result.stderr

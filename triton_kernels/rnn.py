@@ -71,7 +71,10 @@ def _step_blocks(B: int, H: int):
 
 def _sequence_blocks(B: int, H: int):
     block_h = max(16, triton.next_power_of_2(H))
-    return SEQUENCE_BLOCK_B, block_h, SEQUENCE_BLOCK_K, (triton.cdiv(B, SEQUENCE_BLOCK_B),)
+    # More warps for wide state tiles: G fp32 (BLOCK_B, BLOCK_H) accumulators
+    # per program must fit in registers (untuned; see SEQUENCE_MAX_HIDDEN).
+    num_warps = 8 if block_h >= 128 else 4
+    return SEQUENCE_BLOCK_B, block_h, SEQUENCE_BLOCK_K, num_warps, (triton.cdiv(B, SEQUENCE_BLOCK_B),)
 
 
 def _upcast_dot(dtype: torch.dtype) -> bool:
@@ -115,11 +118,11 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
 
     if choose_path(path, B, H, has_proj) == "sequence":
         h_n = torch.empty(B, H, device=dev, dtype=dtype)
-        block_b, block_h, block_k, grid = _sequence_blocks(B, H)
+        block_b, block_h, block_k, num_warps, grid = _sequence_blocks(B, H)
         sequence_forward_kernel[grid](
             gi, w_hh, b_hh if b_hh is not None else w_hh, h0, c0_f32, h_prev, c_prev, out, saved, h_n, c_n,
             lengths_dev, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
-            BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, **consts)
+            BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=num_warps, **consts)
         return out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw
 
     h_n = h0.clone()                                    # (B, P) running state, storage dtype
@@ -173,13 +176,13 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
         consts = dict(MODE=MODE_CODES[mode], G=G, S=S, HAS_LENGTHS=has_lengths)
         backward_steps = range(T) if reverse else range(T - 1, -1, -1)
         if choose_path(path, B, H, has_proj) == "sequence":
-            block_b, block_h, block_k, grid = _sequence_blocks(B, H)
+            block_b, block_h, block_k, num_warps, grid = _sequence_blocks(B, H)
             dh0 = torch.empty_like(dh)
             dc0 = torch.empty_like(dc)
             sequence_backward_kernel[grid](
                 grad_out, dh, dc, w_hh, saved, h_prev, c_prev, dgh, dgi, dh0, dc0,
                 lengths_dev, T, B, H, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
-                BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, **consts)
+                BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=num_warps, **consts)
             dh, dc = dh0, dc0
         elif not has_proj:
             block_b, block_h, grid = _step_blocks(B, H)
