@@ -251,16 +251,34 @@ def test_float64_is_unavailable():
         rk.GRU(3, 4, backend="triton").double()(torch.randn(2, 1, 3, dtype=torch.float64))
 
 
-def test_cpu_without_interpreter_is_a_clear_error():
-    """In a fresh process without TRITON_INTERPRET the backend refuses CPU tensors."""
+_FRESH_PROCESS = """
+import os, torch, triton, rnnkernels as rk
+from rnnkernels.check import run_rnn_case, RNNCase
+from rnnkernels.backends import triton as triton_backend
+try:
+    rk.GRU(3, 4, backend="triton")(torch.randn(2, 1, 3))
+except rk.BackendUnavailableError as e:
+    print(e)
+# triton (and its @jit standard library) was imported before the variable:
+# the kernels must still run in the interpreter.
+os.environ["TRITON_INTERPRET"] = "1"
+for mode, path in (("lstm", "step"), ("gru", "sequence")):
+    triton_backend.PATH = path
+    errors = run_rnn_case(RNNCase(mode=mode, steps=3, batch=2, hidden_size=5, lengths=[3, 1], dtype=torch.float32),
+                          "triton")
+    print(mode, path, "ok" if max(errors.values()) < 1e-5 else errors)
+"""
+
+
+def test_fresh_process_without_then_with_interpreter():
+    """In a fresh process without TRITON_INTERPRET the backend refuses CPU
+    tensors with a clear message; once it is set, the kernels run, even
+    though triton itself was imported before."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import torch, rnnkernels as rk\n"
-            "try:\n"
-            "    rk.GRU(3, 4, backend='triton')(torch.randn(2, 1, 3))\n"
-            "except rk.BackendUnavailableError as e:\n"
-            "    print(e)\n")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS], env=env, capture_output=True, text=True,
+                            timeout=120)
     assert "set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors" in result.stdout, result.stderr
+    assert "lstm step ok" in result.stdout and "gru sequence ok" in result.stdout, result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------ on a GPU

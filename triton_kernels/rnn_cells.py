@@ -24,6 +24,11 @@ Buffers one step touches (B batch, H hidden, G gates, S saved tiles):
                               pre-activations (dgi_t differs only for gru)
 Every tile is (BLOCK_B, BLOCK_H): rows are batch entries, columns hidden
 units; `mask` marks the rows < B and columns < H.
+
+The kernels use only builtin tl functions, not the @triton.jit ones of
+Triton's standard library (tl.zeros, tl.sigmoid, ...): under TRITON_INTERPRET=1
+those are interpreted only if triton itself was imported with the variable
+set, which a process that imported torch/triton first cannot promise.
 """
 import triton
 import triton.language as tl

@@ -28,7 +28,7 @@ def recurrent_gate(h_t_ptr, w_ptr, b_ptr, gate, rows, cols, B, H,
                    BLOCK_K: tl.constexpr):
     """(BLOCK_B, BLOCK_H) fp32 tile of h W_hh^T + b_hh for one gate.
     h_t_ptr: (B, H) storage dtype; w_ptr: W_hh (G*H, H)."""
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         h_chunk = tl.load(h_t_ptr + rows[:, None] * H + ks[None, :],
@@ -47,7 +47,7 @@ def recurrent_gate(h_t_ptr, w_ptr, b_ptr, gate, rows, cols, B, H,
 def gate_grad_product(dg_t_ptr, w_ptr, rows, cols, B, H, G: tl.constexpr, UPCAST_DOT: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """(BLOCK_B, BLOCK_H) fp32 tile of dgh_t W_hh: dgh_t (B, G*H), W_hh (G*H, H)."""
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
     for k0 in range(0, G * H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         dg_chunk = tl.load(dg_t_ptr + rows[:, None] * (G * H) + ks[None, :],

@@ -35,7 +35,7 @@ def step_forward_kernel(
     mask = (rows < B)[:, None] & (cols < H)[None, :]
     offs = rows[:, None] * H + cols[None, :]
     alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
-    h = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    h = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
     if not HAS_PROJ:
         h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     c = h * 0.0
