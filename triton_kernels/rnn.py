@@ -71,9 +71,12 @@ def _step_blocks(B: int, H: int):
 
 def _sequence_blocks(B: int, H: int):
     block_h = max(16, triton.next_power_of_2(H))
-    # More warps for wide state tiles: G fp32 (BLOCK_B, BLOCK_H) accumulators
-    # per program must fit in registers (untuned; see SEQUENCE_MAX_HIDDEN).
-    num_warps = 8 if block_h >= 128 else 4
+    # More warps for wider state tiles, so the G fp32 (BLOCK_B, BLOCK_H) gate
+    # tiles fit in registers. ptxas -v for sm_90 (Triton 3.9) gave the forward
+    # kernel's spill stores per thread, lstm fp32: BLOCK_H 64: 412 B (4 warps),
+    # 32 B (8); BLOCK_H 128: 368 B (8), 712 B (16); BLOCK_H 256: 3312 B (8),
+    # 2064 B (16). Compile-time facts only: speed is for the playbook to time.
+    num_warps = 4 if block_h <= 32 else 8 if block_h <= 128 else 16
     return SEQUENCE_BLOCK_B, block_h, SEQUENCE_BLOCK_K, num_warps, (triton.cdiv(B, SEQUENCE_BLOCK_B),)
 
 
