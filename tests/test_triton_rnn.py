@@ -351,6 +351,9 @@ for mode, dtype, has_proj in (("lstm", "bf16", False), ("gru", "bf16", False), (
         forward = compile_for_sm90(rnn_sequence.sequence_forward_kernel, dtype, dict(sequence, HAS_BIAS=True),
                                    num_warps)
         compile_for_sm90(rnn_sequence.sequence_backward_kernel, dtype, sequence, num_warps)
+        # The launcher turns int arguments equal to 1 into constants (batch 1, one step).
+        compile_for_sm90(rnn_sequence.sequence_forward_kernel, dtype, dict(sequence, HAS_BIAS=False, B=1, T=1),
+                         num_warps)
         assert dtype == "fp32" or "mma" in forward.asm["ptx"], "bf16/fp16 products should use tensor cores"
     print(mode, dtype, "compiled")
 print("all compiled")

@@ -77,6 +77,7 @@ def sequence_forward_kernel(
     cols = tl.arange(0, BLOCK_H)
     mask = (rows < B)[:, None] & (cols < H)[None, :]
     offs = rows[:, None] * H + cols[None, :]
+    step_size = tl.cast(B, tl.int64) * H  # elements of one (B, H) step; int64 so long sequences cannot overflow
     h = tl.load(h0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     c = h * 0.0
     if MODE == LSTM:
@@ -85,7 +86,7 @@ def sequence_forward_kernel(
         t = step
         if REVERSE:
             t = T - 1 - step
-        h_prev_t_ptr = h_prev_ptr + t * B * H
+        h_prev_t_ptr = h_prev_ptr + t * step_size
         # Record the state entering step t; the product below reads it back.
         tl.store(h_prev_t_ptr + offs, h.to(h_prev_ptr.dtype.element_ty), mask=mask)
         tl.debug_barrier()
@@ -101,8 +102,8 @@ def sequence_forward_kernel(
                                  UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
         alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
         h, c = step_forward_pointwise(MODE, G, S, False, h, c, gh0, gh1, gh2, gh3, alive,
-                                      gi_ptr + t * B * G * H, h_prev_t_ptr, c_prev_ptr + t * B * H,
-                                      out_ptr + t * B * H, saved_ptr + t * B * S * H, rows, cols, mask, H)
+                                      gi_ptr + t * step_size * G, h_prev_t_ptr, c_prev_ptr + t * step_size,
+                                      out_ptr + t * step_size, saved_ptr + t * step_size * S, rows, cols, mask, H)
     tl.store(h_n_ptr + offs, h.to(h_n_ptr.dtype.element_ty), mask=mask)
     if MODE == LSTM:
         tl.store(c_n_ptr + offs, c, mask=mask)
@@ -125,6 +126,7 @@ def sequence_backward_kernel(
     cols = tl.arange(0, BLOCK_H)
     mask = (rows < B)[:, None] & (cols < H)[None, :]
     offs = rows[:, None] * H + cols[None, :]
+    step_size = tl.cast(B, tl.int64) * H  # elements of one (B, H) step; int64 so long sequences cannot overflow
     dh = tl.load(grad_h_n_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dc = dh * 0.0
     if MODE == LSTM:
@@ -135,11 +137,11 @@ def sequence_backward_kernel(
         if REVERSE:
             t = step
         alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
-        dgh_t_ptr = dgh_ptr + t * B * G * H
+        dgh_t_ptr = dgh_ptr + t * step_size * G
         dh_direct, dc = step_backward_pointwise(MODE, G, S, False, dh, dc, alive,
-                                                grad_out_ptr + t * B * H, saved_ptr + t * B * S * H,
-                                                h_prev_ptr + t * B * H, c_prev_ptr + t * B * H,
-                                                dgh_t_ptr, dgi_ptr + t * B * G * H, rows, cols, mask, H)
+                                                grad_out_ptr + t * step_size, saved_ptr + t * step_size * S,
+                                                h_prev_ptr + t * step_size, c_prev_ptr + t * step_size,
+                                                dgh_t_ptr, dgi_ptr + t * step_size * G, rows, cols, mask, H)
         tl.debug_barrier()  # dgh_t written by all threads before the product reads it
         dh = dh_direct + gate_grad_product(dgh_t_ptr, w_hh_ptr, rows, cols, B, H, G, UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
     tl.store(grad_h0_ptr + offs, dh, mask=mask)
