@@ -29,11 +29,14 @@ from .rnn_cells import MODE_CODES, NUM_GATES, NUM_SAVED
 from .rnn_sequence import sequence_backward_kernel, sequence_forward_kernel
 from .rnn_step import step_backward_kernel, step_forward_kernel
 
-# Path heuristic: the sequence kernel holds (BLOCK_B, next_pow2(H)) fp32 tiles
-# per gate in registers, so it only suits small H; at large batch the step
-# path's per-step cuBLAS GEMM has enough work to hide its launch cost. These
-# limits are untuned first guesses (no GPU measured yet): the GPU playbook
-# (benchmarks/triton_rnn.py) times both paths and records where they cross.
+# Path heuristic (choose_path). The sequence kernel saves the two launches per
+# step of the step path, but holds G fp32 (BLOCK_B, next_pow2(H)) tiles per
+# program in registers (it spills from BLOCK_H 128 on, see _sequence_blocks)
+# and runs cdiv(B, 16) programs, i.e. a single SM for B <= 16; the step path's
+# per-step cuBLAS GEMM spreads over the whole GPU and wins once the batch or
+# H is large enough. These limits are untuned first guesses (no GPU measured
+# yet): benchmarks/triton_rnn.py times both paths side by side so the GPU
+# playbook can set them.
 SEQUENCE_MAX_HIDDEN = 256
 SEQUENCE_MAX_BATCH = 64
 
@@ -50,6 +53,8 @@ STEP_MAX_BLOCK_H = 128
 def choose_path(path: str, batch: int, hidden: int, has_proj: bool = False) -> str:
     """"step" or "sequence" for a layer of this batch and hidden size. LSTM
     projections (proj_size) run on the step path only, whatever `path` says."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if has_proj:
         return "step"
     if path != "auto":
@@ -57,7 +62,8 @@ def choose_path(path: str, batch: int, hidden: int, has_proj: bool = False) -> s
     return "sequence" if hidden <= SEQUENCE_MAX_HIDDEN and batch <= SEQUENCE_MAX_BATCH else "step"
 
 
-def _lengths_on(lengths: Optional[Tensor], device) -> Tuple[Optional[Tensor], bool]:
+def _lengths_on(lengths: Optional[Tensor], device) -> Tuple[Tensor, bool]:
+    """(lengths as int32 on device, whether there are any); a dummy without."""
     if lengths is None:
         return torch.empty(1, dtype=torch.int32, device=device), False
     return lengths.to(device=device, dtype=torch.int32), True

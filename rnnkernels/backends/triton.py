@@ -8,10 +8,10 @@ and fake kernels, so torch.compile traces them without graph breaks.
 Custom ops cannot return None: c_n, c_prev, dc0 are empty unless mode is
 lstm; db_ih, db_hh are empty without biases; h_raw, dw_hr without w_hr.
 
-It runs on CUDA tensors, and on CPU tensors when the kernels were imported
-under TRITON_INTERPRET=1 (Triton reads that variable when a kernel is
-decorated, i.e. when rnnkernels.triton_kernels.rnn is first imported; that
-happens lazily, at the first call).
+It runs on CUDA tensors, and on CPU tensors in Triton's interpreter while
+TRITON_INTERPRET=1 is set (Triton reads that variable when a kernel is
+decorated, i.e. when rnnkernels.triton_kernels.rnn is first imported, lazily
+at the first call, and again while launching).
 
 Step path or sequence path: rnnkernels.triton_kernels.rnn.choose_path (hidden
 size and batch; LSTM projections always take the step path); `PATH` below
@@ -64,10 +64,10 @@ def unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Op
         return None
     if device.type != "cpu":
         return f"the triton backend runs on CUDA tensors (and CPU tensors under TRITON_INTERPRET=1), not {device.type}"
-    interpreted = _interpreted()
-    if interpreted is None and os.environ.get("TRITON_INTERPRET") != "1":
+    # Triton reads the variable when the kernels are decorated and again while launching.
+    if os.environ.get("TRITON_INTERPRET") != "1":
         return "set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors (slow; for tests)"
-    if interpreted is False:
+    if _interpreted() is False:
         return ("the Triton kernels were imported without TRITON_INTERPRET=1, so they cannot run on CPU "
                 "tensors; set TRITON_INTERPRET=1 before the first triton-backend call")
     return None
@@ -196,6 +196,8 @@ layer_forward_op.register_autograd(_backward, setup_context=_setup_context)
 def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     """The backend entry point (contract: rnnkernels.reference.rnn_layer)."""
     check_layer_args(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    if PATH not in ("auto", "step", "sequence"):
+        raise ValueError(f"rnnkernels.backends.triton.PATH must be 'auto', 'step' or 'sequence', got {PATH!r}")
     out, h_n, c_n = layer_forward_op(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, PATH)[:3]
     return out, h_n, c_n if mode == "lstm" else None
 
