@@ -123,13 +123,17 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
     gi = F.linear(x, w_ih, b_ih).contiguous()  # (T, B, G*H): the input projection of every step at once
     lengths_dev, has_lengths = _lengths_on(lengths, dev)
     consts = dict(MODE=MODE_CODES[mode], G=G, S=S, HAS_LENGTHS=has_lengths)
-    c0_f32 = c0.to(torch.float32).contiguous() if is_lstm else c_n
+    # Non-lstm modes have no cell: `unused` stands in for those pointers (never
+    # dereferenced), so no kernel gets the null pointer of an empty tensor.
+    unused = torch.empty(1, device=dev, dtype=torch.float32)
+    c0_f32 = c0.to(torch.float32).contiguous() if is_lstm else unused
+    c_prev_arg, c_n_arg = (c_prev, c_n) if is_lstm else (unused, unused)
 
     if choose_path(path, B, H, has_proj) == "sequence":
         h_n = torch.empty(B, H, device=dev, dtype=dtype)
         block_b, block_h, block_k, num_warps, grid = _sequence_blocks(B, H)
         sequence_forward_kernel[grid](
-            gi, w_hh, b_hh if b_hh is not None else w_hh, h0, c0_f32, h_prev, c_prev, out, saved, h_n, c_n,
+            gi, w_hh, b_hh if b_hh is not None else w_hh, h0, c0_f32, h_prev, c_prev_arg, out, saved, h_n, c_n_arg,
             lengths_dev, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
             BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=num_warps, **consts)
         return out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw
@@ -147,7 +151,7 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
             torch.mm(h_n, w_hh.t(), out=gh)
         if not has_proj:
             step_forward_kernel[grid](
-                gi[t], gh, h_n, c_n, h_prev[t], c_prev[t] if is_lstm else c_prev, out[t], saved[t],
+                gi[t], gh, h_n, c_n_arg, h_prev[t], c_prev[t] if is_lstm else unused, out[t], saved[t],
                 lengths_dev, t, B, H, HAS_PROJ=False, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
             continue
         # Projection: the kernel writes the unprojected h (zero past the end),
@@ -176,7 +180,8 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
     grad_out, grad_h_n = grad_out.contiguous(), grad_h_n.contiguous()
     # fp32 carried state gradients: dh (B, P), dc (B, H)
     dh = grad_h_n.to(torch.float32).clone()
-    dc = grad_c_n.to(torch.float32).contiguous().clone() if is_lstm else dh.new_empty(0, H)
+    unused = torch.empty(1, device=dev, dtype=torch.float32)  # stands in for cell buffers when not lstm
+    dc = grad_c_n.to(torch.float32).contiguous().clone() if is_lstm else unused
     dgh = torch.zeros(T, B, G * H, device=dev, dtype=dtype)
     dgi = torch.zeros(T, B, G * H, device=dev, dtype=dtype) if mode == "gru" else dgh
     d_out = torch.zeros(T if has_proj else 0, B, P, device=dev, dtype=dtype)  # gradient of each projected output
@@ -189,7 +194,7 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
             dh0 = torch.empty_like(dh)
             dc0 = torch.empty_like(dc)
             sequence_backward_kernel[grid](
-                grad_out, dh, dc, w_hh, saved, h_prev, c_prev, dgh, dgi, dh0, dc0,
+                grad_out, dh, dc, w_hh, saved, h_prev, c_prev if is_lstm else unused, dgh, dgi, dh0, dc0,
                 lengths_dev, T, B, H, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
                 BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=num_warps, **consts)
             dh, dc = dh0, dc0
@@ -198,7 +203,7 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
             dh_mm = torch.zeros(B, H, device=dev, dtype=dtype)  # (B, H) dgh_{t+1} W_hh
             for t in backward_steps:
                 step_backward_kernel[grid](
-                    dh, dc, dh_mm, grad_out[t], saved[t], h_prev[t], c_prev[t] if is_lstm else c_prev,
+                    dh, dc, dh_mm, grad_out[t], saved[t], h_prev[t], c_prev[t] if is_lstm else unused,
                     dgh[t], dgi[t], lengths_dev, t, B, H, HAS_PROJ=False, BLOCK_B=block_b, BLOCK_H=block_h,
                     **consts)
                 torch.mm(dgh[t], w_hh, out=dh_mm)
