@@ -20,7 +20,7 @@ import triton.language as tl
 from .rnn_cells import LSTM, alive_rows, load_gates, step_backward_pointwise, step_forward_pointwise
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])  # t changes every step: one compiled kernel for all
 def step_forward_kernel(
     gi_t_ptr, gh_t_ptr,            # (B, G*H) input / recurrent gate pre-activations of step t
     h_ptr, c_ptr,                  # (B, H) running state: h storage dtype (read, then overwritten), c fp32
@@ -51,7 +51,7 @@ def step_forward_kernel(
         tl.store(c_ptr + offs, c, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])  # t changes every step: one compiled kernel for all
 def step_backward_kernel(
     dh_ptr, dc_ptr,                # (B, H) fp32 carried gradients of the state after step t (updated in place;
                                    # HAS_PROJ: dh_ptr is the unprojected h's gradient, read only)
