@@ -72,6 +72,8 @@ def rnn_forward(
         raise ValueError(f"input must be 3-D (seq, batch, feature), got {input.dim()}-D")
     x = input.transpose(0, 1) if batch_first else input  # (T, B, I)
     T, B = x.shape[0], x.shape[1]
+    if T == 0:  # torch.nn's error, word for word
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     lengths = check_lengths(lengths, B, T)
     directions = 2 if bidirectional else 1
     has_proj = proj_size > 0
@@ -121,11 +123,8 @@ def rnn_forward(
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
     output = layer_input.transpose(0, 1) if batch_first else layer_input
-    if T == 0:  # no step ran: every layer's state is its initial state
-        h_stack, c_stack = h0, c0
-    else:
-        h_stack = torch.stack(h_n, 0)
-        c_stack = torch.stack(c_n, 0) if mode == "lstm" else None
+    h_stack = torch.stack(h_n, 0)
+    c_stack = torch.stack(c_n, 0) if mode == "lstm" else None
     return (output, (h_stack, c_stack)) if mode == "lstm" else (output, h_stack)
 
 

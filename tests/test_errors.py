@@ -113,3 +113,18 @@ def test_zero_length_sequence_keeps_initial_state():
     out, h = model(torch.randn(3, 2, 4, dtype=torch.float64), h0, lengths=torch.tensor([3, 0]))
     assert torch.equal(h[:, 1], h0[:, 1])
     assert torch.count_nonzero(out[:, 1]) == 0
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_zero_steps_like_torch(cls):
+    theirs, ours = both(cls, 3, 4)
+    _, message = same_error(theirs, ours, torch.randn(0, 2, 3))
+    assert "sequence length" in message
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_empty_batch_like_torch(cls):
+    theirs, ours = both(cls, 3, 4)
+    x = torch.randn(5, 0, 3)
+    expected, got = theirs(x), ours(x)
+    assert got[0].shape == expected[0].shape

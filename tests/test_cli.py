@@ -1,0 +1,56 @@
+"""The check and bench commands."""
+import io
+import subprocess
+import sys
+
+import torch
+
+import rnnkernels as rk
+from rnnkernels import backends, check
+from rnnkernels.benchmarks import rnn as rnn_bench
+from rnnkernels.benchmarks.suite import RNNConfig, RNNShape
+
+
+def test_check_command_passes():
+    result = subprocess.run([sys.executable, "-m", "rnnkernels", "check", "--cases", "4"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all checks passed" in result.stdout
+    for name in backends.available("cpu"):
+        assert f" {name} " in result.stdout
+
+
+def test_check_catches_a_wrong_backend():
+    """A backend whose output is off by a little must fail the harness."""
+
+    def slightly_wrong(mode, x, *args):
+        out, h, c = rk.reference.rnn_layer(mode, x, *args)
+        return out * (1 + 1e-6), h, c
+
+    backends.register("rnn", "slightly_wrong", slightly_wrong, priority={"cpu": -5})
+    try:
+        out = io.StringIO()
+        ok = check.run_checks(cases=2, only=["slightly_wrong"], ops=("rnn",), out=out)
+        assert not ok
+        assert "FAIL" in out.getvalue()
+    finally:
+        del backends._impls[("rnn", "slightly_wrong")]
+
+
+def test_relative_error_flags_nan_and_shape():
+    a = torch.ones(3)
+    assert check.relative_error(a, a) == 0
+    assert check.relative_error(torch.tensor([1.0, float("nan"), 1.0]), a) == float("inf")
+    assert check.relative_error(torch.ones(2), a) == float("inf")
+
+
+def test_bench_rows():
+    config = RNNConfig("gru", RNNShape(3, 2, 4, 5), num_layers=2, bidirectional=True, varlen=True)
+    rows = rnn_bench.bench_config(config, ["reference"], "cpu", torch.float32, repeats=1)
+    assert [row["pass"] for row in rows] == ["fwd", "fwd+bwd"]
+    for row in rows:
+        assert row["torch_ms"] > 0 and row["reference_ms"] > 0
+        assert abs(row["reference_speedup"] - row["torch_ms"] / row["reference_ms"]) < 1e-9
+    flops = rnn_bench.rnn_flops(config, backward=False)
+    # layer 0: 2 dirs * 2*T*B*3H*(I+H); layer 1 input is 2H
+    assert flops == 2 * 2 * 3 * 2 * 15 * (4 + 5) + 2 * 2 * 3 * 2 * 15 * (10 + 5)
