@@ -111,6 +111,7 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
     is_lstm, has_proj = mode == "lstm", w_hr is not None
     dev, dtype = x.device, x.dtype
     x, h0, w_ih, w_hh = x.contiguous(), h0.contiguous(), w_ih.contiguous(), w_hh.contiguous()
+    b_hh = b_hh.contiguous() if b_hh is not None else None
     out = torch.empty(T, B, P, device=dev, dtype=dtype)
     saved = torch.empty(T, B, S * H, device=dev, dtype=torch.float32)
     h_prev = torch.empty(T, B, P, device=dev, dtype=dtype)

@@ -17,6 +17,7 @@ Step path or sequence path: rnnkernels.triton_kernels.rnn.choose_path (hidden
 size and batch; LSTM projections always take the step path); `PATH` below
 forces one ("step" / "sequence") for tests and benchmarks.
 """
+import contextlib
 import importlib
 import os
 import sys
@@ -36,6 +37,11 @@ _NUM_SAVED = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 4}  # as rnn_cells
 
 def _kernels():
     return importlib.import_module(f"{_PACKAGE}.rnn")
+
+
+def _on_device(x: Tensor):
+    """Triton launches on the current CUDA device: make it x's."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _triton_missing() -> Optional[str]:
@@ -129,7 +135,9 @@ def layer_forward_op(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_i
                      b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
                      lengths: Optional[Tensor], reverse: bool, path: str
                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_kernels().layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, path))
+    with _on_device(x):
+        return tuple(_kernels().layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                                              path))
 
 
 @layer_forward_op.register_fake
@@ -148,8 +156,9 @@ def layer_backward_op(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Op
                       lengths: Optional[Tensor], reverse: bool, grad_out: Tensor, grad_h_n: Tensor,
                       grad_c_n: Optional[Tensor], saved: Tensor, h_prev: Tensor, c_prev: Tensor, h_raw: Tensor,
                       path: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = _kernels().layer_backward(mode, x, w_ih, w_hh, w_hr, has_bias, lengths, reverse, grad_out, grad_h_n,
-                                      grad_c_n, saved, h_prev, c_prev, h_raw, path)
+    with _on_device(x):
+        grads = _kernels().layer_backward(mode, x, w_ih, w_hh, w_hr, has_bias, lengths, reverse, grad_out,
+                                          grad_h_n, grad_c_n, saved, h_prev, c_prev, h_raw, path)
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
