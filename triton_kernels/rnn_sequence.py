@@ -12,6 +12,11 @@ A debug_barrier orders that write before the reads of other threads.
 W_hh is re-read from global memory (L2) each step. tl.dot needs tiles >= 16 on
 each side: BLOCK_B, BLOCK_H, BLOCK_K are >= 16 and masked.
 
+Known limit: there are cdiv(B, BLOCK_B) programs, so a batch <= 16 runs on a
+single SM, which reads all of W_hh every step. Splitting the hidden units
+across programs would need a grid-wide barrier per step, which Triton's
+interpreter (programs run one after another) cannot run, so it is not done.
+
 UPCAST_DOT: Triton's interpreter (3.9) multiplies bfloat16 tiles as their raw
 uint16 bits, so under the interpreter bf16 operands are widened to fp32
 before tl.dot; compiled kernels use the native bf16 tensor-core dot.
@@ -19,7 +24,7 @@ before tl.dot; compiled kernels use the native bf16 tensor-core dot.
 import triton
 import triton.language as tl
 
-from .rnn_cells import LSTM, GRU, alive_rows, step_backward_pointwise, step_forward_pointwise
+from .rnn_cells import LSTM, alive_rows, step_backward_pointwise, step_forward_pointwise
 
 
 @triton.jit
