@@ -50,7 +50,11 @@ class UserError(Exception):
 class Runtime:
     """Device, dtype, backend and (under torchrun) the process group of this run."""
 
-    def __init__(self, device: str, backend: str, dtype: str, allow_distributed: bool):
+    def __init__(self, device: str, backend: str, dtype: str, allow_distributed: bool, threads: Optional[int] = None):
+        if threads is not None:
+            if threads < 1:
+                raise UserError(f"--threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
         self.world, self.rank, self.local_rank = 1, 0, 0
         self.distributed = allow_distributed and "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
         if self.distributed:
@@ -68,7 +72,7 @@ class Runtime:
                 if reason is not None:
                     raise UserError(f"--backend {backend}: {reason}")
         if self.distributed:
-            if self.device.type == "cpu":  # share the cores between the local processes
+            if self.device.type == "cpu" and threads is None:  # share the cores between the local processes
                 local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
@@ -268,7 +272,7 @@ def _replica_max_difference(model: nn.Module, runtime: Runtime) -> float:
 
 
 def train(args, task) -> Dict[str, float]:
-    runtime = Runtime(args.device, args.backend, args.dtype, allow_distributed=True)
+    runtime = Runtime(args.device, args.backend, args.dtype, allow_distributed=True, threads=args.threads)
     try:
         return _train(args, task, runtime)
     finally:
@@ -335,6 +339,7 @@ def _train(args, task, runtime: Runtime) -> Dict[str, float]:
     bar = tqdm(total=args.steps, initial=start_step, unit="step", dynamic_ncols=True,
                disable=args.no_progress or not runtime.main, file=sys.stderr)
     started, tokens_seen, running, step = time.perf_counter(), 0, None, start_step
+    cpu_started = time.process_time()  # CPU seconds of this process: a figure less sensitive to machine load
     epoch_order: List[int] = []
     while step < args.steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -362,16 +367,18 @@ def _train(args, task, runtime: Runtime) -> Dict[str, float]:
             loss_value /= runtime.world
         running = loss_value.item() if running is None else 0.95 * running + 0.05 * loss_value.item()
         elapsed = time.perf_counter() - started
-        metrics.update(train_loss=running, last_loss=loss_value.item(), tokens_per_s=tokens_seen / elapsed, train_s=elapsed, step=step)
+        metrics.update(train_loss=running, last_loss=loss_value.item(), tokens_per_s=tokens_seen / elapsed, train_s=elapsed,
+                       train_cpu_s=time.process_time() - cpu_started, step=step)
         bar.set_postfix(loss=f"{running:.4f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
         bar.update(1)
         out_of_time = _broadcast_flag(args.time_limit is not None and elapsed >= args.time_limit, runtime)
         if step == args.steps or out_of_time or (args.eval_every and step % args.eval_every == 0):
-            paused = time.perf_counter()
+            paused, cpu_paused = time.perf_counter(), time.process_time()
             if runtime.main:
                 evaluate(step, bar)
             checkpoint(step)
             started += time.perf_counter() - paused  # train_s and --time-limit count training time only
+            cpu_started += time.process_time() - cpu_paused
         if out_of_time:
             say(f"time limit of {args.time_limit:g} s reached at step {step}")
             break
@@ -395,7 +402,7 @@ def _train(args, task, runtime: Runtime) -> Dict[str, float]:
 
 
 def generate(args) -> int:
-    runtime = Runtime(args.device, args.backend, "float32", allow_distributed=False)
+    runtime = Runtime(args.device, args.backend, "float32", allow_distributed=False, threads=args.threads)
     payload = load_checkpoint(args.checkpoint, "lm")
     model = model_from_checkpoint(payload, runtime)
     vocab, level = Vocab(payload["vocabs"]["vocab"]), payload["level"]
@@ -449,7 +456,7 @@ def plot_alignment(source: List[str], output: List[str], weights: torch.Tensor, 
 
 
 def translate(args) -> int:
-    runtime = Runtime(args.device, args.backend, "float32", allow_distributed=False)
+    runtime = Runtime(args.device, args.backend, "float32", allow_distributed=False, threads=args.threads)
     payload = load_checkpoint(args.checkpoint, "seq2seq")
     model = model_from_checkpoint(payload, runtime)
     src_vocab, tgt_vocab = Vocab(payload["vocabs"]["src_vocab"]), Vocab(payload["vocabs"]["tgt_vocab"])
@@ -510,6 +517,7 @@ def _train_seq2seq(args) -> int:
 def _runtime_args(parser, dtype: bool = True) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)")
     parser.add_argument("--backend", default="auto", help="rnnkernels backend for the layers and attention")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     if dtype:
         parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                             help="float32/float64 weights, or bfloat16/float16 autocast over float32 weights")

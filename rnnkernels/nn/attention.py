@@ -79,6 +79,10 @@ class Attention(nn.Module):
             raise ValueError(f"memory must be (B, Tk, {self.memory_size}), got {tuple(memory.shape)}")
         if keys is None:
             keys = self.keys(memory)
+        # Under autocast the projections come out in half precision while the recurrent
+        # outputs may not: attend in the widest of the three dtypes.
+        dtype = torch.promote_types(torch.promote_types(query.dtype, keys.dtype), memory.dtype)
+        query, keys, memory = query.to(dtype), keys.to(dtype), memory.to(dtype)
         # Luong scores are plain dot products: scale 1.
         result = dot_product_attention(query, keys, memory, key_lengths=memory_lengths, scale=1.0,
                                        return_weights=return_weights, backend=self.backend)
