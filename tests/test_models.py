@@ -216,8 +216,8 @@ def test_vector_to_sequence():
     assert relative_error(loop, logits) < F64
     h0, c0 = model.initial_state(features)
     assert h0.shape == c0.shape == (2, 3, 8)
-    other = model(features.flip(0), tgt_in)  # the features set the state: other features, other outputs
-    assert relative_error(other[0], logits[2]) > 1e-3 or not torch.equal(tgt_in[0], tgt_in[2])
+    other = model(torch.randn_like(features), tgt_in)  # the features set the state: other features, other outputs
+    assert relative_error(other, logits) > 1e-3
     greedy, beam1 = model.greedy_decode(features, max_len=6), model.beam_search(features, beam_size=1, max_len=6)
     assert torch.equal(greedy.tokens, beam1.tokens) and greedy.alignments is None
     assert relative_error(beam1.log_probs, greedy.log_probs) < F64
