@@ -3,11 +3,13 @@
 # make test      the whole test suite (what CI runs)
 # make bench     the benchmark table (quick suite), torch.nn vs rnnkernels
 # make cuda-check compile check of the CUDA side without a GPU (part of `make test` when nvcc exists)
+# make demo      ~2 minutes on a 2-core CPU: trains the dates translator, translates a few
+#                dates with their scores, writes runs/demo-alignment.png
 PYTHON ?= python3
 PIP    ?= $(PYTHON) -m pip
 STAMP  := build/.installed
 
-.PHONY: install test bench check cuda-check cuda-check-if-nvcc clean
+.PHONY: install test bench check cuda-check cuda-check-if-nvcc clean demo
 
 $(STAMP): setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
@@ -81,3 +83,10 @@ cuda-check-if-nvcc:
 
 clean:
 	rm -rf build rnnkernels/*.so *.egg-info
+
+DEMO_DATES := "Wednesday, November 25, 2026" "11/25/26" "the 3rd of July, 1999" "25-NOV-26" "2049/12/31"
+
+demo: install
+	$(PYTHON) -m rnnkernels train seq2seq --data builtin:dates --batch-size 256 --steps 1000 --time-limit 100 \
+		--eval-every 0 --eval-size 500 --checkpoint runs/demo-dates.pt
+	$(PYTHON) -m rnnkernels translate --checkpoint runs/demo-dates.pt --beam 5 --plot runs/demo-alignment.png $(DEMO_DATES)

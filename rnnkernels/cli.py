@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-_COMMAND_MODULES = ("rnnkernels.check", "rnnkernels.bench")
+_COMMAND_MODULES = ("rnnkernels.check", "rnnkernels.bench", "rnnkernels.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
