@@ -6,6 +6,7 @@
 """
 from . import backends, functional, reference
 from .attention import dot_product_attention
+from . import nn  # noqa: E402  (rk.nn.Attention, rk.nn.DotProductAttention)
 from .backends import BackendUnavailableError, use_backend
 from .modules import GRU, LSTM, RNN, convert, unconvert
 
