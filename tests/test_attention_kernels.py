@@ -8,8 +8,6 @@ import rnnkernels as rk
 from rnnkernels import attention_ops
 from rnnkernels.check import TOLERANCE, AttentionCase, random_attention_case, relative_error, run_attention_case
 
-pytestmark = pytest.mark.skipif(rk.backends.unavailable_reason("cpu", "cpu", "attention") is not None,
-                                reason="rnnkernels._C is not built")
 
 DTYPES = [torch.float64, torch.float32]
 

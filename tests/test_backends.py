@@ -62,3 +62,12 @@ def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
         assert "broken" not in backends.available("cpu")
     finally:
         del backends._impls[("rnn", "broken")]
+
+
+def test_compiled_extension_is_built():
+    """make install builds rnnkernels._C; a missing build must fail, not skip the kernel tests."""
+    from rnnkernels import _ext
+
+    assert _ext.load_error() is None
+    assert backends.available("cpu", dtype=torch.float32)[0] == "cpu"
+    assert "cpu" in backends.available("cpu", op="attention", dtype=torch.float32)

@@ -10,7 +10,6 @@ from rnnkernels import _ext, backends
 from rnnkernels.check import TOLERANCE, RNNCase, relative_error, run_rnn_case
 from rnnkernels.reference import GATES
 
-pytestmark = pytest.mark.skipif(_ext.load_error() is not None, reason=str(_ext.load_error()))
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 forward_op = torch.ops.rnnkernels.rnn_layer_forward
