@@ -36,10 +36,13 @@ def forward_flops(cell, T, B, I, H, layers, directions):
     return flops
 
 
-def timed(fn, sync_inputs=()):
-    start = time.perf_counter()
+CLOCK = time.perf_counter  # --cpu-time: time.process_time
+
+
+def timed(fn):
+    start = CLOCK()
     fn()
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def compare(fn_torch, fn_rk, repeats, warmup=2):
@@ -127,11 +130,21 @@ def main(argv=None):
     parser.add_argument("--shapes", default="", help="indices into SHAPES, e.g. 0,2 (default: all)")
     parser.add_argument("--repeats", type=int, default=0)
     parser.add_argument("--out", default="", help="also write the markdown table here")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process' CPU time instead of wall time: steadier on a shared "
+                             "machine (use with --threads 1, where it is the compute time)")
     args = parser.parse_args(argv)
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
     shapes = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES
     cells = args.cells.split(",")
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}; "
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+             f"{'process CPU time' if args.cpu_time else 'wall time'}, median of {repeats}; "
              f"ratio = torch.nn time / rk time (> 1: rk faster); sgemm 1024^3: {sgemm_rate():.0f} GFLOP/s", "",
              "| cell | layers | T, B, I, H | fwd torch ms | fwd rk ms | fwd ratio | fwd+bwd torch ms | fwd+bwd rk ms "
              "| fwd+bwd ratio | rk fwd+bwd GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]

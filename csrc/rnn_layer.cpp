@@ -181,6 +181,15 @@ void gather_projected_grad(const GatherProjectedGrad& step, const at::Tensor& x)
   TORCH_CHECK(false, "rnnkernels: no pointwise step for device ", x.device());
 }
 
+// Per-step views made once per call: an indexing op per step and tensor
+// costs about a microsecond of dispatch, which small steps notice.
+std::vector<at::Tensor> steps_of(const at::Tensor& t) {
+  return t.defined() && t.dim() > 1 ? t.unbind(0) : std::vector<at::Tensor>();
+}
+
+// The first n rows of a (B, ...) tensor: the rows still running.
+at::Tensor running(const at::Tensor& t, int64_t n) { return n == t.size(0) ? t : t.narrow(0, 0, n); }
+
 // Which slice of `states` / `cells` holds the state before the k-th processed
 // step (k = 0..T); see the layout at the top. Inference keeps two slices.
 struct StateSlots {
@@ -250,35 +259,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (lstm) {
     if (c0.defined()) cells[slot(0)].copy_(c0); else cells[slot(0)].zero_();
   }
+  const auto gi_at = steps_of(gi), state_at = steps_of(states), cell_at = steps_of(cells), out_at = steps_of(out);
+  const auto saved_at = steps_of(gates), raw_at = steps_of(hidden_raw);
   for (const auto k : c10::irange(T)) {
     const int64_t t = reverse ? T - 1 - k : k;
     ForwardStep step;
     step.mode = s.mode;
     step.t = t;
     step.lengths = lengths;
-    step.gi = gi[t];
+    step.gi = gi_at[t];
     step.gh = gh;
     step.b_ih = bias_ih;
     step.b_hh = bias_hh;
-    step.h_prev = states[slot(k)];
-    step.h_next = states[slot(k + 1)];
+    step.h_prev = state_at[slot(k)];
+    step.h_next = state_at[slot(k + 1)];
     const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
     if (n > 0) {
-      at::Tensor gh_running = gh.narrow(0, 0, n);
-      at::mm_out(gh_running, step.h_prev.narrow(0, 0, n), w_hh_t);
+      at::Tensor gh_running = running(gh, n);
+      at::mm_out(gh_running, running(step.h_prev, n), w_hh_t);
     }
     if (lstm) {
-      step.c_prev = cells[slot(k)];
-      step.c_next = cells[slot(k + 1)];
+      step.c_prev = cell_at[slot(k)];
+      step.c_next = cell_at[slot(k + 1)];
     }
-    step.out = out[t];
-    if (w_hr.defined()) step.h_raw = hidden_raw[training ? t : 0];
-    if (gates.numel() > 0) step.saved = gates[t];
+    step.out = out_at[t];
+    if (w_hr.defined()) step.h_raw = raw_at[training ? t : 0];
+    if (gates.numel() > 0) step.saved = saved_at[t];
     forward_step(step, x);
     if (w_hr.defined()) {
       if (n > 0) {
-        at::Tensor out_running = step.out.narrow(0, 0, n);
-        at::mm_out(out_running, step.h_raw.narrow(0, 0, n), w_hr_t);
+        at::Tensor out_running = running(step.out, n);
+        at::mm_out(out_running, running(step.h_raw, n), w_hr_t);
       }
       commit_projection({t, lengths, step.out, step.h_prev, step.h_next}, x);
     }
@@ -342,6 +353,9 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
   at::Tensor d_proj = w_hr.defined() ? at::empty({T, B, P}, opts) : at::Tensor();
   at::Tensor dh_raw = w_hr.defined() ? at::empty({B, H}, opts) : at::Tensor();
 
+  const auto state_at = steps_of(states), cell_at = steps_of(cells), saved_at = steps_of(gates);
+  const auto d_pre_at = steps_of(d_pre), d_gh_at = steps_of(d_gh_all), d_proj_at = steps_of(d_proj);
+  const auto grad_out_at = steps_of(grad_output);
   for (int64_t k = T - 1; k >= 0; --k) {
     const int64_t t = reverse ? T - 1 - k : k;
     BackwardStep step;
@@ -351,28 +365,28 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
     step.dh = dh;
     const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
     if (w_hr.defined()) {
-      gather_projected_grad({t, lengths, dh, grad_output.defined() ? grad_output[t] : at::Tensor(), d_proj[t]}, x);
+      gather_projected_grad({t, lengths, dh, grad_output.defined() ? grad_out_at[t] : at::Tensor(), d_proj_at[t]}, x);
       if (n > 0) {
-        at::Tensor dh_raw_running = dh_raw.narrow(0, 0, n);
-        at::mm_out(dh_raw_running, d_proj[t].narrow(0, 0, n), w_hr);
+        at::Tensor dh_raw_running = running(dh_raw, n);
+        at::mm_out(dh_raw_running, running(d_proj_at[t], n), w_hr);
       }
       step.dh_raw = dh_raw;
     } else if (grad_output.defined()) {
-      step.grad_out = grad_output[t];
+      step.grad_out = grad_out_at[t];
     }
     step.dc = dc;
-    if (gates.numel() > 0) step.saved = gates[t];
-    step.h_prev = states[slot(k)];
-    step.h_next = states[slot(k + 1)];
+    if (gates.numel() > 0) step.saved = saved_at[t];
+    step.h_prev = state_at[slot(k)];
+    step.h_next = state_at[slot(k + 1)];
     if (lstm) {
-      step.c_prev = cells[slot(k)];
-      step.c_next = cells[slot(k + 1)];
+      step.c_prev = cell_at[slot(k)];
+      step.c_next = cell_at[slot(k + 1)];
     }
-    step.d_pre = d_pre[t];
-    if (gru) step.d_gh = d_gh_all[t];
+    step.d_pre = d_pre_at[t];
+    if (gru) step.d_gh = d_gh_at[t];
     step.dh_prev = dh_prev;
     backward_step(step, x);
-    if (n > 0) dh_prev.narrow(0, 0, n).addmm_(d_gh_all[t].narrow(0, 0, n), w_hh);  // (n, G*H) @ (G*H, P)
+    if (n > 0) running(dh_prev, n).addmm_(running(d_gh_at[t], n), w_hh);  // (n, G*H) @ (G*H, P)
     std::swap(dh, dh_prev);
   }
 

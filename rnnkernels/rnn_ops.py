@@ -79,7 +79,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(states, cells, gates, hidden_raw)
     if mode != "lstm":
         ctx.mark_non_differentiable(c_n)
-    #ctx.set_materialize_grads(False)
+    ctx.set_materialize_grads(False)  # unused outputs send None, not zero tensors
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):

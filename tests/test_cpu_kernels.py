@@ -335,3 +335,16 @@ def test_torch_nn_lstm_keeps_dynamo_default():
     assert config.allow_rnn is False
     with pytest.raises(Exception, match="LSTM"):
         torch.compile(torch.nn.LSTM(2, 3), fullgraph=True, backend="eager")(torch.randn(2, 1, 2))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_through_final_state_only(mode):
+    # The output is unused: its gradient reaches backward as None, not zeros.
+    args = layer_inputs(mode, lengths=[3, 1, 2], H=4, proj=2 if mode == "lstm" else 0)
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    _, h_n, *_ = forward_op(*args, True, True)
+    grads = torch.autograd.grad(h_n.square().sum(), tensors)
+    _, ref_h_n, _ = rk.reference.rnn_layer(*args, reverse=True)
+    ref_grads = torch.autograd.grad(ref_h_n.square().sum(), tensors)
+    for g, r in zip(grads, ref_grads):
+        assert relative_error(g, r) < 1e-10

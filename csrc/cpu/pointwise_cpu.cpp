@@ -34,7 +34,7 @@ namespace {
 #endif
 
 // Below this many elements a step runs on one thread: forking costs more.
-constexpr int64_t kMinElementsPerTask = 4096;
+constexpr int64_t kMinElementsPerTask = 16384;
 
 template <typename F>
 void for_each_row_block(int64_t batch, int64_t elements_per_row, const F& fn) {
