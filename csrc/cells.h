@@ -23,7 +23,10 @@ namespace rnnkernels {
 namespace cells {
 
 // libm on the host, CUDA's libm on the device (both overload float and double).
+// reciprocal(d) is only asked for d >= 1 (1 + exp(...)).
 struct StdMath {
+  static RK_HOST_DEVICE float reciprocal(float d) { return 1.0f / d; }
+  static RK_HOST_DEVICE double reciprocal(double d) { return 1.0 / d; }
   static RK_HOST_DEVICE float exp(float x) { return ::expf(x); }
   static RK_HOST_DEVICE double exp(double x) { return ::exp(x); }
   static RK_HOST_DEVICE float tanh(float x) { return ::tanhf(x); }
@@ -32,7 +35,7 @@ struct StdMath {
 
 template <typename T, typename Math = StdMath>
 RK_HOST_DEVICE T sigmoid(T x) {
-  return T(1) / (T(1) + Math::exp(-x));
+  return Math::reciprocal(T(1) + Math::exp(-x));
 }
 
 // ---------------------------------------------------------------- Elman RNN

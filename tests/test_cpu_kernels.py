@@ -116,6 +116,30 @@ def test_bfloat16_close_to_reference(mode):
     assert max(errors.values()) < TOLERANCE[torch.bfloat16], errors
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_float32_gate_math_is_accurate_elementwise(mode):
+    # The float32 pointwise pass uses polynomial exp/tanh and a Newton
+    # reciprocal (csrc/cpu/fast_math.h). One step from a zero state with
+    # input_size 1 and unit input weights makes every gate's pre-activation the
+    # input itself, so h is a product of sigmoids and tanhs of x with no
+    # cancellation: each element must match float64 to a few ulp, over
+    # pre-activations from -100 to 100 (where the exp and reciprocal clamp).
+    x = torch.cat([torch.empty(3000).uniform_(-100, 100), torch.empty(1000).uniform_(-1, 1)])
+    x = x.view(1, -1, 1)
+    w_ih = torch.ones(GATES[mode], 1)
+    if mode == "gru":  # z = sigmoid(0) = 1/2: 1 - z would cancel in float32 for large x (in torch.nn too)
+        w_ih[1] = 0
+    w_hh = torch.randn(GATES[mode], 1)
+    h32 = forward_op(mode, x, None, None, w_ih, w_hh, None, None, None, None, False, False)[0].double()
+    s = torch.sigmoid(x.double())
+    t = torch.tanh(x.double())
+    h64 = {"lstm": s * torch.tanh(s * t), "gru": 0.5 * t, "rnn_tanh": t}[mode]
+    tiny = h64.abs() < 1e-30  # sigmoid below 1e-30: only an absolute bound is meaningful there
+    assert ((h32 - h64).abs()[tiny] < 1e-30).all()
+    rel = ((h32 - h64).abs() / h64.abs())[~tiny]
+    assert rel.max().item() < 3e-6, f"worst element x = {x.view(-1)[~tiny.view(-1)][rel.view(-1).argmax()]}"
+
+
 # ------------------------------------------------ threads and determinism
 
 def run_module_with_grads(mode, threads, seed=0):
