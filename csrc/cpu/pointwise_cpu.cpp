@@ -102,8 +102,11 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
     }
     // Pre-activation of gate unit k: both GEMM outputs plus both biases.
     auto pre = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]) + acc_t(gh[k]) + acc_t(b_hh[k]); };
-    // h goes to h_raw (to be projected) or straight into the next state.
+    // h goes to h_raw (to be projected) or straight into the next state and
+    // the output; projected, the second store repeats the first (the GEMM
+    // writes out), which keeps the loop branch-free.
     scalar_t* h_dst = projected ? row<scalar_t>(s.h_raw, b) : h_next;
+    scalar_t* out_dst = projected ? h_dst : out;
     if (lstm) {
       const scalar_t* c_prev = row<scalar_t>(s.c_prev, b);
       scalar_t* c_next = row<scalar_t>(s.c_next, b);
@@ -114,7 +117,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
         cells::lstm_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), acc_t(c_prev[j]), act,
                                          c, h);
         c_next[j] = scalar_t(c);
-        h_dst[j] = scalar_t(h);
+        h_dst[j] = out_dst[j] = scalar_t(h);
         saved[j] = scalar_t(act.i);
         saved[H + j] = scalar_t(act.f);
         saved[2 * H + j] = scalar_t(act.g);
@@ -128,7 +131,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
         cells::GruActivations<acc_t> act;
         const acc_t h = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
                                                         rec(2 * H + j), acc_t(h_prev[j]), act);
-        h_dst[j] = scalar_t(h);
+        h_dst[j] = out_dst[j] = scalar_t(h);
         saved[j] = scalar_t(act.r);
         saved[H + j] = scalar_t(act.z);
         saved[2 * H + j] = scalar_t(act.n);
@@ -136,12 +139,11 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       }
     } else if (s.mode == Mode::RnnTanh) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
+      for (int64_t j = 0; j < H; ++j) h_dst[j] = out_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(pre(j)));
+      for (int64_t j = 0; j < H; ++j) h_dst[j] = out_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(pre(j)));
     }
-    if (!projected) copy_row(out, h_next, P);
   }
 }
 
