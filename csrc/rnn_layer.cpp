@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "pointwise.h"
+#include "sorted_batch.h"
 
 namespace rnnkernels {
 namespace {
@@ -118,34 +119,22 @@ at::Tensor check_lengths(const at::Tensor& lengths, const LayerShape& s) {
   return all_full ? at::Tensor() : host;
 }
 
-// With uneven lengths the batch runs sorted by length, longest first (stable),
-// so the rows still running at time t are the first alive[t] rows and every
-// per-step GEMM shrinks to them: the saving PackedSequence gets from packing,
-// on padded input. Saved activations stay in this sorted order.
-struct BatchOrder {
-  at::Tensor order;            // (B,) sorted row i is the caller's row order[i]; undefined: as given
-  at::Tensor lengths;          // (B,) sorted lengths on x's device; undefined: all T
+// With uneven lengths the batch runs sorted by length, longest first (stable;
+// csrc/sorted_batch.h), so the rows still running at time t are the first
+// alive[t] rows and every per-step GEMM shrinks to them: the saving
+// PackedSequence gets from packing, on padded input. Saved activations stay in
+// this sorted order.
+struct BatchOrder : SortedBatch {
   std::vector<int64_t> alive;  // (T,) rows running at time t
 
-  BatchOrder(const at::Tensor& host_lengths, const LayerShape& s, const at::Tensor& x) : alive(s.T, s.B) {
+  BatchOrder(const at::Tensor& unsorted_host_lengths, const LayerShape& s, const at::Tensor& x)
+      : SortedBatch(unsorted_host_lengths, x), alive(s.T, s.B) {
     if (!host_lengths.defined()) return;
-    at::Tensor sorted, indices;
-    std::tie(sorted, indices) = host_lengths.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true);
-    const int64_t* len = sorted.data_ptr<int64_t>();
+    const int64_t* len = host_lengths.data_ptr<int64_t>();
     for (const auto t : c10::irange(s.T)) {
       alive[t] = 0;
       while (alive[t] < s.B && len[alive[t]] > t) ++alive[t];
     }
-    if (!indices.equal(at::arange(s.B, indices.options()))) order = indices.to(x.device());
-    lengths = sorted.to(x.device());
-  }
-  // `t` with its batch dimension `dim` in sorted order, and back.
-  at::Tensor sort(const at::Tensor& t, int64_t dim) const {
-    return order.defined() && t.defined() ? t.index_select(dim, order) : t;
-  }
-  at::Tensor unsort(const at::Tensor& t, int64_t dim) const {
-    if (!order.defined() || !t.defined()) return t;
-    return at::empty_like(t).index_copy_(dim, order, t);
   }
 };
 

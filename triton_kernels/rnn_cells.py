@@ -132,6 +132,33 @@ def cell_backward(MODE: tl.constexpr, dh, dc, s0, s1, s2, s3, h_prev, c_prev):
 
 
 @triton.jit
+def tile_offsets(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_H: tl.constexpr):
+    """This program's (BLOCK_B, BLOCK_H) tile of a (B, H) buffer: rows, cols,
+    mask (rows < B and cols < H) and element offsets. Grid axis 0 splits the
+    batch; axis 1 splits the hidden units when SPLIT_H, else the tile holds
+    columns 0..BLOCK_H-1 (BLOCK_H >= H)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if SPLIT_H:
+        cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    else:
+        cols = tl.arange(0, BLOCK_H)
+    mask = (rows < B)[:, None] & (cols < H)[None, :]
+    offs = rows[:, None] * H + cols[None, :]
+    return rows, cols, mask, offs
+
+
+@triton.jit
+def load_state(MODE: tl.constexpr, h_ptr, c_ptr, offs, mask):
+    """fp32 tiles of a (B, H) state pair (or of its gradients): c is zeros
+    unless lstm."""
+    h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    c = h * 0.0
+    if MODE == LSTM:
+        c = tl.load(c_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return h, c
+
+
+@triton.jit
 def load_gates(ptr, rows, cols, mask, H, N: tl.constexpr):
     """The first N gate tiles of a (B, N*H) buffer as fp32; the rest zeros."""
     offs = rows[:, None] * (N * H) + cols[None, :]

@@ -24,7 +24,8 @@ before tl.dot; compiled kernels use the native bf16 tensor-core dot.
 import triton
 import triton.language as tl
 
-from .rnn_cells import LSTM, alive_rows, step_backward_pointwise, step_forward_pointwise
+from .rnn_cells import (LSTM, alive_rows, load_state, step_backward_pointwise, step_forward_pointwise,
+                        tile_offsets)
 
 
 @triton.jit
@@ -78,15 +79,9 @@ def sequence_forward_kernel(
     HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_H)
-    mask = (rows < B)[:, None] & (cols < H)[None, :]
-    offs = rows[:, None] * H + cols[None, :]
+    rows, cols, mask, offs = tile_offsets(B, H, BLOCK_B, BLOCK_H, SPLIT_H=False)
     step_size = tl.cast(B, tl.int64) * H  # elements of one (B, H) step; int64 so long sequences cannot overflow
-    h = tl.load(h0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    c = h * 0.0
-    if MODE == LSTM:
-        c = tl.load(c0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    h, c = load_state(MODE, h0_ptr, c0_ptr, offs, mask)
     for step in range(0, T):
         t = step
         if REVERSE:
@@ -127,15 +122,9 @@ def sequence_backward_kernel(
     REVERSE: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_H)
-    mask = (rows < B)[:, None] & (cols < H)[None, :]
-    offs = rows[:, None] * H + cols[None, :]
-    step_size = tl.cast(B, tl.int64) * H  # elements of one (B, H) step; int64 so long sequences cannot overflow
-    dh = tl.load(grad_h_n_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dc = dh * 0.0
-    if MODE == LSTM:
-        dc = tl.load(grad_c_n_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rows, cols, mask, offs = tile_offsets(B, H, BLOCK_B, BLOCK_H, SPLIT_H=False)
+    step_size = tl.cast(B, tl.int64) * H  # as in the forward
+    dh, dc = load_state(MODE, grad_h_n_ptr, grad_c_n_ptr, offs, mask)
     for step in range(0, T):
         # Backward walks the forward processing order backwards.
         t = T - 1 - step

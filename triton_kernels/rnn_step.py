@@ -17,7 +17,7 @@ only; the projection h_raw W_hr^T and the (B, P) state live on the host side
 import triton
 import triton.language as tl
 
-from .rnn_cells import LSTM, alive_rows, load_gates, step_backward_pointwise, step_forward_pointwise
+from .rnn_cells import LSTM, alive_rows, load_gates, step_backward_pointwise, step_forward_pointwise, tile_offsets
 
 
 @triton.jit(do_not_specialize=["t"])  # t changes every step: one compiled kernel for all
@@ -30,10 +30,7 @@ def step_forward_kernel(
     MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (rows < B)[:, None] & (cols < H)[None, :]
-    offs = rows[:, None] * H + cols[None, :]
+    rows, cols, mask, offs = tile_offsets(B, H, BLOCK_B, BLOCK_H, SPLIT_H=True)
     alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
     h = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
     if not HAS_PROJ:
@@ -63,10 +60,7 @@ def step_backward_kernel(
     MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (rows < B)[:, None] & (cols < H)[None, :]
-    offs = rows[:, None] * H + cols[None, :]
+    rows, cols, mask, offs = tile_offsets(B, H, BLOCK_B, BLOCK_H, SPLIT_H=True)
     alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
     dh = tl.load(dh_ptr + offs, mask=mask, other=0.0)
     if not HAS_PROJ:

@@ -380,6 +380,21 @@ cudaError_t search_plan(Cell cell, int max_batch, int H, bool backward, Persiste
   return cudaSuccess;
 }
 
+// Both passes launch alike: Args is PersistentForwardArgs<T> (backward
+// false) or PersistentBackwardArgs<T> (backward true).
+template <typename T, typename Args>
+cudaError_t launch_persistent(const Args& args, const PersistentPlan& plan, bool backward, cudaStream_t stream) {
+  if (!plan.fits || args.B > plan.max_batch) return cudaErrorInvalidValue;
+  if (args.steps == 0) return cudaSuccess;
+  Args kernel_args = args;
+  int units = plan.units_per_block;
+  void* params[] = {&kernel_args, &units};
+  RK_CUDA_RETURN_IF_ERROR(cudaLaunchCooperativeKernel(persistent_kernel<T>(args.cell, plan.max_batch, backward),
+                                                      dim3(plan.blocks), dim3(plan.threads), params,
+                                                      plan.shared_bytes, stream));
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 template <typename T>
@@ -408,29 +423,13 @@ cudaError_t plan_persistent(Cell cell, int B, int H, bool backward, PersistentPl
 template <typename T>
 cudaError_t launch_persistent_forward(const PersistentForwardArgs<T>& args, const PersistentPlan& plan,
                                       cudaStream_t stream) {
-  if (!plan.fits || args.B > plan.max_batch) return cudaErrorInvalidValue;
-  if (args.steps == 0) return cudaSuccess;
-  PersistentForwardArgs<T> kernel_args = args;
-  int units = plan.units_per_block;
-  void* params[] = {&kernel_args, &units};
-  RK_CUDA_RETURN_IF_ERROR(cudaLaunchCooperativeKernel(persistent_kernel<T>(args.cell, plan.max_batch, false),
-                                                      dim3(plan.blocks), dim3(plan.threads), params,
-                                                      plan.shared_bytes, stream));
-  return cudaGetLastError();
+  return launch_persistent<T>(args, plan, /*backward=*/false, stream);
 }
 
 template <typename T>
 cudaError_t launch_persistent_backward(const PersistentBackwardArgs<T>& args, const PersistentPlan& plan,
                                        cudaStream_t stream) {
-  if (!plan.fits || args.B > plan.max_batch) return cudaErrorInvalidValue;
-  if (args.steps == 0) return cudaSuccess;
-  PersistentBackwardArgs<T> kernel_args = args;
-  int units = plan.units_per_block;
-  void* params[] = {&kernel_args, &units};
-  RK_CUDA_RETURN_IF_ERROR(cudaLaunchCooperativeKernel(persistent_kernel<T>(args.cell, plan.max_batch, true),
-                                                      dim3(plan.blocks), dim3(plan.threads), params,
-                                                      plan.shared_bytes, stream));
-  return cudaGetLastError();
+  return launch_persistent<T>(args, plan, /*backward=*/true, stream);
 }
 
 #define RK_INSTANTIATE_PERSISTENT(T)                                                                         \

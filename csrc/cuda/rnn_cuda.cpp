@@ -46,6 +46,7 @@
 #include "cuda/launchers.h"
 #include "pointwise.h"
 #include "rnn_layer.h"
+#include "sorted_batch.h"
 
 // Raises a c10::Error naming the failed operation and CUDA's message.
 #define RK_CUDA_CHECK(expr, what)                                                                           \
@@ -119,6 +120,17 @@ const int64_t* lengths_ptr(const at::Tensor& lengths) {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+// The fields ForwardStepArgs and BackwardStepArgs share, from a ForwardStep or BackwardStep.
+template <typename Args, typename Step>
+void set_step_shape(Args& a, const Step& s, int64_t B, int64_t H, int64_t P) {
+  a.cell = to_cell(s.mode);
+  a.t = s.t;
+  a.B = B;
+  a.H = H;
+  a.P = P;
+  a.lengths = lengths_ptr(s.lengths);
+}
+
 }  // namespace
 
 // ----------------------------------------------- steps of csrc/pointwise.h
@@ -151,12 +163,7 @@ void forward_step_cuda(const ForwardStep& s) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "rnnkernels_forward_step_cuda", [&] {
     using T = typename CudaStorage<scalar_t>::type;
     cuda::ForwardStepArgs<T> a;
-    a.cell = to_cell(s.mode);
-    a.t = s.t;
-    a.B = B;
-    a.H = H;
-    a.P = P;
-    a.lengths = lengths_ptr(s.lengths);
+    set_step_shape(a, s, B, H, P);
     a.gi = ptr<T>(s.gi);
     a.gh = ptr<T>(s.gh);
     a.b_ih = ptr<T>(s.b_ih);
@@ -198,12 +205,7 @@ void backward_step_cuda(const BackwardStep& s) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "rnnkernels_backward_step_cuda", [&] {
     using T = typename CudaStorage<scalar_t>::type;
     cuda::BackwardStepArgs<T> a;
-    a.cell = to_cell(s.mode);
-    a.t = s.t;
-    a.B = B;
-    a.H = H;
-    a.P = P;
-    a.lengths = lengths_ptr(s.lengths);
+    set_step_shape(a, s, B, H, P);
     a.grad_out = ptr<T>(s.grad_out);
     a.dh = ptr<T>(s.dh);
     a.dh_raw = ptr<T>(s.dh_raw);
@@ -365,36 +367,23 @@ void decide_persistent(PersistentCall& call, at::ScalarType dtype, bool backward
 
 bool takes_persistent(const PersistentCall& call) { return call.well_formed && call.why_not.empty(); }
 
-// With uneven lengths csrc/rnn_layer.cpp runs the batch sorted by length,
-// longest first (stable), and saves its activations in that order; the
-// persistent passes do the same so that either backward reads what either
-// forward saved. (The same rule as rnn_layer.cpp's BatchOrder, which is
-// private to that file; the GPU tests mixing the paths guard the agreement.)
-struct SortedBatch {
-  at::Tensor order;    // (B,) sorted row i is the caller's row order[i], on x's device; undefined: as given
-  at::Tensor lengths;  // (B,) sorted lengths on x's device; undefined: every row runs all T steps
-
-  SortedBatch(const at::Tensor& host_lengths, const at::Tensor& x) {
-    if (!host_lengths.defined()) return;
-    at::Tensor sorted, indices;
-    std::tie(sorted, indices) = host_lengths.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true);
-    if (!indices.equal(at::arange(indices.size(0), indices.options()))) order = indices.to(x.device());
-    lengths = sorted.to(x.device());
-  }
-  at::Tensor sort(const at::Tensor& t, int64_t dim) const {
-    return order.defined() && t.defined() ? t.index_select(dim, order) : t;
-  }
-  at::Tensor unsort(const at::Tensor& t, int64_t dim) const {
-    if (!order.defined() || !t.defined()) return t;
-    return at::empty_like(t).index_copy_(dim, order, t);
-  }
-};
+// The fields PersistentForwardArgs and PersistentBackwardArgs share.
+template <typename Args>
+void set_persistent_shape(Args& a, const PersistentCall& call, bool reverse, const SortedBatch& batch) {
+  a.cell = to_cell(call.mode);
+  a.steps = int(call.T);
+  a.B = int(call.B);
+  a.H = int(call.H);
+  a.reverse = reverse;
+  a.lengths = lengths_ptr(batch.lengths);
+}
 
 ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x_in, const at::Tensor& h0_in,
                                  const at::Tensor& c0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
                                  const at::Tensor& b_ih, const at::Tensor& b_hh, bool reverse, bool training) {
   const bool lstm = call.mode == Mode::Lstm;
   const int64_t T = call.T, B = call.B, H = call.H, GH = gate_count(call.mode) * H;
+  // In the batch order csrc/rnn_layer.cpp runs and saves (csrc/sorted_batch.h).
   const SortedBatch batch(call.host_lengths, x_in);
   const at::Tensor x = batch.sort(x_in, 1).contiguous(), h0 = batch.sort(h0_in, 0), c0 = batch.sort(c0_in, 0);
   const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -421,13 +410,8 @@ ForwardResult persistent_forward(const PersistentCall& call, const at::Tensor& x
   dispatch_persistent_dtype(x.scalar_type(), [&](auto type_tag) {
     using S = decltype(type_tag);
     cuda::PersistentForwardArgs<S> a;
-    a.cell = to_cell(call.mode);
-    a.steps = int(T);
-    a.B = int(B);
-    a.H = int(H);
-    a.reverse = reverse;
+    set_persistent_shape(a, call, reverse, batch);
     a.training = training;
-    a.lengths = lengths_ptr(batch.lengths);
     a.gi = ptr<S>(gi);
     a.w_hh = ptr<S>(w_hh);
     a.b_ih = ptr<S>(bias_ih);
@@ -477,12 +461,7 @@ BackwardResult persistent_backward(const PersistentCall& call, const at::Tensor&
   dispatch_persistent_dtype(x.scalar_type(), [&](auto type_tag) {
     using S = decltype(type_tag);
     cuda::PersistentBackwardArgs<S> a;
-    a.cell = to_cell(call.mode);
-    a.steps = int(T);
-    a.B = int(B);
-    a.H = int(H);
-    a.reverse = reverse;
-    a.lengths = lengths_ptr(batch.lengths);
+    set_persistent_shape(a, call, reverse, batch);
     a.grad_output = ptr<S>(g_out);
     a.grad_h_n = ptr<S>(g_h_n);
     a.grad_c_n = ptr<S>(g_c_n);
