@@ -201,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // ---- validate everything before any work
   at::Tensor w_hr = defined_or_empty(w_hr_opt);
   const LayerShape s = check_layer(mode_name, x_in, w_ih_in, w_hh_in, w_hr);
-  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  const bool lstm = s.mode == Mode::Lstm;
   at::Tensor h0 = defined_or_empty(h0_opt), c0 = defined_or_empty(c0_opt);
   at::Tensor b_ih = defined_or_empty(b_ih_opt), b_hh = defined_or_empty(b_hh_opt);
   if (h0.defined()) check_arg(h0, "h0", {s.B, s.P}, x_in, w_hr.defined() ? "(batch, proj_size)" : "(batch, hidden_size)");

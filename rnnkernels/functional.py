@@ -5,7 +5,8 @@
 `w_ih, w_hh[, b_ih, b_hh][, w_hr]`. Each layer and direction is one call of
 `rnnkernels.backends.rnn_layer`, so a new kernel plugs in there, not here.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,49 @@ def _layer_weights(flat: Sequence[Tensor], has_bias: bool, has_proj: bool):
         b_ih, b_hh = (chunk[2], chunk[3]) if has_bias else (None, None)
         w_hr = chunk[-1] if has_proj else None
         yield w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+_side_streams: Dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+def _two_streams(x: Tensor) -> bool:
+    """Whether a bidirectional layer runs its reverse direction on a side
+    stream: eager CUDA only (dynamo traces stream contexts only in recent
+    torch), and only with RNNKERNELS_CUDA_TWO_STREAMS=1 until a GPU run of
+    tests/test_cuda_kernels.py::test_two_streams_match_one_stream has
+    verified it (no GPU was lent when it was written)."""
+    return (x.is_cuda and not torch.compiler.is_compiling()
+            and os.environ.get("RNNKERNELS_CUDA_TWO_STREAMS", "0") == "1")
+
+
+def _on_two_streams(run, reverse_inputs: Sequence[Optional[Tensor]]):
+    """[run(0), run(1)], run(1) on a side stream so that the two directions
+    overlap on the GPU. reverse_inputs: every tensor run(1) reads.
+
+    Autograd needs nothing more: a node's backward runs on the stream its
+    forward ran on, and the engine makes the streams wait for each other's
+    gradients (and record_streams them) where they cross."""
+    device = reverse_inputs[0].device
+    main = torch.cuda.current_stream(device)
+    side = _side_streams.get(device)
+    if side is None:
+        side = _side_streams[device] = torch.cuda.Stream(device)
+    side.wait_stream(main)  # run(1) reads what main has written so far
+    with torch.cuda.stream(side):
+        reverse = run(1)
+    forward = run(0)
+    main.wait_stream(side)  # whatever follows may read run(1)'s outputs
+    # The caching allocator reuses a freed block on its own stream at once:
+    # the inputs (main's; also saved for the backward, which reads them on
+    # side) and the outputs (side's; read on main from here on) must wait for
+    # the other stream's work.
+    for t in reverse_inputs:
+        if t is not None:
+            t.record_stream(side)
+    for t in reverse:
+        if t is not None:
+            t.record_stream(main)
+    return [forward, reverse]
 
 
 def rnn_forward(
@@ -98,10 +142,11 @@ def rnn_forward(
     layer_input = x
     for layer in range(num_layers):
         outs = []
-        for direction in range(directions):
+
+        def run(direction, layer=layer, layer_input=layer_input):
             idx = layer * directions + direction
             w_ih, w_hh, b_ih, b_hh, w_hr = layers[idx]
-            out, h, c = backends.rnn_layer(
+            return backends.rnn_layer(
                 mode,
                 layer_input,
                 h0[idx],
@@ -115,6 +160,14 @@ def rnn_forward(
                 direction == 1,
                 backend=backend,
             )
+
+        if directions == 2 and _two_streams(layer_input):
+            idx = layer * directions + 1
+            results = _on_two_streams(run, [layer_input, h0[idx], c0[idx] if c0 is not None else None,
+                                            *layers[idx]])
+        else:
+            results = [run(direction) for direction in range(directions)]
+        for out, h, c in results:
             outs.append(out)
             h_n.append(h)
             if c is not None:
