@@ -20,6 +20,9 @@
 // Small GEMMs go to the BLAS that libtorch_cpu exports (MKL on x86 builds);
 // without one (or with RNNKERNELS_NO_BLAS=1) a plain loop GEMM runs instead.
 // float32 accumulates in float32 (but delta, in double), float64 in float64.
+// Lets GCC if-convert FastFloatMath's selects in the simd loops (as in
+// pointwise_cpu.cpp); nothing here relies on floating-point exceptions.
+#pragma GCC optimize("no-trapping-math")
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -29,6 +32,8 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include "cpu/fast_math.h"
 
 extern "C" {
 // Fortran BLAS, resolved from libtorch_cpu when it exports them (weak: null otherwise).
@@ -51,19 +56,18 @@ bool blas_wanted() {
   return !(off != nullptr && off[0] == '1');
 }
 
-inline bool blas_call(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
-                      int ldb, float beta, float* c, int ldc) {
-  if (sgemm_ == nullptr) return false;
-  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
-  sgemm_(&ca, &cb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-  return true;
-}
+// The BLAS routine for T (null when libtorch_cpu does not export it).
+inline decltype(&sgemm_) blas_gemm(float) { return sgemm_; }
+inline decltype(&dgemm_) blas_gemm(double) { return dgemm_; }
 
-inline bool blas_call(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
-                      int ldb, double beta, double* c, int ldc) {
-  if (dgemm_ == nullptr) return false;
+// Column-major C = alpha op(A) op(B) + beta C by BLAS; false when there is none.
+template <typename T>
+inline bool blas_call(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
+                      T beta, T* c, int ldc) {
+  const auto routine = blas_gemm(T());
+  if (routine == nullptr) return false;
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
-  dgemm_(&ca, &cb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+  routine(&ca, &cb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
   return true;
 }
 
@@ -96,63 +100,40 @@ void gemm(bool blas, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k
   }
 }
 
-// exp for a whole row. float32: Cephes expf (about 1 ulp) on 16 lanes at once
-// with GCC/Clang vector extensions, cloned for AVX-512, AVX2 and the
-// baseline (chosen at load time), since the build itself targets plain x86-64
-// and std::exp in a loop stays a scalar libm call. This pass costs as much as
-// the GEMMs on SSE2. float64 keeps std::exp for the 1e-10 accuracy.
-typedef float float16 __attribute__((vector_size(64)));
-typedef int32_t int16 __attribute__((vector_size(64)));
+// exp for a whole row: CpuMath<T>::exp (csrc/cpu/fast_math.h), so float32 gets
+// FastFloatMath's polynomial (about 1 ulp) which the simd loop vectorises, and
+// float64 keeps std::exp for the 1e-10 accuracy. The float32 row is cloned for
+// AVX-512, AVX2 and the baseline (chosen at load time), since the build itself
+// targets plain x86-64: this pass costs as much as the GEMMs on SSE2.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define RNNKERNELS_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define RNNKERNELS_SIMD_CLONES
 #endif
 
-__attribute__((always_inline)) inline float16 exp16(float16 x) {
-  const float16 lo = float16{} - 87.0f, hi = float16{} + 88.0f;
-  float16 c = x < lo ? lo : x;
-  c = c > hi ? hi : c;
-  // n = round(c / ln 2) + 127 by truncating a positive number; 2^n from the exponent bits.
-  const int16 biased = __builtin_convertvector(c * 1.44269504088896341f + 127.5f, int16);
-  const float16 n = __builtin_convertvector(biased, float16) - 127.0f;
-  const float16 r = c - n * 0.693359375f + n * 2.12194440e-4f;
-  float16 p = float16{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float16 two_n = (float16)(biased << 23);
-  return x < lo ? float16{} : p * two_n;
+// s[j] = exp(s[j] - shift) for j < seen, 0 for seen <= j < cols; returns the sum.
+template <typename T>
+__attribute__((always_inline)) inline T exp_row_of(T* s, int64_t seen, int64_t cols, T shift) {
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < seen; ++j) {
+    s[j] = CpuMath<T>::exp(s[j] - shift);
+    sum += s[j];
+  }
+  std::fill(s + seen, s + cols, T(0));
+  return sum;
 }
 
-// s[j] = exp(s[j] - shift) for j < seen, 0 for seen <= j < cols; returns the sum.
 RNNKERNELS_SIMD_CLONES float exp_row(float* s, int64_t seen, int64_t cols, float shift) {
-  float16 sum = float16{};
-  int64_t j = 0;
-  for (; j + 16 <= seen; j += 16) {
-    float16 x;
-    std::memcpy(&x, s + j, sizeof(x));
-    x = exp16(x - shift);
-    std::memcpy(s + j, &x, sizeof(x));
-    sum += x;
-  }
-  if (j < seen) {  // tail: lanes past `seen` start at -inf and come out 0
-    float16 x = float16{} - std::numeric_limits<float>::infinity();
-    std::memcpy(&x, s + j, sizeof(float) * (seen - j));
-    x = exp16(x - shift);
-    std::memcpy(s + j, &x, sizeof(float) * (seen - j));
-    sum += x;
-  }
-  std::fill(s + seen, s + cols, 0.0f);
-  float total = 0.0f;
-  for (int k = 0; k < 16; ++k) total += sum[k];
-  return total;
+  return exp_row_of(s, seen, cols, shift);
+}
+
+inline double exp_row(double* s, int64_t seen, int64_t cols, double shift) {
+  return exp_row_of(s, seen, cols, shift);
 }
 
 // max of s[0, n), n >= 1; lanes break the 4-cycle maxss dependency chain.
+typedef float float16 __attribute__((vector_size(64)));
 RNNKERNELS_SIMD_CLONES float max_of_row(const float* s, int64_t n) {
   float16 best = float16{} - std::numeric_limits<float>::infinity();
   int64_t j = 0;
@@ -169,15 +150,6 @@ RNNKERNELS_SIMD_CLONES float max_of_row(const float* s, int64_t n) {
 
 inline double max_of_row(const double* s, int64_t n) { return *std::max_element(s, s + n); }
 
-inline double exp_row(double* s, int64_t seen, int64_t cols, double shift) {
-  double sum = 0.0;
-  for (int64_t j = 0; j < seen; ++j) {
-    s[j] = std::exp(s[j] - shift);
-    sum += s[j];
-  }
-  std::fill(s + seen, s + cols, 0.0);
-  return sum;
-}
 
 struct Geometry {
   int64_t batch, heads, tq, tk, d, dv;
