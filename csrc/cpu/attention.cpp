@@ -20,6 +20,7 @@
 // Small GEMMs go to the BLAS that libtorch_cpu exports (MKL on x86 builds);
 // without one (or with RNNKERNELS_NO_BLAS=1) a plain loop GEMM runs instead.
 // float32 accumulates in float32 (but delta, in double), float64 in float64.
+
 // Lets GCC if-convert FastFloatMath's selects in the simd loops (as in
 // pointwise_cpu.cpp); nothing here relies on floating-point exceptions.
 #pragma GCC optimize("no-trapping-math")
