@@ -11,6 +11,7 @@ speedup = baseline time / our time (> 1: we are faster); median of repeats
 after warm-up, candidates interleaved (benchmarks/timing.py).
 
     python benchmarks/attention.py [--full]   # writes benchmarks/results/attention_cpu.md
+    rnnkernels bench --suite attention [--full] [--markdown]   # the same rows in the bench CLI
 """
 import math
 import os
@@ -30,9 +31,17 @@ from rnnkernels.attention import key_mask
 from .timing import time_side_by_side
 
 
-def shapes(quick: bool, device: torch.device) -> List[Dict]:
+def shapes(quick: bool, device: torch.device, tiny: bool = False) -> List[Dict]:
     """(name, B, H (0: 3-D), Tq, Tk, D). On CPU the B=32 H=8 T=512 shape runs
-    with a smaller batch (quick: 4, full: 8): B=32 takes seconds per call here."""
+    with a smaller batch (quick: 4, full: 8): B=32 takes seconds per call here.
+    `tiny` keeps the rows but shrinks every shape to a smoke test (tests only)."""
+    if tiny:
+        return [
+            dict(name="seq2seq", batch=4, heads=0, tq=6, tk=6, dim=16),
+            dict(name="multihead", batch=2, heads=2, tq=24, tk=24, dim=8),
+            dict(name="decode", batch=2, heads=2, tq=1, tk=48, dim=8),
+            dict(name="multihead-unpadded", batch=2, heads=2, tq=24, tk=24, dim=8, unpadded=True),
+        ]
     big_batch = 32 if device.type == "cuda" else (4 if quick else 8)
     return [
         dict(name="seq2seq", batch=64, heads=0, tq=50, tk=50, dim=256),
@@ -90,15 +99,16 @@ def _step(fn, leaves, backward: bool):
 
 
 def run(quick: bool = True, device="cpu", dtype=torch.float32, backends: Optional[List[str]] = None,
-        full: Optional[bool] = None, repeats: int = 5, progress=None) -> List[Dict]:
-    """Rows {name, shape, pass, baseline, baseline_ms, ours_ms, speedup}; `full` (the CLI's flag) overrides quick."""
+        full: Optional[bool] = None, repeats: int = 5, progress=None, tiny: bool = False) -> List[Dict]:
+    """Rows {name, shape, pass, baseline_ms, <backend>_ms, <backend>_speedup} (the keys `rnnkernels bench`
+    summarises), one per shape, baseline and pass; `full` (the CLI's flag) overrides quick."""
     if full is not None:
         quick = not full
     device = torch.device(device)
     backend = (backends or [None])[0] or rk.backends.available(device, "attention", dtype)[0]
     generator = torch.Generator().manual_seed(0)
     rows = []
-    items = shapes(quick, device)
+    items = shapes(quick, device, tiny)
     for s in (progress(items) if progress else items):
         q, k, v, lengths = _inputs(s, device, dtype, generator)
         shape = (f"B={s['batch']}" + (f" H={s['heads']}" if s["heads"] else "") +
@@ -116,10 +126,9 @@ def run(quick: bool = True, device="cpu", dtype=torch.float32, backends: Optiona
                     "baseline": lambda: _step(base_fn, leaves, backward),
                     "ours": lambda: _step(our_fn, leaves, backward),
                 }, device, warmup=1, repeats=repeats if quick else 2 * repeats)
-                rows.append(dict(name=f"{s['name']} vs {baseline}", shape=shape,
-                                 **{"pass": "fwd+bwd" if backward else "fwd"}, backend=backend,
-                                 baseline_ms=times["baseline"], ours_ms=times["ours"],
-                                 speedup=times["baseline"] / times["ours"]))
+                rows.append({"name": f"{s['name']} vs {baseline}", "shape": shape,
+                             "pass": "fwd+bwd" if backward else "fwd", "baseline_ms": times["baseline"],
+                             f"{backend}_ms": times["ours"], f"{backend}_speedup": times["baseline"] / times["ours"]})
     return rows
 
 
@@ -132,13 +141,15 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default=None, help="markdown file (default benchmarks/results/attention_<device>.md)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(quick=not args.full, device=device, repeats=args.repeats)
     info = machine_info(device)
-    command = "python benchmarks/attention.py" + (" --full" if args.full else "") + (
-        f" --device {args.device}" if args.device != "cpu" else "")
+    command = "python benchmarks/attention.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"# Attention benchmark ({device.type}, float32)\n\n`{command}`\n\n" +
             "\n".join(f"- {k}: {v}" for k, v in info.items()) +
             "\n\nspeedup = baseline time / rnnkernels time (> 1: rnnkernels is faster). `sdpa`: "

@@ -28,7 +28,8 @@ def _backward_fake(grad_context, grad_weights, query, key, value, context, lse, 
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
-def _setup_context(ctx, inputs, output):
+def setup_context(ctx, inputs, output):
+    """Autograd context of an attention forward op with this module's schema (the cpu and triton ops)."""
     query, key, value, key_lengths, causal, scale, return_weights = inputs
     context, lse, weights = output
     ctx.save_for_backward(query, key, value, key_lengths, context, lse, weights if return_weights else None)
@@ -37,15 +38,20 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # unused outputs give None: no zero (B, H, Tq, Tk) gradient
 
 
-def _backward(ctx, grad_context, grad_lse, grad_weights):
-    query, key, value, key_lengths, context, lse, weights = ctx.saved_tensors
-    if grad_context is None:
-        grad_context = torch.zeros_like(context)
-    if not ctx.return_weights:
-        grad_weights = None
-    grad_query, grad_key, grad_value = torch.ops.rnnkernels.attention_backward(
-        grad_context, grad_weights, query, key, value, context, lse, weights, key_lengths, ctx.causal, ctx.scale)
-    return grad_query, grad_key, grad_value, None, None, None, None
+def backward_formula(backward_op):
+    """The autograd backward of an attention forward op, given its backward op (same schema as here)."""
+
+    def backward(ctx, grad_context, grad_lse, grad_weights):
+        query, key, value, key_lengths, context, lse, weights = ctx.saved_tensors
+        if grad_context is None:
+            grad_context = torch.zeros_like(context)
+        if not ctx.return_weights:
+            grad_weights = None
+        grad_query, grad_key, grad_value = backward_op(grad_context, grad_weights, query, key, value, context, lse,
+                                                       weights, key_lengths, ctx.causal, ctx.scale)
+        return grad_query, grad_key, grad_value, None, None, None, None
+
+    return backward
 
 
 def register() -> None:
@@ -58,7 +64,9 @@ def register() -> None:
         raise RuntimeError(error)
     torch.library.register_fake("rnnkernels::attention_forward")(_forward_fake)
     torch.library.register_fake("rnnkernels::attention_backward")(_backward_fake)
-    torch.library.register_autograd("rnnkernels::attention_forward", _backward, setup_context=_setup_context)
+    torch.library.register_autograd("rnnkernels::attention_forward",
+                                    backward_formula(torch.ops.rnnkernels.attention_backward),
+                                    setup_context=setup_context)
     _registered = True
 
 

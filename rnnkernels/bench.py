@@ -1,12 +1,16 @@
 """`rnnkernels bench`: torch baselines against rnnkernels backends, side by side.
 
 Suites live in rnnkernels.benchmarks (the repo's benchmarks/ folder), one
-module each with `run(device, dtype, backends, full, repeats, progress) -> rows`.
-The table gives, per shape and pass, torch's time, each backend's time, the
-ratio torch/ours (> 1: we are faster) and achieved GFLOP/s.
+module each with `run(device, dtype, backends, full, repeats, progress) -> rows`, each row
+with `<backend>_speedup` keys (summarised per name/cell and pass).
+rnn: per shape and pass, torch's time, each backend's time, the ratio
+torch/ours (> 1: we are faster) and achieved GFLOP/s. attention: ours against
+scaled_dot_product_attention with the lengths' boolean mask and against
+matmul-softmax-matmul (with return_weights=True), forward and forward+backward.
 """
 import datetime
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -15,7 +19,7 @@ from typing import Dict, List
 
 import torch
 
-_SUITES = {"rnn": "rnnkernels.benchmarks.rnn"}
+_SUITES = {"rnn": "rnnkernels.benchmarks.rnn", "attention": "rnnkernels.benchmarks.attention"}
 
 
 def machine_info(device: torch.device) -> Dict[str, str]:
@@ -89,6 +93,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--backend", action="append", help="backend to time (repeatable; default: the fastest built)")
     parser.add_argument("--full", action="store_true", help="the whole suite (default: the quick one, < 3 min on CPU)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke test: every shape shrunk to seconds (suites that have it: attention); "
+                             "the times mean nothing")
     parser.add_argument("--markdown", action="store_true", help="write benchmarks/results/bench_<device>.md")
     parser.add_argument("--json", action="store_true", help="write benchmarks/results/bench_<device>.json")
     parser.add_argument("--out-dir", default=os.path.join("benchmarks", "results"))
@@ -106,10 +113,18 @@ def _main(args) -> int:
     info = machine_info(device)
     print(" | ".join(f"{k}: {v}" for k, v in info.items()))
     results = {}
-    for suite in (sorted(_SUITES) if args.suite == "all" else [args.suite]):
-        module = importlib.import_module(_SUITES[suite])
+    suites = sorted(_SUITES) if args.suite == "all" else [args.suite]
+    modules = {suite: importlib.import_module(_SUITES[suite]) for suite in suites}
+    if args.tiny:
+        lacking = [s for s, m in modules.items() if "tiny" not in inspect.signature(m.run).parameters]
+        if lacking:
+            print(f"error: --tiny: suite(s) {', '.join(lacking)} have no tiny shapes", file=sys.stderr)
+            return 2
+    for suite, module in modules.items():
+        extra = {"tiny": True} if args.tiny else {}
         rows = module.run(device=device, dtype=dtype, backends=args.backend, full=args.full, repeats=args.repeats,
-                          progress=lambda items: tqdm(items, desc=f"bench {suite}", leave=False, file=sys.stderr))
+                          progress=lambda items: tqdm(items, desc=f"bench {suite}", leave=False, file=sys.stderr),
+                          **extra)
         results[suite] = rows
         print(f"\n## {suite} ({device.type}, {args.dtype}); speedup = torch time / rnnkernels time\n")
         print(markdown_table(rows))

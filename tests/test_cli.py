@@ -1,5 +1,7 @@
 """The check and bench commands."""
 import io
+import json
+import math
 import subprocess
 import sys
 
@@ -18,6 +20,11 @@ def test_check_command_passes():
     assert "all checks passed" in result.stdout
     for name in backends.available("cpu"):
         assert f" {name} " in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines()]
+    for dtype in ("float64", "float32"):  # attention is checked too: the cpu kernel and the reference
+        for name in ("cpu", "reference"):
+            assert ["attention", "cpu", name, dtype, "4"] == next(
+                (r[:5] for r in rows if r[:4] == ["attention", "cpu", name, dtype]), None)
 
 
 def test_check_catches_a_wrong_backend():
@@ -54,3 +61,23 @@ def test_bench_rows():
     flops = rnn_bench.rnn_flops(config, backward=False)
     # layer 0: 2 dirs * 2*T*B*3H*(I+H); layer 1 input is 2H
     assert flops == 2 * 2 * 3 * 2 * 15 * (4 + 5) + 2 * 2 * 3 * 2 * 15 * (10 + 5)
+
+
+def test_bench_attention_suite_table(tmp_path):
+    """`rnnkernels bench --suite attention` on the smoke-test shapes: every row, finite speedups."""
+    result = subprocess.run([sys.executable, "-m", "rnnkernels", "bench", "--suite", "attention", "--tiny",
+                             "--repeats", "1", "--markdown", "--json", "--out-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "bench_cpu_float32.json").read_text())["results"]["attention"]
+    expected = {(f"{shape} vs {baseline}", kind) for shape in ("seq2seq", "multihead", "decode", "multihead-unpadded")
+                for baseline in ("sdpa", "weights") for kind in ("fwd", "fwd+bwd")}
+    assert {(row["name"], row["pass"]) for row in rows} == expected and len(rows) == len(expected)
+    for row in rows:
+        assert set(row) == {"name", "shape", "pass", "baseline_ms", "cpu_ms", "cpu_speedup"}
+        assert math.isfinite(row["cpu_speedup"]) and row["cpu_speedup"] > 0 and row["cpu_ms"] > 0, row
+        assert abs(row["cpu_speedup"] - row["baseline_ms"] / row["cpu_ms"]) < 1e-9
+    table = (tmp_path / "bench_cpu_float32.md").read_text()
+    assert "| name | shape | pass | baseline_ms | cpu_ms | cpu_speedup |" in table
+    assert all(f"| {row['name']} | {row['shape']} | {row['pass']} |" in table for row in rows)
+    assert "cpu        decode vs sdpa fwd+bwd" in result.stdout  # the per-backend summary covers attention

@@ -46,6 +46,20 @@ def _load_length(LENGTHS, b, Tk, HAS_LENGTHS: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(X, bh, steps, T, features, F):
+    """X[bh, steps, features] of a contiguous (BH, T, F) tensor: a (len(steps), len(features)) tile, 0 outside."""
+    return tl.load(X + bh * T * F + steps[:, None] * F + features[None, :],
+                   mask=(steps[:, None] < T) & (features[None, :] < F), other=0.0)
+
+
+@triton.jit
+def _store_tile(X, bh, steps, T, features, F, tile):
+    """X[bh, steps, features] = tile (in X's dtype), inside (T, F) only."""
+    tl.store(X + bh * T * F + steps[:, None] * F + features[None, :], tile.to(X.dtype.element_ty),
+             mask=(steps[:, None] < T) & (features[None, :] < F))
+
+
+@triton.jit
 def _forward_kernel(Q, K, V, O, LSE, LENGTHS, scale_log2, Tq, Tk, D, DV, H,
                     HAS_LENGTHS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
@@ -55,16 +69,14 @@ def _forward_kernel(Q, K, V, O, LSE, LENGTHS, scale_log2, Tq, Tk, D, DV, H,
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dq = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + bh * Tq * D + rows[:, None] * D + dq[None, :],
-                mask=(rows[:, None] < Tq) & (dq[None, :] < D), other=0.0)            # (BM, BD)
+    q = _load_tile(Q, bh, rows, Tq, dq, D)            # (BM, BD)
     end = _visible_end(rows, length, Tq, Tk, CAUSAL)                                  # (BM,)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)                               # running max (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)                                             # running sum
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)                                   # (BM, BDV)
     for n0 in range(0, tl.max(end, 0), BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        k = tl.load(K + bh * Tk * D + cols[:, None] * D + dq[None, :],
-                    mask=(cols[:, None] < Tk) & (dq[None, :] < D), other=0.0)         # (BN, BD)
+        k = _load_tile(K, bh, cols, Tk, dq, D)         # (BN, BD)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2               # (BM, BN)
         s = tl.where(cols[None, :] < end[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -72,15 +84,13 @@ def _forward_kernel(Q, K, V, O, LSE, LENGTHS, scale_log2, Tq, Tk, D, DV, H,
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + bh * Tk * DV + cols[:, None] * DV + dv[None, :],
-                    mask=(cols[:, None] < Tk) & (dv[None, :] < DV), other=0.0)        # (BN, BDV)
+        v = _load_tile(V, bh, cols, Tk, dv, DV)        # (BN, BDV)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
     seen = l_i > 0
     safe_l = tl.where(seen, l_i, 1.0)
     out = tl.where(seen[:, None], acc / safe_l[:, None], 0.0)
-    tl.store(O + bh * Tq * DV + rows[:, None] * DV + dv[None, :], out.to(O.dtype.element_ty),
-             mask=(rows[:, None] < Tq) & (dv[None, :] < DV))
+    _store_tile(O, bh, rows, Tq, dv, DV, out)
     tl.store(LSE + bh * Tq + rows, tl.where(seen, m_i + tl.log2(safe_l), float("-inf")), mask=rows < Tq)
 
 
@@ -152,16 +162,13 @@ def _weights_kernel(Q, K, LSE, W, LENGTHS, scale_log2, Tq, Tk, D, H, HAS_LENGTHS
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     dq = tl.arange(0, BLOCK_D)
-    q = tl.load(Q + bh * Tq * D + rows[:, None] * D + dq[None, :],
-                mask=(rows[:, None] < Tq) & (dq[None, :] < D), other=0.0)
-    k = tl.load(K + bh * Tk * D + cols[:, None] * D + dq[None, :],
-                mask=(cols[:, None] < Tk) & (dq[None, :] < D), other=0.0)
+    q = _load_tile(Q, bh, rows, Tq, dq, D)
+    k = _load_tile(K, bh, cols, Tk, dq, D)
     lse = tl.load(LSE + bh * Tq + rows, mask=rows < Tq, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
     visible = cols[None, :] < _visible_end(rows, length, Tq, Tk, CAUSAL)[:, None]
     p = tl.where(visible, tl.exp2(s - tl.where(visible, lse[:, None], 0.0)), 0.0)
-    tl.store(W + bh * Tq * Tk + rows[:, None] * Tk + cols[None, :], p.to(W.dtype.element_ty),
-             mask=(rows[:, None] < Tq) & (cols[None, :] < Tk))
+    _store_tile(W, bh, rows, Tq, cols, Tk, p)
 
 
 @triton.jit
@@ -173,8 +180,7 @@ def _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, end, DW, bh, scale_l
     p = tl.where(visible, tl.exp2(s - tl.where(visible, lse[:, None], 0.0)), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision="ieee")
     if HAS_DW:
-        dp += tl.load(DW + bh * Tq * Tk + rows[:, None] * Tk + cols[None, :],
-                      mask=(rows[:, None] < Tq) & (cols[None, :] < Tk), other=0.0).to(tl.float32)
+        dp += _load_tile(DW, bh, rows, Tq, cols, Tk).to(tl.float32)
     # A row with one visible key has weight 1 whatever the score: its scores get exactly no gradient.
     return p, tl.where(end[:, None] > 1, p * (dp - delta[:, None]), 0.0)
 
@@ -191,10 +197,8 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DW, DK, DVAL, LENGTHS, scale_
     cols = n0 + tl.arange(0, BLOCK_N)
     dq = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + bh * Tk * D + cols[:, None] * D + dq[None, :],
-                mask=(cols[:, None] < Tk) & (dq[None, :] < D), other=0.0)             # (BN, BD)
-    v = tl.load(V + bh * Tk * DV + cols[:, None] * DV + dv[None, :],
-                mask=(cols[:, None] < Tk) & (dv[None, :] < DV), other=0.0)            # (BN, BDV)
+    k = _load_tile(K, bh, cols, Tk, dq, D)             # (BN, BD)
+    v = _load_tile(V, bh, cols, Tk, dv, DV)            # (BN, BDV)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dval = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     first_row = 0
@@ -203,20 +207,16 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DW, DK, DVAL, LENGTHS, scale_
     last_row = tl.where(n0 < length, Tq, 0)
     for m0 in range((first_row // BLOCK_M) * BLOCK_M, last_row, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
-        q = tl.load(Q + bh * Tq * D + rows[:, None] * D + dq[None, :],
-                    mask=(rows[:, None] < Tq) & (dq[None, :] < D), other=0.0)         # (BM, BD)
-        do = tl.load(DO + bh * Tq * DV + rows[:, None] * DV + dv[None, :],
-                     mask=(rows[:, None] < Tq) & (dv[None, :] < DV), other=0.0)       # (BM, BDV)
+        q = _load_tile(Q, bh, rows, Tq, dq, D)         # (BM, BD)
+        do = _load_tile(DO, bh, rows, Tq, dv, DV)       # (BM, BDV)
         lse = tl.load(LSE + bh * Tq + rows, mask=rows < Tq, other=0.0)
         delta = tl.load(DELTA + bh * Tq + rows, mask=rows < Tq, other=0.0)
         end = _visible_end(rows, length, Tq, Tk, CAUSAL)
         p, ds = _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, end, DW, bh, scale_log2, Tq, Tk, HAS_DW)
         dval += tl.dot(tl.trans(p).to(do.dtype), do, input_precision="ieee")
         dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision="ieee")
-    tl.store(DK + bh * Tk * D + cols[:, None] * D + dq[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=(cols[:, None] < Tk) & (dq[None, :] < D))
-    tl.store(DVAL + bh * Tk * DV + cols[:, None] * DV + dv[None, :], dval.to(DVAL.dtype.element_ty),
-             mask=(cols[:, None] < Tk) & (dv[None, :] < DV))
+    _store_tile(DK, bh, cols, Tk, dq, D, dk * scale)
+    _store_tile(DVAL, bh, cols, Tk, dv, DV, dval)
 
 
 @triton.jit
@@ -230,24 +230,19 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DW, DQ, LENGTHS, scale_log2, sc
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dq = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + bh * Tq * D + rows[:, None] * D + dq[None, :],
-                mask=(rows[:, None] < Tq) & (dq[None, :] < D), other=0.0)
-    do = tl.load(DO + bh * Tq * DV + rows[:, None] * DV + dv[None, :],
-                 mask=(rows[:, None] < Tq) & (dv[None, :] < DV), other=0.0)
+    q = _load_tile(Q, bh, rows, Tq, dq, D)
+    do = _load_tile(DO, bh, rows, Tq, dv, DV)
     lse = tl.load(LSE + bh * Tq + rows, mask=rows < Tq, other=0.0)
     delta = tl.load(DELTA + bh * Tq + rows, mask=rows < Tq, other=0.0)
     end = _visible_end(rows, length, Tq, Tk, CAUSAL)
     grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for n0 in range(0, tl.max(end, 0), BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        k = tl.load(K + bh * Tk * D + cols[:, None] * D + dq[None, :],
-                    mask=(cols[:, None] < Tk) & (dq[None, :] < D), other=0.0)
-        v = tl.load(V + bh * Tk * DV + cols[:, None] * DV + dv[None, :],
-                    mask=(cols[:, None] < Tk) & (dv[None, :] < DV), other=0.0)
+        k = _load_tile(K, bh, cols, Tk, dq, D)
+        v = _load_tile(V, bh, cols, Tk, dv, DV)
         _, ds = _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, end, DW, bh, scale_log2, Tq, Tk, HAS_DW)
         grad_q += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
-    tl.store(DQ + bh * Tq * D + rows[:, None] * D + dq[None, :], (grad_q * scale).to(DQ.dtype.element_ty),
-             mask=(rows[:, None] < Tq) & (dq[None, :] < D))
+    _store_tile(DQ, bh, rows, Tq, dq, D, grad_q * scale)
 
 
 def _block(n: int) -> int:

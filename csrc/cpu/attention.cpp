@@ -11,14 +11,19 @@
 //   -> O += P V. The (Tq, Tk) scores never exist; lse = m + log(l) is saved.
 // With return_weights the key block is the whole key range, so the block's P
 // divided by l *is* the exact weight row, written once (no second pass).
-// Backward, per (batch, head), key blocks outer (dK, dV stay in cache) and
-// query blocks inner: P is rebuilt from lse, then dV += P^T dO,
-// dS = P * (dO V^T + dW - delta), dQ += scale dS K, dK += scale dS^T Q, with
-// delta_i = dO_i . O_i (+ sum_j W_ij dW_ij when the weights get a gradient).
+// Backward, per (batch, head), per block of query rows over all their visible
+// keys: P is rebuilt from lse, then dV += P^T dO, dP = dO V^T (+ dW),
+// dS = P * (dP - delta), dQ = scale dS K, dK += scale dS^T Q, with
+// delta_i = sum_j P_ij dP_ij / sum_j P_ij taken in double from the same P and dP
+// (softmax_backward_row: why not dO . O).
 //
 // Small GEMMs go to the BLAS that libtorch_cpu exports (MKL on x86 builds);
 // without one (or with RNNKERNELS_NO_BLAS=1) a plain loop GEMM runs instead.
-// float32 accumulates in float32, float64 in float64.
+// float32 accumulates in float32 (but delta, in double), float64 in float64.
+
+// Lets GCC if-convert FastFloatMath's selects in the simd loops (as in
+// pointwise_cpu.cpp); nothing here relies on floating-point exceptions.
+#pragma GCC optimize("no-trapping-math")
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -28,6 +33,8 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include "cpu/fast_math.h"
 
 extern "C" {
 // Fortran BLAS, resolved from libtorch_cpu when it exports them (weak: null otherwise).
@@ -50,19 +57,18 @@ bool blas_wanted() {
   return !(off != nullptr && off[0] == '1');
 }
 
-inline bool blas_call(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
-                      int ldb, float beta, float* c, int ldc) {
-  if (sgemm_ == nullptr) return false;
-  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
-  sgemm_(&ca, &cb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-  return true;
-}
+// The BLAS routine for T (null when libtorch_cpu does not export it).
+inline decltype(&sgemm_) blas_gemm(float) { return sgemm_; }
+inline decltype(&dgemm_) blas_gemm(double) { return dgemm_; }
 
-inline bool blas_call(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
-                      int ldb, double beta, double* c, int ldc) {
-  if (dgemm_ == nullptr) return false;
+// Column-major C = alpha op(A) op(B) + beta C by BLAS; false when there is none.
+template <typename T>
+inline bool blas_call(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
+                      T beta, T* c, int ldc) {
+  const auto routine = blas_gemm(T());
+  if (routine == nullptr) return false;
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
-  dgemm_(&ca, &cb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+  routine(&ca, &cb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
   return true;
 }
 
@@ -95,63 +101,40 @@ void gemm(bool blas, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k
   }
 }
 
-// exp for a whole row. float32: Cephes expf (about 1 ulp) on 16 lanes at once
-// with GCC/Clang vector extensions, cloned for AVX-512, AVX2 and the
-// baseline (chosen at load time), since the build itself targets plain x86-64
-// and std::exp in a loop stays a scalar libm call. This pass costs as much as
-// the GEMMs on SSE2. float64 keeps std::exp for the 1e-10 accuracy.
-typedef float float16 __attribute__((vector_size(64)));
-typedef int32_t int16 __attribute__((vector_size(64)));
+// exp for a whole row: CpuMath<T>::exp (csrc/cpu/fast_math.h), so float32 gets
+// FastFloatMath's polynomial (about 1 ulp) which the simd loop vectorises, and
+// float64 keeps std::exp for the 1e-10 accuracy. The float32 row is cloned for
+// AVX-512, AVX2 and the baseline (chosen at load time), since the build itself
+// targets plain x86-64: this pass costs as much as the GEMMs on SSE2.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define RNNKERNELS_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define RNNKERNELS_SIMD_CLONES
 #endif
 
-__attribute__((always_inline)) inline float16 exp16(float16 x) {
-  const float16 lo = float16{} - 87.0f, hi = float16{} + 88.0f;
-  float16 c = x < lo ? lo : x;
-  c = c > hi ? hi : c;
-  // n = round(c / ln 2) + 127 by truncating a positive number; 2^n from the exponent bits.
-  const int16 biased = __builtin_convertvector(c * 1.44269504088896341f + 127.5f, int16);
-  const float16 n = __builtin_convertvector(biased, float16) - 127.0f;
-  const float16 r = c - n * 0.693359375f + n * 2.12194440e-4f;
-  float16 p = float16{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float16 two_n = (float16)(biased << 23);
-  return x < lo ? float16{} : p * two_n;
+// s[j] = exp(s[j] - shift) for j < seen, 0 for seen <= j < cols; returns the sum.
+template <typename T>
+__attribute__((always_inline)) inline T exp_row_of(T* s, int64_t seen, int64_t cols, T shift) {
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < seen; ++j) {
+    s[j] = CpuMath<T>::exp(s[j] - shift);
+    sum += s[j];
+  }
+  std::fill(s + seen, s + cols, T(0));
+  return sum;
 }
 
-// s[j] = exp(s[j] - shift) for j < seen, 0 for seen <= j < cols; returns the sum.
 RNNKERNELS_SIMD_CLONES float exp_row(float* s, int64_t seen, int64_t cols, float shift) {
-  float16 sum = float16{};
-  int64_t j = 0;
-  for (; j + 16 <= seen; j += 16) {
-    float16 x;
-    std::memcpy(&x, s + j, sizeof(x));
-    x = exp16(x - shift);
-    std::memcpy(s + j, &x, sizeof(x));
-    sum += x;
-  }
-  if (j < seen) {  // tail: lanes past `seen` start at -inf and come out 0
-    float16 x = float16{} - std::numeric_limits<float>::infinity();
-    std::memcpy(&x, s + j, sizeof(float) * (seen - j));
-    x = exp16(x - shift);
-    std::memcpy(s + j, &x, sizeof(float) * (seen - j));
-    sum += x;
-  }
-  std::fill(s + seen, s + cols, 0.0f);
-  float total = 0.0f;
-  for (int k = 0; k < 16; ++k) total += sum[k];
-  return total;
+  return exp_row_of(s, seen, cols, shift);
+}
+
+inline double exp_row(double* s, int64_t seen, int64_t cols, double shift) {
+  return exp_row_of(s, seen, cols, shift);
 }
 
 // max of s[0, n), n >= 1; lanes break the 4-cycle maxss dependency chain.
+typedef float float16 __attribute__((vector_size(64)));
 RNNKERNELS_SIMD_CLONES float max_of_row(const float* s, int64_t n) {
   float16 best = float16{} - std::numeric_limits<float>::infinity();
   int64_t j = 0;
@@ -168,15 +151,6 @@ RNNKERNELS_SIMD_CLONES float max_of_row(const float* s, int64_t n) {
 
 inline double max_of_row(const double* s, int64_t n) { return *std::max_element(s, s + n); }
 
-inline double exp_row(double* s, int64_t seen, int64_t cols, double shift) {
-  double sum = 0.0;
-  for (int64_t j = 0; j < seen; ++j) {
-    s[j] = std::exp(s[j] - shift);
-    sum += s[j];
-  }
-  std::fill(s + seen, s + cols, 0.0);
-  return sum;
-}
 
 struct Geometry {
   int64_t batch, heads, tq, tk, d, dv;
@@ -253,14 +227,36 @@ void forward_kernel(const Geometry& g, const T* q, const T* k, const T* v, T sca
   });
 }
 
+// dS for one row of a softmax: ds[j] = p[j] * (dp[j] - delta) for j < seen (dp
+// arrives in ds), 0 for seen <= j < cols. delta = sum_j p dP / sum_j p over the
+// row's own P and dP, in double: for a near one-hot row, dP_max - delta is
+// sum_j p_j (dP_max - dP_j), far smaller than dP_max, and a delta taken from
+// another rounding of the same sum (dO . O with O stored in float32, or float32
+// partial sums) cancels to noise of eps * |dP| there. Dividing by the row's
+// sum of P (1 up to rounding) cancels the rounding of P itself the same way.
+template <typename T>
+void softmax_backward_row(const T* p, T* ds, int64_t seen, int64_t cols) {
+  double weighted = 0.0, total = 0.0;
+#pragma omp simd reduction(+ : weighted, total)
+  for (int64_t j = 0; j < seen; ++j) {
+    weighted += double(p[j]) * double(ds[j]);
+    total += double(p[j]);
+  }
+  const double delta = total > 0.0 ? weighted / total : 0.0;
+#pragma omp simd
+  for (int64_t j = 0; j < seen; ++j) ds[j] = T(double(p[j]) * (double(ds[j]) - delta));
+  std::fill(ds + seen, ds + cols, T(0));
+}
+
 template <typename T>
 void backward_kernel(const Geometry& g, const T* grad_out, const T* grad_weights, const T* q, const T* k, const T* v,
-                     const T* out, const T* lse, const T* weights, T scale, bool blas, T* grad_q, T* grad_k,
-                     T* grad_v) {
+                     const T* lse, T scale, bool blas, T* grad_q, T* grad_k, T* grad_v) {
+  // Per (batch, head), query blocks outer and all their visible keys at once, so
+  // each row's delta comes from the P and dP that its dS uses (see above).
+  const int64_t width = std::max<int64_t>(g.tk, 1);
   at::parallel_for(0, g.batch * g.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> probs(kQueryBlock * kKeyBlock);  // (Bq, Bk): P
-    std::vector<T> dprobs(kQueryBlock * kKeyBlock);  // (Bq, Bk): dP, then dS
-    std::vector<T> delta(g.tq);                       // (Tq,): rowsum(P * dP)
+    std::vector<T> probs(kQueryBlock * width);   // (Bq, Tk): P
+    std::vector<T> dprobs(kQueryBlock * width);  // (Bq, Tk): dP, then dS
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / g.heads;
       const T* q_bh = q + bh * g.tq * g.d;            // (Tq, D)
@@ -274,59 +270,40 @@ void backward_kernel(const Geometry& g, const T* grad_out, const T* grad_weights
       std::fill(dq_bh, dq_bh + g.tq * g.d, T(0));
       std::fill(dk_bh, dk_bh + g.tk * g.d, T(0));
       std::fill(dv_bh, dv_bh + g.tk * g.dv, T(0));
-      for (int64_t i = 0; i < g.tq; ++i) {
-        const T* o = out + (bh * g.tq + i) * g.dv;
-        const T* dout = do_bh + i * g.dv;
-        T acc = T(0);
-        for (int64_t c = 0; c < g.dv; ++c) acc += dout[c] * o[c];
-        if (grad_weights) {
-          const T* w = weights + (bh * g.tq + i) * g.tk;
-          const T* dw = grad_weights + (bh * g.tq + i) * g.tk;
-          for (int64_t j = 0; j < g.tk; ++j) acc += w[j] * dw[j];
+      for (int64_t i0 = 0; i0 < g.tq; i0 += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, g.tq - i0);
+        const int64_t keys = g.visible_end(b, i0 + rows - 1);  // keys past it are hidden from every row
+        if (keys == 0) continue;
+        gemm<T>(blas, false, true, rows, keys, g.d, scale, q_bh + i0 * g.d, g.d, k_bh, g.d, T(0), probs.data(),
+                width);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t seen = std::min(g.visible_end(b, i0 + r), keys);
+          exp_row(probs.data() + r * width, seen, keys, seen > 0 ? lse_bh[i0 + r] : T(0));
         }
-        delta[i] = acc;
-      }
-      const int64_t keys = g.tq > 0 ? g.visible_end(b, g.tq - 1) : 0;
-      for (int64_t k0 = 0; k0 < keys; k0 += kKeyBlock) {
-        const int64_t cols = std::min(kKeyBlock, keys - k0);
-        // The first query row that sees key k0 (rows before it see none of this block).
-        const int64_t first_row = g.causal ? std::max<int64_t>(k0 - (g.tk - g.tq), 0) : 0;
-        for (int64_t i0 = (first_row / kQueryBlock) * kQueryBlock; i0 < g.tq; i0 += kQueryBlock) {
-          const int64_t rows = std::min(kQueryBlock, g.tq - i0);
-          gemm<T>(blas, false, true, rows, cols, g.d, scale, q_bh + i0 * g.d, g.d, k_bh + k0 * g.d, g.d, T(0),
-                  probs.data(), kKeyBlock);
-          for (int64_t r = 0; r < rows; ++r) {
-            T* p = probs.data() + r * kKeyBlock;
-            const int64_t seen = std::min(std::max<int64_t>(g.visible_end(b, i0 + r) - k0, 0), cols);
-            exp_row(p, seen, cols, seen > 0 ? lse_bh[i0 + r] : T(0));
+        // dV (keys, Dv) += P^T dO
+        gemm<T>(blas, true, false, keys, g.dv, rows, T(1), probs.data(), width, do_bh + i0 * g.dv, g.dv, T(1), dv_bh,
+                g.dv);
+        // dP (rows, keys) = dO V^T (+ dW)
+        gemm<T>(blas, false, true, rows, keys, g.dv, T(1), do_bh + i0 * g.dv, g.dv, v_bh, g.dv, T(0), dprobs.data(),
+                width);
+        for (int64_t r = 0; r < rows; ++r) {
+          T* ds = dprobs.data() + r * width;
+          const int64_t seen = std::min(g.visible_end(b, i0 + r), keys);
+          if (seen <= 1) {  // one visible key: its weight is 1 whatever the score,
+            std::fill(ds, ds + keys, T(0));  // so the score gets exactly no gradient
+            continue;
           }
-          // dV (cols, Dv) += P^T dO
-          gemm<T>(blas, true, false, cols, g.dv, rows, T(1), probs.data(), kKeyBlock, do_bh + i0 * g.dv, g.dv, T(1),
-                  dv_bh + k0 * g.dv, g.dv);
-          // dP (rows, cols) = dO V^T (+ dW)
-          gemm<T>(blas, false, true, rows, cols, g.dv, T(1), do_bh + i0 * g.dv, g.dv, v_bh + k0 * g.dv, g.dv, T(0),
-                  dprobs.data(), kKeyBlock);
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* p = probs.data() + r * kKeyBlock;
-            T* ds = dprobs.data() + r * kKeyBlock;
-            const T d_i = delta[i0 + r];
-            if (g.visible_end(b, i0 + r) == 1) {  // one visible key: its weight is 1 whatever the score,
-              std::fill(ds, ds + cols, T(0));      // so the score gets exactly no gradient
-              continue;
-            }
-            if (grad_weights) {
-              const T* dw = grad_weights + (bh * g.tq + i0 + r) * g.tk + k0;
-              for (int64_t j = 0; j < cols; ++j) ds[j] += dw[j];
-            }
-#pragma omp simd
-            for (int64_t j = 0; j < cols; ++j) ds[j] = p[j] * (ds[j] - d_i);
+          if (grad_weights) {
+            const T* dw = grad_weights + (bh * g.tq + i0 + r) * g.tk;
+            for (int64_t j = 0; j < seen; ++j) ds[j] += dw[j];
           }
-          // dQ (rows, D) += scale dS K ; dK (cols, D) += scale dS^T Q
-          gemm<T>(blas, false, false, rows, g.d, cols, scale, dprobs.data(), kKeyBlock, k_bh + k0 * g.d, g.d, T(1),
-                  dq_bh + i0 * g.d, g.d);
-          gemm<T>(blas, true, false, cols, g.d, rows, scale, dprobs.data(), kKeyBlock, q_bh + i0 * g.d, g.d, T(1),
-                  dk_bh + k0 * g.d, g.d);
+          softmax_backward_row(probs.data() + r * width, ds, seen, keys);
         }
+        // dQ (rows, D) = scale dS K ; dK (keys, D) += scale dS^T Q
+        gemm<T>(blas, false, false, rows, g.d, keys, scale, dprobs.data(), width, k_bh, g.d, T(0), dq_bh + i0 * g.d,
+                g.d);
+        gemm<T>(blas, true, false, keys, g.d, rows, scale, dprobs.data(), width, q_bh + i0 * g.d, g.d, T(1), dk_bh,
+                g.d);
       }
     }
   });
@@ -424,8 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     backward_kernel<scalar_t>(g, grad_context.data_ptr<scalar_t>(),
                               grad_weights.defined() ? grad_weights.data_ptr<scalar_t>() : nullptr,
                               query.data_ptr<scalar_t>(), key.data_ptr<scalar_t>(), value.data_ptr<scalar_t>(),
-                              context.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
-                              weights.defined() ? weights.data_ptr<scalar_t>() : nullptr, scalar_t(scale), blas,
+                              lse.data_ptr<scalar_t>(), scalar_t(scale), blas,
                               grad_query.data_ptr<scalar_t>(), grad_key.data_ptr<scalar_t>(),
                               grad_value.data_ptr<scalar_t>());
   });

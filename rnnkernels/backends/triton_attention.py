@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..attention_ops import backward_formula, setup_context
 from . import register
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -79,27 +80,7 @@ def _backward_fake(grad_context, grad_weights, query, key, value, context, lse, 
     return [torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)]
 
 
-def _setup_context(ctx, inputs, output):
-    query, key, value, key_lengths, causal, scale, return_weights = inputs
-    context, lse, weights = output
-    ctx.save_for_backward(query, key, value, key_lengths, context, lse, weights if return_weights else None)
-    ctx.causal, ctx.scale, ctx.return_weights = causal, scale, return_weights
-    ctx.mark_non_differentiable(lse)
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_context, grad_lse, grad_weights):
-    query, key, value, key_lengths, context, lse, weights = ctx.saved_tensors
-    if grad_context is None:
-        grad_context = torch.zeros_like(context)
-    if not ctx.return_weights:
-        grad_weights = None
-    grad_query, grad_key, grad_value = _backward_op(grad_context, grad_weights, query, key, value, context, lse,
-                                                    weights, key_lengths, ctx.causal, ctx.scale)
-    return grad_query, grad_key, grad_value, None, None, None, None
-
-
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
+_forward_op.register_autograd(backward_formula(_backward_op), setup_context=setup_context)
 
 
 def triton_attention(query, key, value, key_lengths, causal, scale, return_weights):
