@@ -34,7 +34,9 @@ namespace {
 #endif
 
 // Below this many elements a step runs on one thread: forking costs more.
-constexpr int64_t kMinElementsPerTask = 16384;
+// On the quiet 2-core box, 2048 beat 16384 and 512 (fwd+bwd vs torch.nn,
+// GRU (35, 20, 200, 200): 1.59 -> 1.89; LSTM 0.86 -> 0.91).
+constexpr int64_t kMinElementsPerTask = 2048;
 
 template <typename F>
 void for_each_row_block(int64_t batch, int64_t elements_per_row, const F& fn) {
@@ -229,47 +231,42 @@ RK_ALWAYS_INLINE void backward_rows(const BackwardStep& s, int64_t b_begin, int6
   }
 }
 
-RK_CPU_CLONES void forward_rows_float(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+// rows<scalar_t>(step, b0, b1): the forward or backward rows of one block;
+// float goes through the multiversioned clones.
+RK_CPU_CLONES void float_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
   forward_rows<float>(s, b_begin, b_end);
 }
 
-RK_CPU_CLONES void backward_rows_float(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+RK_CPU_CLONES void float_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
   backward_rows<float>(s, b_begin, b_end);
 }
 
 template <typename scalar_t>
-void forward_block(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    forward_rows_float(s, b_begin, b_end);
-  } else {
-    forward_rows<scalar_t>(s, b_begin, b_end);
-  }
+void rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+  if constexpr (std::is_same_v<scalar_t, float>) float_rows(s, b_begin, b_end);
+  else forward_rows<scalar_t>(s, b_begin, b_end);
 }
 
 template <typename scalar_t>
-void backward_block(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    backward_rows_float(s, b_begin, b_end);
-  } else {
-    backward_rows<scalar_t>(s, b_begin, b_end);
-  }
+void rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+  if constexpr (std::is_same_v<scalar_t, float>) float_rows(s, b_begin, b_end);
+  else backward_rows<scalar_t>(s, b_begin, b_end);
+}
+
+// One step over the batch: `gates` is the step's (B, G*H) gate buffer, whose
+// dtype picks the instantiation and whose row width sizes the thread blocks.
+template <typename Step>
+void run_step(const Step& step, const at::Tensor& gates) {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "rnnkernels_pointwise_step_cpu", [&] {
+    for_each_row_block(gates.size(0), gates.size(1), [&](int64_t b0, int64_t b1) { rows<scalar_t>(step, b0, b1); });
+  });
 }
 
 }  // namespace
 
-void forward_step_cpu(const ForwardStep& step) {
-  const int64_t batch = step.gi.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.gi.scalar_type(), "rnnkernels_forward_step_cpu", [&] {
-    for_each_row_block(batch, step.gi.size(1), [&](int64_t b0, int64_t b1) { forward_block<scalar_t>(step, b0, b1); });
-  });
-}
+void forward_step_cpu(const ForwardStep& step) { run_step(step, step.gi); }
 
-void backward_step_cpu(const BackwardStep& step) {
-  const int64_t batch = step.d_pre.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, step.d_pre.scalar_type(), "rnnkernels_backward_step_cpu", [&] {
-    for_each_row_block(batch, step.d_pre.size(1), [&](int64_t b0, int64_t b1) { backward_block<scalar_t>(step, b0, b1); });
-  });
-}
+void backward_step_cpu(const BackwardStep& step) { run_step(step, step.d_pre); }
 
 void commit_projection_cpu(const CommitProjection& s) {
   const int64_t* lengths = lengths_ptr(s.lengths);
