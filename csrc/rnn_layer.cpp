@@ -26,10 +26,14 @@
 
 #include <c10/util/irange.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include <ATen/Dispatch.h>
+
+#include "cpu/blas.h"
 #include "pointwise.h"
 #include "sorted_batch.h"
 
@@ -170,6 +174,33 @@ void gather_projected_grad(const GatherProjectedGrad& step, const at::Tensor& x)
   TORCH_CHECK(false, "rnnkernels: no pointwise step for device ", x.device());
 }
 
+// The BLAS leading dimension of a row-major 2-D tensor, or -1 when its
+// layout is not one (size-1 dims may carry any stride).
+int64_t leading_dim(const at::Tensor& t) {
+  if (t.size(1) > 1 && t.stride(1) != 1) return -1;
+  if (t.size(0) == 1) return std::max<int64_t>(t.size(1), 1);
+  return t.stride(0) >= t.size(1) ? t.stride(0) : -1;
+}
+
+// out = a b, or out += a b with `accumulate`: the per-step products. CPU
+// float and double call BLAS directly (cpu/blas.h); anything else, ATen.
+void step_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (out.size(0) == 0) return;
+  const int64_t lda = leading_dim(a), ldb = leading_dim(b), ldc = leading_dim(out);
+  if (out.is_cpu() && (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) && lda > 0 &&
+      ldb > 0 && ldc > 0) {
+    bool done = false;
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_step_gemm", [&] {
+      done = blas::gemm<scalar_t>(false, false, a.size(0), b.size(1), a.size(1), scalar_t(1), a.data_ptr<scalar_t>(),
+                                  lda, b.data_ptr<scalar_t>(), ldb, scalar_t(accumulate ? 1 : 0),
+                                  out.data_ptr<scalar_t>(), ldc);
+    });
+    if (done) return;
+  }
+  at::Tensor result = out;
+  if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);
+}
+
 // Per-step views made once per call: an indexing op per step and tensor
 // costs about a microsecond of dispatch, which small steps notice.
 std::vector<at::Tensor> steps_of(const at::Tensor& t) {
@@ -263,10 +294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     step.h_prev = state_at[slot(k)];
     step.h_next = state_at[slot(k + 1)];
     const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
-    if (n > 0) {
-      at::Tensor gh_running = running(gh, n);
-      at::mm_out(gh_running, running(step.h_prev, n), w_hh_t);
-    }
+    step_gemm(running(gh, n), running(step.h_prev, n), w_hh_t, /*accumulate=*/false);
     if (lstm) {
       step.c_prev = cell_at[slot(k)];
       step.c_next = cell_at[slot(k + 1)];
@@ -276,10 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (gates.numel() > 0) step.saved = saved_at[t];
     forward_step(step, x);
     if (w_hr.defined()) {
-      if (n > 0) {
-        at::Tensor out_running = running(step.out, n);
-        at::mm_out(out_running, running(step.h_raw, n), w_hr_t);
-      }
+      step_gemm(running(step.out, n), running(step.h_raw, n), w_hr_t, /*accumulate=*/false);
       commit_projection({t, lengths, step.out, step.h_prev, step.h_next}, x);
     }
   }
@@ -355,10 +380,7 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
     const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
     if (w_hr.defined()) {
       gather_projected_grad({t, lengths, dh, grad_output.defined() ? grad_out_at[t] : at::Tensor(), d_proj_at[t]}, x);
-      if (n > 0) {
-        at::Tensor dh_raw_running = running(dh_raw, n);
-        at::mm_out(dh_raw_running, running(d_proj_at[t], n), w_hr);
-      }
+      step_gemm(running(dh_raw, n), running(d_proj_at[t], n), w_hr, /*accumulate=*/false);
       step.dh_raw = dh_raw;
     } else if (grad_output.defined()) {
       step.grad_out = grad_out_at[t];
@@ -375,7 +397,7 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
     if (gru) step.d_gh = d_gh_at[t];
     step.dh_prev = dh_prev;
     backward_step(step, x);
-    if (n > 0) running(dh_prev, n).addmm_(running(d_gh_at[t], n), w_hh);  // (n, G*H) @ (G*H, P)
+    step_gemm(running(dh_prev, n), running(d_gh_at[t], n), w_hh, /*accumulate=*/true);  // (n, G*H) @ (G*H, P)
     std::swap(dh, dh_prev);
   }
 

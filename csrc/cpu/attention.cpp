@@ -34,17 +34,8 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/blas.h"
 #include "cpu/fast_math.h"
-
-extern "C" {
-// Fortran BLAS, resolved from libtorch_cpu when it exports them (weak: null otherwise).
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc) __attribute__((weak));
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc) __attribute__((weak));
-}
 
 namespace rnnkernels {
 namespace {
@@ -57,30 +48,12 @@ bool blas_wanted() {
   return !(off != nullptr && off[0] == '1');
 }
 
-// The BLAS routine for T (null when libtorch_cpu does not export it).
-inline decltype(&sgemm_) blas_gemm(float) { return sgemm_; }
-inline decltype(&dgemm_) blas_gemm(double) { return dgemm_; }
-
-// Column-major C = alpha op(A) op(B) + beta C by BLAS; false when there is none.
-template <typename T>
-inline bool blas_call(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
-                      T beta, T* c, int ldc) {
-  const auto routine = blas_gemm(T());
-  if (routine == nullptr) return false;
-  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
-  routine(&ca, &cb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-  return true;
-}
-
 // Row-major C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C.
 template <typename T>
 void gemm(bool blas, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  // Column-major BLAS sees row-major matrices transposed: C^T = op(B)^T op(A)^T.
-  if (blas && k > 0 &&
-      blas_call(trans_b, trans_a, int(n), int(m), int(k), alpha, b, int(ldb), a, int(lda), beta, c, int(ldc)))
-    return;
+  if (blas && blas::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
   for (int64_t i = 0; i < m; ++i) {
     T* ci = c + i * ldc;
     if (beta == T(0)) {

@@ -80,8 +80,10 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
   const int64_t H = lstm ? s.c_prev.size(1) : P;
   const bool projected = s.h_raw.defined();
   // Inference writes the activations to a throw-away row: a branch-free inner
-  // loop is one the compiler vectorises.
-  std::vector<scalar_t> scratch(s.saved.defined() ? 0 : saved_gate_count(s.mode) * H);
+  // loop is one the compiler vectorises. The row is kept per thread, so that
+  // steps do not allocate (B = 1: malloc was 5% of the step).
+  thread_local std::vector<scalar_t> scratch;
+  if (!s.saved.defined()) scratch.resize(std::max<size_t>(scratch.size(), saved_gate_count(s.mode) * H));
   const scalar_t* b_ih = s.b_ih.data_ptr<scalar_t>();
   const scalar_t* b_hh = s.b_hh.data_ptr<scalar_t>();
   for (int64_t b = b_begin; b < b_end; ++b) {

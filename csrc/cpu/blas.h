@@ -1,0 +1,45 @@
+// Row-major GEMM straight into the BLAS that libtorch_cpu links (MKL or
+// OpenBLAS), for the small per-step products: at::mm_out's dispatch, checks
+// and TensorIterator set-up cost microseconds per call, which a recurrent
+// layer pays T times (B = 1, T = 200: a third of the step). The Fortran
+// symbols are weak: when libtorch_cpu does not export them the caller falls
+// back to ATen (`gemm` returns false).
+#pragma once
+
+#include <cstdint>
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace rnnkernels {
+namespace blas {
+
+// The BLAS routine for T (null when libtorch_cpu does not export it).
+inline decltype(&sgemm_) routine(float) { return sgemm_; }
+inline decltype(&dgemm_) routine(double) { return dgemm_; }
+
+// Row-major C (m, n) = alpha op(A) (m, k) op(B) (k, n) + beta C, by BLAS;
+// false (nothing done) when there is none, k is 0 or a size overflows int.
+template <typename T>
+inline bool gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+                 const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  const auto fn = routine(T());
+  constexpr int64_t kIntMax = 2147483647;
+  if (fn == nullptr || k == 0 || m > kIntMax || n > kIntMax || k > kIntMax || lda > kIntMax || ldb > kIntMax || ldc > kIntMax)
+    return false;
+  if (m == 0 || n == 0) return true;
+  // Column-major BLAS sees row-major matrices transposed: C^T = op(B)^T op(A)^T.
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int M = int(n), N = int(m), K = int(k), LDA = int(ldb), LDB = int(lda), LDC = int(ldc);
+  fn(&ta, &tb, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+  return true;
+}
+
+}  // namespace blas
+}  // namespace rnnkernels
