@@ -19,9 +19,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkernels as rk
+from rnnkernels.benchmarks.suite import CPU_SHAPES
 
-SHAPES = [(35, 20, 200, 200), (35, 20, 650, 650), (100, 8, 128, 256), (50, 64, 256, 512), (200, 1, 64, 128),
-          (16, 256, 128, 128)]
+SHAPES = [tuple(shape) for shape in CPU_SHAPES]  # (T, B, input, hidden), defined in suite.py
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
 TORCH_MODULE = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}
 RK_MODULE = {"lstm": rk.LSTM, "gru": rk.GRU, "rnn_tanh": rk.RNN}
