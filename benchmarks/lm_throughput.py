@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--embed", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"])
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-tokens", type=int, default=50_000)
     parser.add_argument("--backend", default="auto", help="rnnkernels backend of the rk model")
@@ -43,9 +44,10 @@ def main(argv=None) -> int:
 
     data = load_lm(args.data, max_chars=args.max_chars)
     torch.manual_seed(args.seed)
-    ours = RNNLanguageModel(len(data.vocab), args.embed, args.hidden, args.layers, backend=args.backend)
-    theirs = rk.unconvert(copy.deepcopy(ours))  # torch.nn.LSTM, identical weights
-    assert type(theirs.rnn) is torch.nn.LSTM and type(ours.rnn) is rk.LSTM
+    ours = RNNLanguageModel(len(data.vocab), args.embed, args.hidden, args.layers, cell=args.cell,
+                            backend=args.backend)
+    theirs = rk.unconvert(copy.deepcopy(ours))  # torch.nn.LSTM / GRU / RNN, identical weights
+    assert type(theirs.rnn).__module__.startswith("torch.nn") and type(ours.rnn).__module__.startswith("rnnkernels")
     models = {"rnnkernels": ours, "torch": theirs}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=args.lr) for name, m in models.items()}
     times = {name: [] for name in models}
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
             if step >= args.warmup:
                 times[name].append(time.perf_counter() - began)
     tokens = args.batch_size * args.bptt
-    result = {"steps": args.steps, "batch_size": args.batch_size, "bptt": args.bptt, "hidden": args.hidden,
+    result = {"cell": args.cell, "steps": args.steps, "batch_size": args.batch_size, "bptt": args.bptt, "hidden": args.hidden,
               "layers": args.layers, "backend": rk.backends.resolve(args.backend, "cpu", "rnn", torch.float32)[0],
               "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
     for name, model in models.items():
