@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import rnnkernels as rk
 from rnnkernels.data import load_lm
 from rnnkernels.models import RNNLanguageModel
+from rnnkernels.models.common import CELLS
 
 
 def main(argv=None) -> int:
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--embed", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"])
+    parser.add_argument("--cell", default="lstm", choices=sorted(CELLS))
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-tokens", type=int, default=50_000)
     parser.add_argument("--backend", default="auto", help="rnnkernels backend of the rk model")
