@@ -201,6 +201,14 @@ void step_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
   if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);
 }
 
+// Whether a step's GEMM, (B, P) x (P, G*H), is too small for two BLAS threads
+// to beat one (measured on the 2-core box: B = 1, H = 128 is; B = 8, H = 256
+// is not).
+bool tiny_steps(const at::Tensor& x, int64_t B, int64_t GH, int64_t P) {
+  constexpr int64_t kMaxSingleThreadMacs = 1 << 18;
+  return x.is_cpu() && B * GH * P <= kMaxSingleThreadMacs;
+}
+
 // Per-step views made once per call: an indexing op per step and tensor
 // costs about a microsecond of dispatch, which small steps notice.
 std::vector<at::Tensor> steps_of(const at::Tensor& t) {
@@ -280,6 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (c0.defined()) cells[slot(0)].copy_(c0); else cells[slot(0)].zero_();
   }
   const auto gi_at = steps_of(gi), state_at = steps_of(states), cell_at = steps_of(cells), out_at = steps_of(out);
+  const blas::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
   const auto saved_at = steps_of(gates), raw_at = steps_of(hidden_raw);
   for (const auto k : c10::irange(T)) {
     const int64_t t = reverse ? T - 1 - k : k;
@@ -369,6 +378,8 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
 
   const auto state_at = steps_of(states), cell_at = steps_of(cells), saved_at = steps_of(gates);
   const auto d_pre_at = steps_of(d_pre), d_gh_at = steps_of(d_gh_all), d_proj_at = steps_of(d_proj);
+  {  // the step loop; the GEMMs over all steps below use every thread
+  const blas::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
   const auto grad_out_at = steps_of(grad_output);
   for (int64_t k = T - 1; k >= 0; --k) {
     const int64_t t = reverse ? T - 1 - k : k;
@@ -399,6 +410,7 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
     backward_step(step, x);
     step_gemm(running(dh_prev, n), running(d_gh_at[t], n), w_hh, /*accumulate=*/true);  // (n, G*H) @ (G*H, P)
     std::swap(dh, dh_prev);
+  }
   }
 
   // Everything below is one GEMM (or reduction) over all T*B rows.
