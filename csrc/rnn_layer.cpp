@@ -378,39 +378,39 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
 
   const auto state_at = steps_of(states), cell_at = steps_of(cells), saved_at = steps_of(gates);
   const auto d_pre_at = steps_of(d_pre), d_gh_at = steps_of(d_gh_all), d_proj_at = steps_of(d_proj);
-  {  // the step loop; the GEMMs over all steps below use every thread
-  const blas::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
-  const auto grad_out_at = steps_of(grad_output);
-  for (int64_t k = T - 1; k >= 0; --k) {
-    const int64_t t = reverse ? T - 1 - k : k;
-    BackwardStep step;
-    step.mode = s.mode;
-    step.t = t;
-    step.lengths = lengths;
-    step.dh = dh;
-    const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
-    if (w_hr.defined()) {
-      gather_projected_grad({t, lengths, dh, grad_output.defined() ? grad_out_at[t] : at::Tensor(), d_proj_at[t]}, x);
-      step_gemm(running(dh_raw, n), running(d_proj_at[t], n), w_hr, /*accumulate=*/false);
-      step.dh_raw = dh_raw;
-    } else if (grad_output.defined()) {
-      step.grad_out = grad_out_at[t];
+  {  // The step loop; the GEMMs over all steps below use every thread.
+    const blas::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
+    const auto grad_out_at = steps_of(grad_output);
+    for (int64_t k = T - 1; k >= 0; --k) {
+      const int64_t t = reverse ? T - 1 - k : k;
+      BackwardStep step;
+      step.mode = s.mode;
+      step.t = t;
+      step.lengths = lengths;
+      step.dh = dh;
+      const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
+      if (w_hr.defined()) {
+        gather_projected_grad({t, lengths, dh, grad_output.defined() ? grad_out_at[t] : at::Tensor(), d_proj_at[t]}, x);
+        step_gemm(running(dh_raw, n), running(d_proj_at[t], n), w_hr, /*accumulate=*/false);
+        step.dh_raw = dh_raw;
+      } else if (grad_output.defined()) {
+        step.grad_out = grad_out_at[t];
+      }
+      step.dc = dc;
+      if (gates.numel() > 0) step.saved = saved_at[t];
+      step.h_prev = state_at[slot(k)];
+      step.h_next = state_at[slot(k + 1)];
+      if (lstm) {
+        step.c_prev = cell_at[slot(k)];
+        step.c_next = cell_at[slot(k + 1)];
+      }
+      step.d_pre = d_pre_at[t];
+      if (gru) step.d_gh = d_gh_at[t];
+      step.dh_prev = dh_prev;
+      backward_step(step, x);
+      step_gemm(running(dh_prev, n), running(d_gh_at[t], n), w_hh, /*accumulate=*/true);  // (n, G*H) @ (G*H, P)
+      std::swap(dh, dh_prev);
     }
-    step.dc = dc;
-    if (gates.numel() > 0) step.saved = saved_at[t];
-    step.h_prev = state_at[slot(k)];
-    step.h_next = state_at[slot(k + 1)];
-    if (lstm) {
-      step.c_prev = cell_at[slot(k)];
-      step.c_next = cell_at[slot(k + 1)];
-    }
-    step.d_pre = d_pre_at[t];
-    if (gru) step.d_gh = d_gh_at[t];
-    step.dh_prev = dh_prev;
-    backward_step(step, x);
-    step_gemm(running(dh_prev, n), running(d_gh_at[t], n), w_hh, /*accumulate=*/true);  // (n, G*H) @ (G*H, P)
-    std::swap(dh, dh_prev);
-  }
   }
 
   // Everything below is one GEMM (or reduction) over all T*B rows.

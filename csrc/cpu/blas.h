@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
@@ -33,8 +34,10 @@ inline bool gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T 
                  const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   const auto fn = routine(T());
   constexpr int64_t kIntMax = 2147483647;
-  if (fn == nullptr || k == 0 || m > kIntMax || n > kIntMax || k > kIntMax || lda > kIntMax || ldb > kIntMax || ldc > kIntMax)
-    return false;
+  if (fn == nullptr || k == 0) return false;
+  for (const int64_t size : {m, n, k, lda, ldb, ldc}) {
+    if (size > kIntMax) return false;
+  }
   if (m == 0 || n == 0) return true;
   // Column-major BLAS sees row-major matrices transposed: C^T = op(B)^T op(A)^T.
   const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
