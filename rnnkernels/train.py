@@ -274,7 +274,10 @@ def _replica_max_difference(model: nn.Module, runtime: Runtime) -> float:
 def train(args, task) -> Dict[str, float]:
     runtime = Runtime(args.device, args.backend, args.dtype, allow_distributed=True, threads=args.threads)
     try:
-        return _train(args, task, runtime)
+        metrics = _train(args, task, runtime)
+        if runtime.distributed:  # every rank done (rank 0 evaluates and saves last) before any tears down
+            dist.barrier()
+        return metrics
     finally:
         runtime.close()
 

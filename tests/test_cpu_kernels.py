@@ -107,6 +107,22 @@ def test_matches_reference(case, dtype):
     assert max(errors.values()) < TOLERANCE[dtype], errors
 
 
+@pytest.mark.parametrize("case", [
+    RNNCase("lstm", bidirectional=True, steps=6, batch=24, input_size=10, hidden_size=100,
+            lengths=[6, 1, 4, 6, 0, 3] * 4),
+    RNNCase("lstm", steps=5, batch=40, input_size=7, hidden_size=90, proj_size=70, lengths=[5, 2, 4, 1] * 10),
+    RNNCase("gru", bidirectional=True, steps=5, batch=24, input_size=9, hidden_size=110, lengths=[5, 3, 1] * 8),
+    RNNCase("rnn_tanh", steps=4, batch=32, input_size=5, hidden_size=300),
+], ids=lambda c: c.describe())
+def test_float32_packed_weight_path_matches_reference(case):
+    # Batch x weight size above csrc/rnn_layer.cpp's kTinyStepMacs: the step
+    # GEMMs run on MKL-packed weights (when torch's BLAS is MKL), and uneven
+    # lengths shrink their row count below the packed maximum.
+    case.dtype = torch.float32
+    errors = run_rnn_case(case, "cpu", seed=5)
+    assert max(errors.values()) < TOLERANCE[torch.float32], errors
+
+
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_bfloat16_close_to_reference(mode):
     # bfloat16 storage, float32 gate math: within the harness' bfloat16 tolerance.

@@ -7,7 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
+#include <memory>
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
@@ -18,6 +20,12 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
             const int* ldc) __attribute__((weak));
 // MKL's per-thread thread count (returns the previous one; 0 = the global setting).
 int MKL_Set_Num_Threads_Local(int nthreads) __attribute__((weak));
+// MKL's packed GEMM (CBLAS enums as ints; MKL_INT is int in the LP64 MKL torch links).
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
 }
 
 namespace rnnkernels {
@@ -63,6 +71,45 @@ class SingleThreaded {
  private:
   bool active_;
   int previous_;
+};
+
+// A float matrix B (k, n) packed once into MKL's GEMM-kernel layout, for
+// C (m, n) = A (m, k) B + beta C with m <= max_m: the recurrent weight is
+// multiplied every step, and unpacked GEMMs re-pack it on every call.
+// `source` is B row-major, or B^T (n, k) row-major with `transposed`.
+// ok() is false when the BLAS has no packed GEMM (then use gemm()).
+class PackedMatrix {
+ public:
+  PackedMatrix(const float* source, bool transposed, int64_t k, int64_t n, int64_t max_m) {
+    constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162;
+    if (cblas_sgemm_pack_get_size == nullptr || cblas_sgemm_pack == nullptr || cblas_sgemm_compute == nullptr) return;
+    for (const int64_t size : {k, n, max_m}) {
+      if (size <= 0 || size > 2147483647) return;
+    }
+    const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(max_m), int(n), int(k));
+    buffer_.reset(static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+    if (!buffer_) return;
+    cblas_sgemm_pack(kRowMajor, kBMatrix, transposed ? kTrans : kNoTrans, int(max_m), int(n), int(k), 1.0f, source,
+                     transposed ? int(k) : int(n), buffer_.get());
+    k_ = int(k);
+    n_ = int(n);
+  }
+  bool ok() const { return buffer_ != nullptr; }
+
+  // C (m, n) = A (m, k) B + beta C, all row-major.
+  void multiply(int64_t m, const float* a, int64_t lda, float beta, float* c, int64_t ldc) const {
+    constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151;
+    if (m == 0) return;
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(m), n_, k_, a, int(lda), buffer_.get(), n_, beta, c,
+                        int(ldc));
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> buffer_;
+  int k_ = 0, n_ = 0;
 };
 
 }  // namespace blas
