@@ -1,7 +1,8 @@
 // Row-major GEMM straight into the BLAS that libtorch_cpu links (MKL or
 // OpenBLAS), for the small per-step products: at::mm_out's dispatch, checks
 // and TensorIterator set-up cost microseconds per call, which a recurrent
-// layer pays T times (B = 1, T = 200: a third of the step). The Fortran
+// layer pays T times (GRU, B = 1, T = 200, forward: 2.8 -> 3.1x torch.nn when
+// the steps skipped them). The Fortran
 // symbols are weak: when libtorch_cpu does not export them the caller falls
 // back to ATen (`gemm` returns false).
 #pragma once
