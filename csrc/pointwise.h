@@ -40,7 +40,8 @@ struct ForwardStep {
   at::Tensor c_next;   // (B, H) lstm only
   at::Tensor out;      // (B, P) output at t; unused with projection
   at::Tensor h_raw;    // (B, H) lstm with projection: h before projection, or undefined
-  at::Tensor saved;    // (B, saved_gate_count*H) activations for backward, or undefined (inference)
+  at::Tensor saved;    // (B, saved_gate_count*H) activations for backward, or undefined (inference);
+                       // lstm may pass gi itself: unit j's gates are stored after its gi is read
 };
 
 struct BackwardStep {
