@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkernels as rk
 from rnnkernels.benchmarks.suite import CPU_SHAPES
+from rnnkernels.benchmarks.timing import keep_freed_memory
 
 SHAPES = [tuple(shape) for shape in CPU_SHAPES]  # (T, B, input, hidden), defined in suite.py
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
@@ -134,7 +135,12 @@ def main(argv=None):
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process' CPU time instead of wall time: steadier on a shared "
                              "machine (use with --threads 1, where it is the compute time)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="malloc keeps freed blocks for reuse, as a caching allocator does "
+                             "(benchmarks/timing.py: keep_freed_memory), so no side pays page faults per call")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory needs glibc's mallopt")
     global CLOCK
     if args.cpu_time:
         CLOCK = time.process_time
@@ -144,7 +150,8 @@ def main(argv=None):
     shapes = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES
     cells = args.cells.split(",")
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-             f"{'process CPU time' if args.cpu_time else 'wall time'}, median of {repeats}; "
+             f"{'process CPU time' if args.cpu_time else 'wall time'}, median of {repeats}, "
+             f"{'malloc keeps freed memory' if args.keep_freed_memory else 'default malloc'}; "
              f"ratio = torch.nn time / rk time (> 1: rk faster); sgemm 1024^3: {sgemm_rate():.0f} GFLOP/s", "",
              "| cell | layers | T, B, I, H | fwd torch ms | fwd rk ms | fwd ratio | fwd+bwd torch ms | fwd+bwd rk ms "
              "| fwd+bwd ratio | rk fwd+bwd GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -22,6 +22,7 @@ import rnnkernels as rk
 from rnnkernels.data import load_lm
 from rnnkernels.models import RNNLanguageModel
 from rnnkernels.models.common import CELLS
+from rnnkernels.benchmarks.timing import keep_freed_memory
 
 
 def main(argv=None) -> int:
@@ -41,7 +42,12 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="auto", help="rnnkernels backend of the rk model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="malloc keeps freed blocks for reuse, as a caching allocator does "
+                             "(benchmarks/timing.py: keep_freed_memory), so no side pays page faults per step")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory needs glibc's mallopt")
 
     data = load_lm(args.data, max_chars=args.max_chars)
     torch.manual_seed(args.seed)
@@ -70,7 +76,8 @@ def main(argv=None) -> int:
     tokens = args.batch_size * args.bptt
     result = {"cell": args.cell, "steps": args.steps, "batch_size": args.batch_size, "bptt": args.bptt, "hidden": args.hidden,
               "layers": args.layers, "backend": rk.backends.resolve(args.backend, "cpu", "rnn", torch.float32)[0],
-              "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+              "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+              "malloc": "keeps freed memory" if args.keep_freed_memory else "default"}
     for name, model in models.items():
         result[f"{name}_valid_ppl"] = model.perplexity(data.valid[: args.eval_tokens], batch_size=16, bptt=args.bptt)
         result[f"{name}_tokens_per_s"] = tokens / statistics.median(times[name])

@@ -1,5 +1,7 @@
 """Side-by-side timing: median of repeats after warm-up, candidates interleaved
 so that drift on a noisy machine hits every candidate alike."""
+import ctypes
+import ctypes.util
 import statistics
 import time
 from typing import Callable, Dict
@@ -32,3 +34,23 @@ def time_side_by_side(candidates: Dict[str, Callable[[], object]], device, warmu
             samples[name].append((time.perf_counter() - t0) * 1e3)
         done += 1
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def keep_freed_memory() -> bool:
+    """Tells glibc's malloc to keep freed memory for reuse (mallopt: no mmap
+    for big blocks, no trimming), as a caching allocator (jemalloc, tcmalloc)
+    would. By default a freed block of a few MB goes back to the kernel and
+    the next call faults its pages in again, and that cost, per page, lands on
+    whichever implementation allocates more per call (torch.nn.LSTM's CPU
+    path, at the language-model shape: ~10,000 faults a training step). False
+    where there is no glibc."""
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit.
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))

@@ -81,3 +81,21 @@ def test_bench_attention_suite_table(tmp_path):
     assert "| name | shape | pass | baseline_ms | cpu_ms | cpu_speedup |" in table
     assert all(f"| {row['name']} | {row['shape']} | {row['pass']} |" in table for row in rows)
     assert "cpu        decode vs sdpa fwd+bwd" in result.stdout  # the per-backend summary covers attention
+
+
+def test_lm_throughput_benchmark_trains_both_models_alike(tmp_path):
+    """The language-model benchmark (benchmarks/lm_throughput.py), shrunk: both
+    models start from the same weights and see the same batches, so after the
+    same steps their validation perplexities agree; it reports the allocator
+    setting it ran under."""
+    from rnnkernels.benchmarks import lm_throughput
+
+    out = tmp_path / "lm.json"
+    assert lm_throughput.main(["--steps", "4", "--warmup", "1", "--max-chars", "30000", "--eval-tokens", "2000",
+                               "--batch-size", "4", "--bptt", "16", "--embed", "16", "--hidden", "24",
+                               "--keep-freed-memory", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["malloc"] == "keeps freed memory"
+    assert result["ppl_relative_difference"] < 1e-3
+    assert math.isfinite(result["rnnkernels_valid_ppl"]) and result["rnnkernels_valid_ppl"] > 1
+    assert result["throughput_ratio"] > 0
