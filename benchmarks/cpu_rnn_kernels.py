@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkernels as rk
 from rnnkernels.benchmarks.suite import CPU_SHAPES
-from rnnkernels.benchmarks.timing import keep_freed_memory
+from rnnkernels.benchmarks.timing import add_keep_freed_memory_flag, apply_keep_freed_memory_flag
 
 SHAPES = [tuple(shape) for shape in CPU_SHAPES]  # (T, B, input, hidden), defined in suite.py
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
@@ -135,12 +135,9 @@ def main(argv=None):
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process' CPU time instead of wall time: steadier on a shared "
                              "machine (use with --threads 1, where it is the compute time)")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="malloc keeps freed blocks for reuse, as a caching allocator does "
-                             "(benchmarks/timing.py: keep_freed_memory), so no side pays page faults per call")
+    add_keep_freed_memory_flag(parser)
     args = parser.parse_args(argv)
-    if args.keep_freed_memory and not keep_freed_memory():
-        parser.error("--keep-freed-memory needs glibc's mallopt")
+    apply_keep_freed_memory_flag(parser, args)
     global CLOCK
     if args.cpu_time:
         CLOCK = time.process_time

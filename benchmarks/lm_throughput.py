@@ -22,7 +22,7 @@ import rnnkernels as rk
 from rnnkernels.data import load_lm
 from rnnkernels.models import RNNLanguageModel
 from rnnkernels.models.common import CELLS
-from rnnkernels.benchmarks.timing import keep_freed_memory
+from rnnkernels.benchmarks.timing import add_keep_freed_memory_flag, apply_keep_freed_memory_flag
 
 
 def main(argv=None) -> int:
@@ -42,12 +42,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="auto", help="rnnkernels backend of the rk model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="malloc keeps freed blocks for reuse, as a caching allocator does "
-                             "(benchmarks/timing.py: keep_freed_memory), so no side pays page faults per step")
+    add_keep_freed_memory_flag(parser)
     args = parser.parse_args(argv)
-    if args.keep_freed_memory and not keep_freed_memory():
-        parser.error("--keep-freed-memory needs glibc's mallopt")
+    apply_keep_freed_memory_flag(parser, args)
 
     data = load_lm(args.data, max_chars=args.max_chars)
     torch.manual_seed(args.seed)

@@ -1,5 +1,6 @@
 """Side-by-side timing: median of repeats after warm-up, candidates interleaved
 so that drift on a noisy machine hits every candidate alike."""
+import argparse
 import ctypes
 import ctypes.util
 import statistics
@@ -54,3 +55,14 @@ def keep_freed_memory() -> bool:
         return False
     # 32 MiB is the largest mmap threshold glibc accepts on 64-bit.
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def add_keep_freed_memory_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="malloc keeps freed blocks for reuse, as a caching allocator does "
+                             "(benchmarks/timing.py: keep_freed_memory), so no side pays page faults per call")
+
+
+def apply_keep_freed_memory_flag(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory needs glibc's mallopt")
