@@ -311,7 +311,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // LSTM on the CPU saves its activations over gi: each step writes them over
   // the pre-activations it has just read, so no second (T, B, 4H) buffer is
   // faulted in and filled. At (64, 32, 256, 256) the forward pointwise pass
-  // went from 30-77 to 22-44 us a step (the range is the allocator's state).
+  // went from 27-77 to 22-44 us a step (the range is the allocator's state).
   // Not on CUDA yet: its kernel has never run with the two aliased.
   const bool gates_over_gi = lstm && x.is_cpu();
   at::Tensor gates = !training || !saved_gate_count(s.mode) ? at::empty({0}, opts)
