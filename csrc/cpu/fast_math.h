@@ -60,7 +60,9 @@ struct FastFloatMath {
   // divided by Q's constant term so that Q >= 1 suits reciprocal()): one
   // reciprocal and 11 FMAs, where exp-based tanh needs exp, a reciprocal and
   // a second polynomial for small |x|. Past +-7.905 tanh rounds to +-1.
-  // Relative error <= 4.5e-7 over all floats (1.8e-7 for the exp form).
+  // Relative error <= 4.5e-7 (1.8e-7 for the exp form) over 4e7 points of
+  // [-20, 20] and magnitudes 1e-38 to 1e38. LSTM/GRU/RNN-tanh forward vs
+  // torch.nn: +1-5% / +2-8% / +5-13% over the exp form.
   static inline float tanh(float x) {
     constexpr float kSaturation = 7.90531110763549805f;
     x = x > kSaturation ? kSaturation : x;
