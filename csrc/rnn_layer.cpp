@@ -35,7 +35,7 @@
 
 #include <ATen/Dispatch.h>
 
-#include "cpu/blas.h"
+#include "cpu/gemm.h"
 #include "pointwise.h"
 #include "sorted_batch.h"
 
@@ -176,69 +176,12 @@ void gather_projected_grad(const GatherProjectedGrad& step, const at::Tensor& x)
   TORCH_CHECK(false, "rnnkernels: no pointwise step for device ", x.device());
 }
 
-// The BLAS leading dimension of a row-major 2-D tensor, or -1 when its
-// layout is not one (size-1 dims may carry any stride).
-int64_t leading_dim(const at::Tensor& t) {
-  if (t.size(1) > 1 && t.stride(1) != 1) return -1;
-  if (t.size(0) == 1) return std::max<int64_t>(t.size(1), 1);
-  return t.stride(0) >= t.size(1) ? t.stride(0) : -1;
-}
-
-// Whether a step's GEMM, (B, P) x (P, G*H), is too small for two BLAS threads
-// to beat one, or for packing its weight to pay (measured on the 2-core box:
-// B = 1, H = 128 is; B = 8, H = 256 is not).
+// Whether a step's GEMM, (B, P) x (P, G*H), is too small for two threads to
+// beat one (measured on the 2-core box: B = 1, H = 128 is; B = 8, H = 256 is not).
 constexpr int64_t kTinyStepMacs = 1 << 18;
 
 bool tiny_steps(const at::Tensor& x, int64_t B, int64_t GH, int64_t P) {
   return x.is_cpu() && B * GH * P <= kTinyStepMacs;
-}
-
-// The (k, n) weight of a per-step GEMM, as MKL's packed copy where there is
-// one (CPU float32, not tiny), else as a row-major tensor. Packed once per
-// call, it is read in MKL's kernel layout on every step: (35, 20, 650, 650)
-// LSTM forward 0.73 -> 0.94x torch.nn, GRU 0.97 -> 1.29x.
-struct StepWeight {
-  at::Tensor matrix;                             // (k, n); undefined when packed
-  std::unique_ptr<blas::PackedMatrix> packed;  // null when not
-
-  // `stored` is the weight as the layer keeps it: (k, n), or (n, k) with `transpose`.
-  StepWeight(const at::Tensor& stored, bool transpose, int64_t max_rows) {
-    if (stored.is_cpu() && stored.scalar_type() == at::kFloat && stored.is_contiguous() &&
-        max_rows * stored.numel() > kTinyStepMacs) {
-      const int64_t k = transpose ? stored.size(1) : stored.size(0), n = transpose ? stored.size(0) : stored.size(1);
-      packed = std::make_unique<blas::PackedMatrix>(stored.data_ptr<float>(), transpose, k, n, max_rows);
-      if (packed->ok()) return;
-      packed.reset();
-    }
-    // Contiguous (k, n) copies: MKL runs these GEMMs 1.2-1.8x faster than on a transposed view.
-    matrix = transpose ? stored.t().contiguous() : stored;
-  }
-};
-
-// out = a w, or out += a w with `accumulate`: the per-step products. CPU
-// float and double call BLAS directly (cpu/blas.h); anything else, ATen.
-void step_gemm(const at::Tensor& out, const at::Tensor& a, const StepWeight& w, bool accumulate) {
-  if (out.size(0) == 0) return;
-  const int64_t lda = leading_dim(a), ldc = leading_dim(out);
-  if (w.packed) {
-    TORCH_INTERNAL_ASSERT(lda > 0 && ldc > 0, "rnnkernels: step GEMM operands must be row-major");
-    w.packed->multiply(a.size(0), a.data_ptr<float>(), lda, accumulate ? 1.0f : 0.0f, out.data_ptr<float>(), ldc);
-    return;
-  }
-  const at::Tensor& b = w.matrix;
-  const int64_t ldb = leading_dim(b);
-  if (out.is_cpu() && (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) && lda > 0 &&
-      ldb > 0 && ldc > 0) {
-    bool done = false;
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_step_gemm", [&] {
-      done = blas::gemm<scalar_t>(false, false, a.size(0), b.size(1), a.size(1), scalar_t(1), a.data_ptr<scalar_t>(),
-                                  lda, b.data_ptr<scalar_t>(), ldb, scalar_t(accumulate ? 1 : 0),
-                                  out.data_ptr<scalar_t>(), ldc);
-    });
-    if (done) return;
-  }
-  at::Tensor result = out;
-  if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);
 }
 
 // Per-step views made once per call: an indexing op per step and tensor
@@ -249,6 +192,19 @@ std::vector<at::Tensor> steps_of(const at::Tensor& t) {
 
 // The first n rows of a (B, ...) tensor: the rows still running.
 at::Tensor running(const at::Tensor& t, int64_t n) { return n == t.size(0) ? t : t.narrow(0, 0, n); }
+
+// x (T, B, I) in sorted batch order with every row past its sequence's end
+// zeroed: the weight gradient sums d_pre x over all rows, and d_pre = 0 there
+// does not cancel a NaN or Inf the caller padded with (0 * NaN = NaN).
+at::Tensor without_padding(const at::Tensor& x, const BatchOrder& batch) {
+  if (!batch.lengths.defined()) return x;
+  at::Tensor copy = x.clone();
+  for (const auto t : c10::irange(x.size(0))) {
+    const int64_t alive = batch.alive[t];
+    if (alive < x.size(1)) copy[t].narrow(0, alive, x.size(1) - alive).zero_();
+  }
+  return copy;
+}
 
 // Which slice of `states` / `cells` holds the state before the k-th processed
 // step (k = 0..T); see the layout at the top. Inference keeps two slices.
@@ -290,16 +246,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, GH = s.G * s.H;
   const auto opts = x.options();
 
-  // gi (T, B, G*H) = x W_ih^T for all steps in one GEMM. BLAS takes the
-  // transposed view as it is: a contiguous copy made it 1.04-1.8x slower
-  // (one big GEMM, unlike the per-step ones of StepWeight). Biases go to the
+  // gi (T, B, G*H) = x W_ih^T for all steps in one GEMM, on W_ih's
+  // transposed view: with MKL a contiguous copy made it 1.04-1.8x slower (one
+  // big GEMM, unlike the per-step ones of StepWeight). Biases go to the
   // pointwise step.
-  const StepWeight w_hh_t(w_hh, /*transpose=*/true, B);  // (P, G*H)
+  const gemm::StepWeight w_hh_t(w_hh, /*transpose=*/true, B, /*accumulate=*/false, T);  // (P, G*H)
   at::Tensor gi = at::empty({T, B, GH}, opts);
-  {
-    at::Tensor gi_2d = gi.view({T * B, GH});
-    at::mm_out(gi_2d, x.view({T * B, s.I}), w_ih.t());
-  }
+  gemm::matmul(gi.view({T * B, GH}), x.view({T * B, s.I}), w_ih.t());
   const at::Tensor zero_bias = (b_ih.defined() && b_hh.defined()) ? at::Tensor() : at::zeros({GH}, opts);
   const at::Tensor bias_ih = b_ih.defined() ? b_ih.contiguous() : zero_bias;
   const at::Tensor bias_hh = b_hh.defined() ? b_hh.contiguous() : zero_bias;
@@ -319,7 +272,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                      : at::empty({T, B, saved_gate_count(s.mode) * H}, opts);
   // h before projection: saved for backward, else one step's scratch.
   at::Tensor hidden_raw = w_hr.defined() ? at::empty({training ? T : 1, B, H}, opts) : at::empty({0}, opts);
-  const auto w_hr_t = w_hr.defined() ? std::make_unique<StepWeight>(w_hr, /*transpose=*/true, B) : nullptr;  // (H, P)
+  const auto w_hr_t = w_hr.defined() ? std::make_unique<gemm::StepWeight>(w_hr, /*transpose=*/true, B, false, T)
+                                      : nullptr;  // (H, P)
   at::Tensor gh = at::empty({B, GH}, opts);  // (B, G*H) h_prev W_hh^T of the current step
   at::Tensor out = at::empty({T, B, P}, opts);
 
@@ -328,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (c0.defined()) cells[slot(0)].copy_(c0); else cells[slot(0)].zero_();
   }
   const auto gi_at = steps_of(gi), state_at = steps_of(states), cell_at = steps_of(cells), out_at = steps_of(out);
-  const blas::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
+  const gemm::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
   const auto saved_at = steps_of(gates), raw_at = steps_of(hidden_raw);
   for (const auto k : c10::irange(T)) {
     const int64_t t = reverse ? T - 1 - k : k;
@@ -343,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     step.h_prev = state_at[slot(k)];
     step.h_next = state_at[slot(k + 1)];
     const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
-    step_gemm(running(gh, n), running(step.h_prev, n), w_hh_t, /*accumulate=*/false);
+    w_hh_t.multiply(running(gh, n), running(step.h_prev, n));
     if (lstm) {
       step.c_prev = cell_at[slot(k)];
       step.c_next = cell_at[slot(k + 1)];
@@ -353,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (gates.numel() > 0) step.saved = saved_at[t];
     forward_step(step, x);
     if (w_hr.defined()) {
-      step_gemm(running(step.out, n), running(step.h_raw, n), *w_hr_t, /*accumulate=*/false);
+      w_hr_t->multiply(running(step.out, n), running(step.h_raw, n));
       commit_projection({t, lengths, step.out, step.h_prev, step.h_next}, x);
     }
   }
@@ -419,9 +373,10 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
   const auto state_at = steps_of(states), cell_at = steps_of(cells), saved_at = steps_of(gates);
   const auto d_pre_at = steps_of(d_pre), d_gh_at = steps_of(d_gh_all), d_proj_at = steps_of(d_proj);
   {  // The step loop; the GEMMs over all steps below use every thread.
-    const blas::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
-    const StepWeight w_hh_step(w_hh, /*transpose=*/false, B);  // (G*H, P)
-    const auto w_hr_step = w_hr.defined() ? std::make_unique<StepWeight>(w_hr, /*transpose=*/false, B) : nullptr;
+    const gemm::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
+    const gemm::StepWeight w_hh_step(w_hh, /*transpose=*/false, B, /*accumulate=*/true, T);  // (G*H, P)
+    const auto w_hr_step = w_hr.defined() ? std::make_unique<gemm::StepWeight>(w_hr, /*transpose=*/false, B, false, T)
+                                          : nullptr;  // (P, H)
     const auto grad_out_at = steps_of(grad_output);
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t t = reverse ? T - 1 - k : k;
@@ -433,7 +388,7 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
       const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
       if (w_hr.defined()) {
         gather_projected_grad({t, lengths, dh, grad_output.defined() ? grad_out_at[t] : at::Tensor(), d_proj_at[t]}, x);
-        step_gemm(running(dh_raw, n), running(d_proj_at[t], n), *w_hr_step, /*accumulate=*/false);
+        w_hr_step->multiply(running(dh_raw, n), running(d_proj_at[t], n));
         step.dh_raw = dh_raw;
       } else if (grad_output.defined()) {
         step.grad_out = grad_out_at[t];
@@ -450,25 +405,30 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
       if (gru) step.d_gh = d_gh_at[t];
       step.dh_prev = dh_prev;
       backward_step(step, x);
-      step_gemm(running(dh_prev, n), running(d_gh_at[t], n), w_hh_step, /*accumulate=*/true);  // (n, G*H) @ (G*H, P)
+      w_hh_step.multiply(running(dh_prev, n), running(d_gh_at[t], n));  // += (n, G*H) @ (G*H, P)
       std::swap(dh, dh_prev);
     }
   }
 
   // Everything below is one GEMM (or reduction) over all T*B rows.
   const at::Tensor d_pre_2d = d_pre.view({T * B, GH}), d_gh_2d = d_gh_all.view({T * B, GH});
-  at::Tensor grad_x = input_grad ? batch.unsort(at::mm(d_pre_2d, w_ih).view({T, B, I}), 1) : at::Tensor();
+  auto product = [&](const at::Tensor& a, const at::Tensor& b) {
+    at::Tensor out = at::empty({a.size(0), b.size(1)}, opts);
+    gemm::matmul(out, a, b);
+    return out;
+  };
+  at::Tensor grad_x = input_grad ? batch.unsort(product(d_pre_2d, w_ih).view({T, B, I}), 1) : at::Tensor();
   at::Tensor grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr;
   if (weight_grad) {
-    grad_w_ih = at::mm(d_pre_2d.t(), x.view({T * B, I}));
+    grad_w_ih = product(d_pre_2d.t(), without_padding(x, batch).view({T * B, I}));
     // The state entering step t, for all t: states[0:T] forward, states[1:T+1] in reverse.
     const at::Tensor h_entering = states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, P});
-    grad_w_hh = at::mm(d_gh_2d.t(), h_entering);
+    grad_w_hh = product(d_gh_2d.t(), h_entering);
     if (has_bias) {
       grad_b_ih = d_pre_2d.sum(0);
       grad_b_hh = gru ? d_gh_2d.sum(0) : grad_b_ih.clone();
     }
-    if (w_hr.defined()) grad_w_hr = at::mm(d_proj.view({T * B, P}).t(), hidden_raw.view({T * B, H}));
+    if (w_hr.defined()) grad_w_hr = product(d_proj.view({T * B, P}).t(), hidden_raw.view({T * B, H}));
   }
   // Gradients not asked for (or of absent arguments) are empty tensors.
   auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, opts); };

@@ -22,11 +22,13 @@
 namespace rnnkernels {
 namespace {
 
-// float rows are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at
+// float and bfloat16 rows are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at
 // load time (GCC function multiversioning): the wheel stays portable and the
-// vectorised gate math runs at the machine's vector width.
+// vectorised gate math runs at the machine's vector width. `flatten` inlines
+// the gate math into each clone: past GCC's inlining budget (the bfloat16
+// rows) a call left in the loop kept it scalar.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define RK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #define RK_ALWAYS_INLINE __attribute__((always_inline)) inline
 #else
 #define RK_CPU_CLONES
@@ -68,11 +70,49 @@ void zero_row(scalar_t* dst, int64_t n) {
   if (dst != nullptr) std::fill(dst, dst + n, scalar_t(0));
 }
 
+// The rows hold bfloat16 as its raw bits (uint16_t) and convert with the
+// widen/narrow below, which the vectoriser sees through: with c10::BFloat16
+// itself, its struct copies and the NaN branch of its rounding kept the
+// bfloat16 rows scalar. narrow() rounds to nearest even, NaN stays NaN, like c10's.
+template <typename scalar_t>
+using storage_of = std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, uint16_t, scalar_t>;
+
+// Row b of a (B, n) tensor as storage, or nullptr for an undefined one.
+template <typename scalar_t>
+storage_of<scalar_t>* storage_row(const at::Tensor& tensor, int64_t b) {
+  return reinterpret_cast<storage_of<scalar_t>*>(row<scalar_t>(tensor, b));
+}
+
+template <typename acc_t, typename stored_t>
+RK_ALWAYS_INLINE acc_t widen(stored_t v) {
+  if constexpr (std::is_same_v<stored_t, uint16_t>) {  // bfloat16 bits
+    const uint32_t bits = uint32_t(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  } else {
+    return acc_t(v);
+  }
+}
+
+template <typename stored_t, typename acc_t>
+RK_ALWAYS_INLINE stored_t narrow(acc_t v) {
+  if constexpr (std::is_same_v<stored_t, uint16_t>) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return v != v ? uint16_t(0x7FC0) : uint16_t(rounded);
+  } else {
+    return stored_t(v);
+  }
+}
+
 // ------------------------------------------------------------------ forward
 
 template <typename scalar_t>
 RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
+  using stored_t = storage_of<scalar_t>;
   using Math = CpuMath<acc_t>;
   const int64_t* lengths = lengths_ptr(s.lengths);
   const int64_t P = s.h_prev.size(1);
@@ -82,21 +122,21 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
   // Inference writes the activations to a throw-away row: a branch-free inner
   // loop is one the compiler vectorises. The row is kept per thread, so that
   // steps do not allocate (B = 1: malloc was 5% of the step).
-  thread_local std::vector<scalar_t> scratch;
+  thread_local std::vector<stored_t> scratch;
   if (!s.saved.defined()) scratch.resize(std::max<size_t>(scratch.size(), saved_gate_count(s.mode) * H));
-  const scalar_t* b_ih = s.b_ih.data_ptr<scalar_t>();
-  const scalar_t* b_hh = s.b_hh.data_ptr<scalar_t>();
+  const stored_t* b_ih = reinterpret_cast<const stored_t*>(s.b_ih.data_ptr<scalar_t>());
+  const stored_t* b_hh = reinterpret_cast<const stored_t*>(s.b_hh.data_ptr<scalar_t>());
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const scalar_t* gi = row<scalar_t>(s.gi, b);
-    const scalar_t* gh = row<scalar_t>(s.gh, b);
-    const scalar_t* h_prev = row<scalar_t>(s.h_prev, b);
-    scalar_t* h_next = row<scalar_t>(s.h_next, b);
-    scalar_t* out = row<scalar_t>(s.out, b);
-    scalar_t* saved = s.saved.defined() ? row<scalar_t>(s.saved, b) : scratch.data();
+    const stored_t* gi = storage_row<scalar_t>(s.gi, b);
+    const stored_t* gh = storage_row<scalar_t>(s.gh, b);
+    const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
+    stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
+    stored_t* out = storage_row<scalar_t>(s.out, b);
+    stored_t* saved = s.saved.defined() ? storage_row<scalar_t>(s.saved, b) : scratch.data();
     if (!alive(lengths, b, s.t)) {  // frozen state, zero output
-      if (lstm) copy_row(row<scalar_t>(s.c_next, b), row<scalar_t>(s.c_prev, b), H);
+      if (lstm) copy_row(storage_row<scalar_t>(s.c_next, b), storage_row<scalar_t>(s.c_prev, b), H);
       if (projected) {
-        zero_row(row<scalar_t>(s.h_raw, b), H);  // projected and then discarded by commit_projection
+        zero_row(storage_row<scalar_t>(s.h_raw, b), H);  // projected and then discarded by commit_projection
       } else {
         copy_row(h_next, h_prev, P);
         zero_row(out, P);
@@ -105,48 +145,60 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       continue;
     }
     // Pre-activation of gate unit k: both GEMM outputs plus both biases.
-    auto pre = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]) + acc_t(gh[k]) + acc_t(b_hh[k]); };
+    auto pre = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]) + widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
     // h goes to h_raw (to be projected) or straight into the next state and
     // the output; projected, the second store repeats the first (the GEMM
     // writes out), which keeps the loop branch-free.
-    scalar_t* h_dst = projected ? row<scalar_t>(s.h_raw, b) : h_next;
-    scalar_t* out_dst = projected ? h_dst : out;
+    stored_t* h_dst = projected ? storage_row<scalar_t>(s.h_raw, b) : h_next;
+    stored_t* out_dst = projected ? h_dst : out;
     if (lstm) {
-      const scalar_t* c_prev = row<scalar_t>(s.c_prev, b);
-      scalar_t* c_next = row<scalar_t>(s.c_next, b);
+      const stored_t* c_prev = storage_row<scalar_t>(s.c_prev, b);
+      stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         cells::LstmActivations<acc_t> act;
         acc_t c, h;
-        cells::lstm_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), acc_t(c_prev[j]), act,
+        cells::lstm_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), widen<acc_t>(c_prev[j]), act,
                                          c, h);
-        c_next[j] = scalar_t(c);
-        h_dst[j] = out_dst[j] = scalar_t(h);
-        saved[j] = scalar_t(act.i);
-        saved[H + j] = scalar_t(act.f);
-        saved[2 * H + j] = scalar_t(act.g);
-        saved[3 * H + j] = scalar_t(act.o);
+        c_next[j] = narrow<stored_t>(c);
+        const stored_t h_stored = narrow<stored_t>(h);  // one value, two stores: a chained store of a
+        h_dst[j] = h_stored;                           // struct (BFloat16) re-reads memory, unvectorised
+        out_dst[j] = h_stored;
+        saved[j] = narrow<stored_t>(act.i);
+        saved[H + j] = narrow<stored_t>(act.f);
+        saved[2 * H + j] = narrow<stored_t>(act.g);
+        saved[3 * H + j] = narrow<stored_t>(act.o);
       }
     } else if (gru) {
-      auto in = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]); };
-      auto rec = [&](int64_t k) { return acc_t(gh[k]) + acc_t(b_hh[k]); };
+      auto in = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]); };
+      auto rec = [&](int64_t k) { return widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         cells::GruActivations<acc_t> act;
         const acc_t h = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
-                                                        rec(2 * H + j), acc_t(h_prev[j]), act);
-        h_dst[j] = out_dst[j] = scalar_t(h);
-        saved[j] = scalar_t(act.r);
-        saved[H + j] = scalar_t(act.z);
-        saved[2 * H + j] = scalar_t(act.n);
-        saved[3 * H + j] = scalar_t(act.gh_n);
+                                                        rec(2 * H + j), widen<acc_t>(h_prev[j]), act);
+        const stored_t h_stored = narrow<stored_t>(h);
+        h_dst[j] = h_stored;
+        out_dst[j] = h_stored;
+        saved[j] = narrow<stored_t>(act.r);
+        saved[H + j] = narrow<stored_t>(act.z);
+        saved[2 * H + j] = narrow<stored_t>(act.n);
+        saved[3 * H + j] = narrow<stored_t>(act.gh_n);
       }
     } else if (s.mode == Mode::RnnTanh) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = out_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
+      for (int64_t j = 0; j < H; ++j) {
+        const stored_t h_stored = narrow<stored_t>(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
+        h_dst[j] = h_stored;
+        out_dst[j] = h_stored;
+      }
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = out_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(pre(j)));
+      for (int64_t j = 0; j < H; ++j) {
+        const stored_t h_stored = narrow<stored_t>(cells::rnn_relu_forward<acc_t>(pre(j)));
+        h_dst[j] = h_stored;
+        out_dst[j] = h_stored;
+      }
     }
   }
 }
@@ -156,6 +208,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
 template <typename scalar_t>
 RK_ALWAYS_INLINE void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
+  using stored_t = storage_of<scalar_t>;
   using Math = CpuMath<acc_t>;
   const int64_t* lengths = lengths_ptr(s.lengths);
   const int64_t P = s.dh.size(1);
@@ -164,95 +217,104 @@ RK_ALWAYS_INLINE void backward_rows(const BackwardStep& s, int64_t b_begin, int6
   const int64_t GH = s.d_pre.size(1);
   std::vector<acc_t> dh_row(H);  // gradient of this step's h (before projection)
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const scalar_t* dh_carry = row<scalar_t>(s.dh, b);
-    scalar_t* dh_prev = row<scalar_t>(s.dh_prev, b);
-    scalar_t* d_pre = row<scalar_t>(s.d_pre, b);
+    const stored_t* dh_carry = storage_row<scalar_t>(s.dh, b);
+    stored_t* dh_prev = storage_row<scalar_t>(s.dh_prev, b);
+    stored_t* d_pre = storage_row<scalar_t>(s.d_pre, b);
     if (!alive(lengths, b, s.t)) {  // the state passed through unchanged: so does its gradient
       copy_row(dh_prev, dh_carry, P);
       zero_row(d_pre, GH);
-      zero_row(row<scalar_t>(s.d_gh, b), GH);
+      zero_row(storage_row<scalar_t>(s.d_gh, b), GH);
       continue;  // dc (lstm) stays as it is
     }
     // The gradient of this step's h: through the projection, or carry + output.
-    const scalar_t* dh_raw = row<scalar_t>(s.dh_raw, b);
-    const scalar_t* grad_out = row<scalar_t>(s.grad_out, b);
-    const scalar_t* saved = row<scalar_t>(s.saved, b);
+    const stored_t* dh_raw = storage_row<scalar_t>(s.dh_raw, b);
+    const stored_t* grad_out = storage_row<scalar_t>(s.grad_out, b);
+    const stored_t* saved = storage_row<scalar_t>(s.saved, b);
     if (dh_raw != nullptr) {
-      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_raw[j]);
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = widen<acc_t>(dh_raw[j]);
     } else if (grad_out != nullptr) {
-      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_carry[j]) + acc_t(grad_out[j]);
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = widen<acc_t>(dh_carry[j]) + widen<acc_t>(grad_out[j]);
     } else {
-      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_carry[j]);
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = widen<acc_t>(dh_carry[j]);
     }
     const acc_t* dh = dh_row.data();
     if (lstm) {
-      const scalar_t* c_prev = row<scalar_t>(s.c_prev, b);
-      const scalar_t* c_next = row<scalar_t>(s.c_next, b);
-      scalar_t* dc = row<scalar_t>(s.dc, b);
+      const stored_t* c_prev = storage_row<scalar_t>(s.c_prev, b);
+      const stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
+      stored_t* dc = storage_row<scalar_t>(s.dc, b);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const cells::LstmActivations<acc_t> act{acc_t(saved[j]), acc_t(saved[H + j]), acc_t(saved[2 * H + j]),
-                                                acc_t(saved[3 * H + j])};
+        const cells::LstmActivations<acc_t> act{widen<acc_t>(saved[j]), widen<acc_t>(saved[H + j]), widen<acc_t>(saved[2 * H + j]),
+                                                widen<acc_t>(saved[3 * H + j])};
         acc_t d_i, d_f, d_g, d_o, dc_prev;
-        cells::lstm_backward<acc_t, Math>(dh[j], acc_t(dc[j]), act, acc_t(c_prev[j]), acc_t(c_next[j]), d_i,
+        cells::lstm_backward<acc_t, Math>(dh[j], widen<acc_t>(dc[j]), act, widen<acc_t>(c_prev[j]), widen<acc_t>(c_next[j]), d_i,
                                           d_f, d_g, d_o, dc_prev);
-        d_pre[j] = scalar_t(d_i);
-        d_pre[H + j] = scalar_t(d_f);
-        d_pre[2 * H + j] = scalar_t(d_g);
-        d_pre[3 * H + j] = scalar_t(d_o);
-        dc[j] = scalar_t(dc_prev);
+        d_pre[j] = narrow<stored_t>(d_i);
+        d_pre[H + j] = narrow<stored_t>(d_f);
+        d_pre[2 * H + j] = narrow<stored_t>(d_g);
+        d_pre[3 * H + j] = narrow<stored_t>(d_o);
+        dc[j] = narrow<stored_t>(dc_prev);
       }
       zero_row(dh_prev, P);  // h_prev reaches the loss only through W_hh
     } else if (gru) {
-      const scalar_t* h_prev = row<scalar_t>(s.h_prev, b);
-      scalar_t* d_gh = row<scalar_t>(s.d_gh, b);
+      const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
+      stored_t* d_gh = storage_row<scalar_t>(s.d_gh, b);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const cells::GruActivations<acc_t> act{acc_t(saved[j]), acc_t(saved[H + j]), acc_t(saved[2 * H + j]),
-                                               acc_t(saved[3 * H + j])};
+        const cells::GruActivations<acc_t> act{widen<acc_t>(saved[j]), widen<acc_t>(saved[H + j]), widen<acc_t>(saved[2 * H + j]),
+                                               widen<acc_t>(saved[3 * H + j])};
         acc_t d_r, d_z, d_n, d_hn, dh_direct;
-        cells::gru_backward<acc_t>(dh[j], act, acc_t(h_prev[j]), d_r, d_z, d_n, d_hn, dh_direct);
-        d_pre[j] = d_gh[j] = scalar_t(d_r);
-        d_pre[H + j] = d_gh[H + j] = scalar_t(d_z);
-        d_pre[2 * H + j] = scalar_t(d_n);
-        d_gh[2 * H + j] = scalar_t(d_hn);
-        dh_prev[j] = scalar_t(dh_direct);
+        cells::gru_backward<acc_t>(dh[j], act, widen<acc_t>(h_prev[j]), d_r, d_z, d_n, d_hn, dh_direct);
+        const stored_t d_r_stored = narrow<stored_t>(d_r), d_z_stored = narrow<stored_t>(d_z);
+        d_pre[j] = d_r_stored;
+        d_gh[j] = d_r_stored;
+        d_pre[H + j] = d_z_stored;
+        d_gh[H + j] = d_z_stored;
+        d_pre[2 * H + j] = narrow<stored_t>(d_n);
+        d_gh[2 * H + j] = narrow<stored_t>(d_hn);
+        dh_prev[j] = narrow<stored_t>(dh_direct);
       }
     } else {
-      const scalar_t* h_next = row<scalar_t>(s.h_next, b);
+      const stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
       const bool tanh_mode = s.mode == Mode::RnnTanh;
       if (tanh_mode) {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_tanh_backward<acc_t>(dh[j], acc_t(h_next[j])));
+        for (int64_t j = 0; j < H; ++j) d_pre[j] = narrow<stored_t>(cells::rnn_tanh_backward<acc_t>(dh[j], widen<acc_t>(h_next[j])));
       } else {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_relu_backward<acc_t>(dh[j], acc_t(h_next[j])));
+        for (int64_t j = 0; j < H; ++j) d_pre[j] = narrow<stored_t>(cells::rnn_relu_backward<acc_t>(dh[j], widen<acc_t>(h_next[j])));
       }
       zero_row(dh_prev, P);
     }
   }
 }
 
-// rows<scalar_t>(step, b0, b1): the forward or backward rows of one block;
-// float goes through the multiversioned clones.
-RK_CPU_CLONES void float_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
-  forward_rows<float>(s, b_begin, b_end);
-}
+// rows<scalar_t>(step, b0, b1): the forward or backward rows of one block.
+// float and bfloat16 go through the multiversioned clones: compiled for
+// baseline x86-64 alone, the bfloat16 rows ran unvectorised and took half of
+// a bfloat16 LSTM forward once its GEMMs ran on AMX.
+#define RK_CLONED_ROWS(scalar_t, name)                                             \
+  RK_CPU_CLONES void name(const ForwardStep& s, int64_t b_begin, int64_t b_end) {  \
+    forward_rows<scalar_t>(s, b_begin, b_end);                                     \
+  }                                                                                \
+  RK_CPU_CLONES void name(const BackwardStep& s, int64_t b_begin, int64_t b_end) { \
+    backward_rows<scalar_t>(s, b_begin, b_end);                                    \
+  }
+RK_CLONED_ROWS(float, float_rows)
+RK_CLONED_ROWS(c10::BFloat16, bfloat16_rows)
+#undef RK_CLONED_ROWS
 
-RK_CPU_CLONES void float_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
-  backward_rows<float>(s, b_begin, b_end);
-}
-
-template <typename scalar_t>
-void rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
-  if constexpr (std::is_same_v<scalar_t, float>) float_rows(s, b_begin, b_end);
-  else forward_rows<scalar_t>(s, b_begin, b_end);
-}
-
-template <typename scalar_t>
-void rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
-  if constexpr (std::is_same_v<scalar_t, float>) float_rows(s, b_begin, b_end);
-  else backward_rows<scalar_t>(s, b_begin, b_end);
+template <typename scalar_t, typename Step>
+void rows(const Step& s, int64_t b_begin, int64_t b_end) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    float_rows(s, b_begin, b_end);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    bfloat16_rows(s, b_begin, b_end);
+  } else if constexpr (std::is_same_v<Step, ForwardStep>) {
+    forward_rows<scalar_t>(s, b_begin, b_end);
+  } else {
+    backward_rows<scalar_t>(s, b_begin, b_end);
+  }
 }
 
 // One step over the batch: `gates` is the step's (B, G*H) gate buffer, whose
