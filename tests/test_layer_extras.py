@@ -178,3 +178,16 @@ def test_mismatched_gains_are_clear_errors():
     args[-1] = extras._replace(keep_h=torch.ones(5, 4, 5, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="keep_h must have shape"):
         kernel_layer(*args)
+
+
+@pytest.mark.parametrize("mode,options", [("lstm", dict(ln=True, ln_c=True, zh=0.2, zc=0.3, cells=True)),
+                                          ("gru", dict(ln=True, zh=0.3)), ("rnn_relu", dict(zh=0.3))],
+                         ids=["lstm", "gru", "rnn_relu"])
+def test_opcheck(mode, options):
+    """Schemas, fake kernels and autograd registration agree with the kernels
+    (what torch.compile relies on)."""
+    args = make_args(mode, **options, lengths=[5, 2, 4, 1])
+    mode_, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, e = args
+    op_args = (mode_, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, True, e.ln_ih_weight, e.ln_hh_weight,
+               e.ln_cell_weight, e.ln_cell_bias, e.keep_h, e.keep_c, e.return_cells)
+    torch.library.opcheck(torch.ops.rnnkernels.rnn_layer_forward_ext.default, op_args)
