@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from rnnkernels import cli, train
+from rnnkernels import cli
+from rnnkernels.app import checkpoints
 
 TINY = ["--hidden", "16", "--embed", "8", "--batch-size", "16", "--eval-every", "0", "--no-progress", "--device", "cpu"]
 DATES = ["train", "seq2seq", "--data", "builtin:dates", "--train-size", "400", "--eval-size", "40", *TINY]
@@ -40,7 +41,7 @@ def test_checkpoint_resume_continues_exactly(tmp_path, capsys):
 
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "ck.pt")
-    train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "step": 1})
+    checkpoints.save_checkpoint(path, {"format": checkpoints.CHECKPOINT_FORMAT, "step": 1})
 
     def broken_save(obj, f):
         with open(f, "wb") as handle:
@@ -49,7 +50,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "step": 2})
+        checkpoints.save_checkpoint(path, {"format": checkpoints.CHECKPOINT_FORMAT, "step": 2})
     assert torch.load(path, weights_only=True)["step"] == 1
     assert os.listdir(tmp_path) == ["ck.pt"]
 
@@ -122,7 +123,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     _fails_with(["train", "lm", "--data", str(text), "--embed", "8", "--hidden", "16", "--tie", "--steps", "1",
                  "--checkpoint", str(tmp_path / "tie.pt"), "--no-progress"], capsys, "tie_weights")
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["empty.txt", "bad.tsv", "garbage.pt", "lm.pt", "s2s.pt", "t.txt", "pairs.tsv"])  # nothing partial written
+        ["empty.txt", "bad.tsv", "garbage.pt", "t.txt", "pairs.tsv"]  # nothing partial written, only the two runs'
+        + [f"{run}{suffix}" for run in ("lm", "s2s") for suffix in (".pt", ".best.pt", ".metrics.jsonl")])
 
 
 def test_error_exit_from_a_real_process(tmp_path):
