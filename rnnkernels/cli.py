@@ -6,6 +6,7 @@ new command adds its module to _COMMAND_MODULES. Every parser prints its
 options' defaults in --help and reports a bad argument as one line (exit 2).
 """
 import argparse
+import copy
 import importlib
 import os
 import sys
@@ -13,17 +14,30 @@ import sys
 _COMMAND_MODULES = ("rnnkernels.check", "rnnkernels.bench", "rnnkernels.app.commands")
 
 
+def _shown_default(action):
+    """What --help shows as the option's default, or None to show nothing."""
+    default = getattr(action, "shown_default", action.default)
+    if not action.option_strings or default is None or default is False or default == argparse.SUPPRESS:
+        return None
+    return repr(default) if isinstance(default, str) and (not default.strip() or "\n" in default) else default
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Appends "(default: X)" to each option's help, X being what the option takes when not given."""
 
+    def _format_action(self, action):
+        shown = _shown_default(action)
+        if not (action.help or "").strip() and shown is not None:  # argparse prints help only when there is some
+            action = copy.copy(action)
+            action.help = f"(default: {str(shown).replace('%', '%%')})"
+        return super()._format_action(action)
+
     def _get_help_string(self, action):
-        text = action.help or ""
-        default = getattr(action, "shown_default", action.default)
-        if "default" in text or default is None or default is False or default == argparse.SUPPRESS \
-                or not action.option_strings:
+        text = (action.help or "").strip()
+        shown = _shown_default(action)
+        if shown is None or "default" in text:
             return text
-        shown = repr(default) if isinstance(default, str) and (not default.strip() or "\n" in default) else default
-        return f"{text} (default: {shown})".strip()
+        return f"{text} (default: {str(shown).replace('%', '%%')})".strip()
 
 
 class ArgumentParser(argparse.ArgumentParser):
