@@ -290,6 +290,42 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_good_one(tmp_p
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
 
 
+@pytest.mark.parametrize("optimizer, extra, state_key", [("sgd", ["--momentum", "0.9"], "momentum_buffer"),
+                                                         ("adam", [], "exp_avg"), ("adamw", [], "exp_avg")])
+def test_optimizer_choice_and_weight_decay(optimizer, extra, state_key, tmp_path, capsys):
+    ck = str(tmp_path / "x.pt")
+    assert _run([*DATES, "--steps", "2", "--optimizer", optimizer, *extra, "--weight-decay", "0.01",
+                 "--checkpoint", ck], capsys)[0] == 0
+    state = torch.load(ck, weights_only=True)["optimizer"]
+    assert state["param_groups"][0]["weight_decay"] == 0.01 and state_key in next(iter(state["state"].values()))
+    if optimizer == "sgd":
+        assert state["param_groups"][0]["momentum"] == 0.9
+    code, out, _ = _run(["train", "seq2seq", "--checkpoint", ck, "--resume", "--steps", "3", "--weight-decay", "0.05"],
+                        capsys)
+    assert code == 0 and "--weight-decay 0.05 replaces the checkpoint's 0.01" in out
+    resumed = torch.load(ck, weights_only=True)
+    assert resumed["optimizer"]["param_groups"][0]["weight_decay"] == 0.05 and resumed["step"] == 3
+    assert resumed["options"]["optimizer"] == optimizer and resumed["options"]["train_size"] == 200
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from rnnkernels.app.tasks import Seq2SeqTask
+
+    real_loss, calls = Seq2SeqTask.loss, []
+
+    def nan_from_the_second_step(self, model, batch, forcing=1.0):
+        loss, stats = real_loss(self, model, batch, forcing)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) >= 2 else loss), stats
+
+    monkeypatch.setattr(Seq2SeqTask, "loss", nan_from_the_second_step)
+    ck = tmp_path / "x.pt"
+    _fails_with([*DATES, "--steps", "4", "--eval-every", "1", "--checkpoint", str(ck)], capsys,
+                "the loss became nan at step 2; try a smaller --lr")
+    saved = torch.load(ck, weights_only=True)
+    assert saved["step"] == 1 and all(bool(torch.isfinite(t).all()) for t in saved["model"].values())
+
+
 # ----------------------------------------------------------------------------- damaged checkpoints (issue 16.10)
 
 

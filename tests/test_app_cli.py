@@ -74,6 +74,37 @@ def test_startup_summary_and_plain_log_lines(dates_run):
     assert lines[-1].startswith("result: ")
 
 
+def test_a_progress_bar_only_on_a_terminal(tmp_path):
+    """stderr a terminal: tqdm draws its bar there, and the log lines still go to stdout as plain lines."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
+    try:
+        result = subprocess.run([sys.executable, "-m", "rnnkernels", *DATES, "--steps", "4", "--log-every", "2",
+                                 "--eval-every", "0", "--checkpoint", str(tmp_path / "x.pt")], stdout=subprocess.PIPE,
+                                stderr=slave, text=True, cwd=ROOT, env=_env(), timeout=300)
+        os.close(slave)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    finally:
+        os.close(master)
+    assert result.returncode == 0
+    assert b"\r" in terminal and b"4/4" in terminal and b"step" in terminal  # tqdm: "... 4/4 [..., step/s]"
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("step ") and "/4 " in line] \
+        == ["2/4", "4/4"] and "\r" not in result.stdout
+
+
 def test_metrics_file_schedules_and_checkpoints(dates_run):
     folder, _ = dates_run
     with open(folder / "m.csv", newline="") as f:

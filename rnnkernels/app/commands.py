@@ -21,7 +21,7 @@ import torch
 from ..backends import BackendUnavailableError
 from ..data import DataError, Vocab, tokenize
 from . import inference, loop, options as opts
-from .checkpoints import levels_of, model_from_checkpoint, read_checkpoint
+from .checkpoints import levels_of, load_checkpoint, model_from_checkpoint, read_checkpoint
 from .errors import UserError
 from .files import check_output_path, write_text
 from .plotting import check_plot_path, plot_alignment
@@ -146,10 +146,8 @@ def generate_command(args) -> int:
     return 0
 
 
-def _load(path: str, kind: str, runtime: Runtime, dtype=torch.float32):
-    from .checkpoints import load_checkpoint
-
-    return load_checkpoint(path, device=runtime.device, dtype=dtype, kind=kind)
+def _load(path: str, kind: str, runtime: Runtime):
+    return load_checkpoint(path, device=runtime.device, dtype=runtime.param_dtype, kind=kind)
 
 
 # ----------------------------------------------------------------------------- translate

@@ -103,240 +103,279 @@ def _describe_model(kind: str, config: Dict, parameters: int) -> str:
             f"{extra}, dropout {config['dropout']:g} | {parameters:,} parameters")
 
 
-def train(options: Dict, task, runtime: Runtime, payload: Optional[dict] = None, notes: List[str] = ()) -> int:
-    """Trains `task` as `options` say, from scratch or from `payload` (a checked checkpoint); exit code."""
-    paths = output_paths(options)
-    torch.manual_seed(options["seed"])
-    model = build_model(task.kind, task.config).to(runtime.device, runtime.param_dtype)
-    optimizer = make_optimizer(options, model)
-    schedule = LRSchedule(options["lr_schedule"], options["lr"], options["steps"], options["warmup_steps"],
-                          options["lr_step_size"], options["lr_gamma"], options["lr_patience"], options["min_lr"])
-    best_metric = options["best_metric"]
-    start_step, best = 0, None
-    if payload is not None:
-        model.load_state_dict(payload["model"])
+class Trainer:
+    """One training run: the model, optimiser and schedules built (or restored from a checkpoint's
+    payload), then `run` steps, logs, validates and saves until --steps, the time limit or a signal."""
+
+    def __init__(self, options: Dict, task, runtime: Runtime, payload: Optional[dict] = None):
+        self.options, self.task, self.runtime, self.main = options, task, runtime, runtime.main
+        self.paths = output_paths(options)
+        torch.manual_seed(options["seed"])
+        self.model = build_model(task.kind, task.config).to(runtime.device, runtime.param_dtype)
+        self.optimizer = make_optimizer(options, self.model)
+        self.schedule = LRSchedule(options["lr_schedule"], options["lr"], options["steps"], options["warmup_steps"],
+                                   options["lr_step_size"], options["lr_gamma"], options["lr_patience"],
+                                   options["min_lr"])
+        self.best_metric = options["best_metric"]
+        self.start_step, self.best = 0, None
+        if payload is not None:
+            self._restore(payload)
+        self.trained = self.model
+        if runtime.distributed:
+            self.trained = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16
+                                           and runtime.device.type == "cuda")
+        self.sampler = torch.utils.data.DistributedSampler(range(len(task)), num_replicas=runtime.world,
+                                                           rank=runtime.rank, shuffle=True, seed=options["seed"],
+                                                           drop_last=True)
+        self.per_rank_batch = options["batch_size"] // runtime.world
+        if self.per_rank_batch < 1 or options["batch_size"] % runtime.world:
+            raise UserError(f"--batch-size {options['batch_size']} must be a multiple of the {runtime.world} "
+                            f"processes")
+        self.steps_per_epoch = len(self.sampler) // self.per_rank_batch
+        if self.steps_per_epoch < 1:
+            raise UserError(f"--batch-size {options['batch_size']} is larger than the training set "
+                            f"({len(task)} examples)")
+        self.log = MetricsLog(self.paths["metrics"] if self.main else None,
+                              resume_step=self.start_step if payload is not None else None)
+        self.board = TensorBoard(options["tensorboard"]) if self.main and options.get("tensorboard") else None
+        self.metrics: Dict[str, float] = {}
+
+    def _restore(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
         try:
-            optimizer.load_state_dict(payload["optimizer"])
+            self.optimizer.load_state_dict(payload["optimizer"])
             torch.set_rng_state(payload["rng"])
         except (ValueError, KeyError, TypeError, RuntimeError) as error:
-            raise UserError(f"checkpoint {paths['checkpoint']}: its optimizer or RNG state does not fit "
-                            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
-        _apply_hyperparameters(optimizer, options)
-        schedule.load_state_dict(payload.get("lr_schedule"))
-        start_step = payload["step"]
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"checkpoint {self.paths['checkpoint']}: its optimizer or RNG state does not fit "
+                            f"({detail})") from None
+        _apply_hyperparameters(self.optimizer, self.options)
+        self.schedule.load_state_dict(payload.get("lr_schedule"))
+        self.start_step = payload["step"]
         saved_best = payload.get("best")
-        if isinstance(saved_best, dict) and saved_best.get("metric") == f"valid_{best_metric}":
-            best = saved_best
-    trained = model
-    if runtime.distributed:
-        trained = nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16
-                                  and runtime.device.type == "cuda")
+        if isinstance(saved_best, dict) and saved_best.get("metric") == f"valid_{self.best_metric}":
+            self.best = saved_best
 
-    sampler = torch.utils.data.DistributedSampler(range(len(task)), num_replicas=runtime.world, rank=runtime.rank,
-                                                  shuffle=True, seed=options["seed"], drop_last=True)
-    per_rank_batch = options["batch_size"] // runtime.world
-    if per_rank_batch < 1 or options["batch_size"] % runtime.world:
-        raise UserError(f"--batch-size {options['batch_size']} must be a multiple of the {runtime.world} processes")
-    steps_per_epoch = len(sampler) // per_rank_batch
-    if steps_per_epoch < 1:
-        raise UserError(f"--batch-size {options['batch_size']} is larger than the training set "
-                        f"({len(task)} examples)")
+    # ------------------------------------------------------------------------- output
 
-    main = runtime.main
-    log = MetricsLog(paths["metrics"] if main else None, resume_step=start_step if payload is not None else None)
-    board = TensorBoard(options["tensorboard"]) if main and options.get("tensorboard") else None
-    console = Console(options["steps"], start_step, bar=main and not options["no_progress"])
-    is_seq2seq = task.kind == "seq2seq"
+    def say(self, line: str) -> None:
+        if self.main:
+            self.console.say(line)
 
-    def forcing(step: int) -> float:
-        if not is_seq2seq:
-            return 1.0
-        return teacher_forcing_ratio(options["forcing_schedule"], options["teacher_forcing"], options["forcing_min"],
-                                     options["forcing_decay_steps"] or options["steps"], step)
+    def record(self, entry: Dict) -> None:
+        if self.main:
+            self.log.add(entry)
+            if self.board is not None:
+                self.board.add(entry)
 
-    def say(line: str) -> None:
-        if main:
-            console.say(line)
-
-    def record(entry: Dict) -> None:
-        if main:
-            log.add(entry)
-            if board is not None:
-                board.add(entry)
-
-    if main:
-        parameters = sum(p.numel() for p in model.parameters())
-        say(f"rnnkernels train {task.kind} | {runtime.describe()}")
-        say(f"data {options['data']}: {task.describe()}")
-        say(f"model {_describe_model(task.kind, task.config, parameters)}")
+    def summary(self, resumed: bool, notes: List[str]) -> None:
+        options, task, paths = self.options, self.task, self.paths
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.say(f"rnnkernels train {task.kind} | {self.runtime.describe()}")
+        self.say(f"data {options['data']}: {task.describe()}")
+        self.say(f"model {_describe_model(task.kind, task.config, parameters)}")
         momentum = f", momentum {options['momentum']:g}" if options["optimizer"] == "sgd" else ""
         clip = f"clip {options['clip']:g}" if options["clip"] > 0 else "no clipping"
         line = (f"training {options['steps']} steps, batch {options['batch_size']}, {options['optimizer']} lr "
                 f"{options['lr']:g}{momentum}, weight decay {options['weight_decay']:g}, lr schedule "
-                f"{schedule.describe()}, {clip}, seed {options['seed']}")
-        if is_seq2seq:
+                f"{self.schedule.describe()}, {clip}, seed {options['seed']}")
+        if task.kind == "seq2seq":
             line += f" | teacher forcing {options['teacher_forcing']:g} ({options['forcing_schedule']}"
             line += f" to {options['forcing_min']:g})" if options["forcing_schedule"] != "constant" else ")"
-            if task.data.tgt_level == "word":
+            if task.levels["tgt_level"] == "word":
                 line += f" | BLEU: {bleu_implementation()}"
-        say(line)
-        say(f"writing {paths['checkpoint']} (last), {paths['best']} (best valid {best_metric})"
-            + (f", metrics {paths['metrics']}" if paths["metrics"] else ""))
-        if payload is not None:
-            say(f"resumed from step {start_step} of {paths['checkpoint']}" + (f" ({'; '.join(notes)})" if notes else ""))
-        for note in notes if payload is None else ():
-            say(note)
-        if start_step >= options["steps"]:
-            say(f"the checkpoint is at step {start_step}, --steps is {options['steps']}: nothing to train")
+        self.say(line)
+        self.say(f"writing {paths['checkpoint']} (last), {paths['best']} (best valid {self.best_metric})"
+                 + (f", metrics {paths['metrics']}" if paths["metrics"] else ""))
+        if resumed:
+            self.say(f"resumed from step {self.start_step} of {paths['checkpoint']}"
+                     + (f" ({'; '.join(notes)})" if notes else ""))
+        else:
+            for note in notes:
+                self.say(note)
+        if self.start_step >= options["steps"]:
+            self.say(f"the checkpoint is at step {self.start_step}, --steps is {options['steps']}: nothing to train")
 
-    metrics: Dict[str, float] = {}
-
-    def payload_now(step: int) -> dict:
-        return training_payload(kind=task.kind, config=task.config, vocabs=task.vocabs, levels=task.levels,
-                                model=model, optimizer=optimizer, lr_schedule=schedule.state_dict(), step=step,
-                                best=best, metrics=metrics, options=options)
-
-    def save(path_key: str, step: int) -> None:
-        if not main:
+    def save(self, which: str, step: int) -> None:
+        """Rank 0 writes the "checkpoint" (last) or the "best" one; a failed write is a UserError."""
+        if not self.main:
             return
+        payload = training_payload(kind=self.task.kind, config=self.task.config, vocabs=self.task.vocabs,
+                                   levels=self.task.levels, model=self.model, optimizer=self.optimizer,
+                                   lr_schedule=self.schedule.state_dict(), step=step, best=self.best,
+                                   metrics=self.metrics, options=self.options)
         try:
-            save_checkpoint(paths[path_key], payload_now(step))
+            save_checkpoint(self.paths[which], payload)
         except OSError as error:
-            raise UserError(f"could not write the checkpoint {paths[path_key]} "
+            raise UserError(f"could not write the checkpoint {self.paths[which]} "
                             f"({error.strerror or error}); the previous one is unchanged") from None
 
-    def plot() -> None:
-        if main and options.get("plot_loss"):
-            plot_loss(log.records, options["plot_loss"], f"{task.kind} {options['data']}")
+    def plot(self) -> None:
+        if self.main and self.options.get("plot_loss"):
+            plot_loss(self.log.records, self.options["plot_loss"], f"{self.task.kind} {self.options['data']}")
 
-    def evaluate(step: int, split: str = "valid") -> Dict[str, float]:
-        nonlocal best
-        model.eval()
-        with torch.no_grad(), runtime.use_backend():
-            values = task.evaluate(model, runtime, split)
-        model.train()
-        metrics.update({f"{split}_{k}": v for k, v in values.items()})
-        record({"step": step, "split": split, **values})
+    def evaluate(self, step: int, split: str = "valid") -> Dict[str, float]:
+        """Rank 0: `split`'s metrics, recorded; on valid, the best checkpoint and the plateau schedule."""
+        self.model.eval()
+        with torch.no_grad(), self.runtime.use_backend():
+            values = self.task.evaluate(self.model, self.runtime, split)
+        self.model.train()
+        self.metrics.update({f"{split}_{k}": v for k, v in values.items()})
+        self.record({"step": step, "split": split, **values})
         marker = ""
         if split == "valid":
-            value = values.get(best_metric, math.nan)
-            higher = best_metric in HIGHER_IS_BETTER
-            if math.isfinite(value) and (best is None or (value > best["value"] if higher else value < best["value"])):
-                best = {"metric": f"valid_{best_metric}", "value": value, "step": step}
+            value, higher = values.get(self.best_metric, math.nan), self.best_metric in HIGHER_IS_BETTER
+            if math.isfinite(value) and (self.best is None or (value > self.best["value"] if higher
+                                                               else value < self.best["value"])):
+                self.best = {"metric": f"valid_{self.best_metric}", "value": value, "step": step}
                 marker = "  (best)"
-                save("best", step)
-            if schedule.observe(value, higher):
-                say(f"step {step}: valid {best_metric} has not improved for {options['lr_patience']} evaluations; "
-                    f"lr now {schedule.lr(step):g}")
-        say(f"step {step} {split}: {format_metrics(values)}{marker}")
+                self.save("best", step)
+            if self.schedule.observe(value, higher):
+                self.say(f"step {step}: valid {self.best_metric} has not improved for {self.options['lr_patience']} "
+                         f"evaluations; lr now {self.schedule.lr(step):g}")
+        self.say(f"step {step} {split}: {format_metrics(values)}{marker}")
         return values
 
-    model.train()
-    started, tokens_seen, step = time.perf_counter(), 0, start_step
-    cpu_started = time.process_time()  # CPU seconds of this process: a figure less sensitive to machine load
-    interval = {"loss_sum": 0.0, "tokens": 0, "correct": 0, "started": started, "tokens_seen": 0}
-    epoch_order: List[int] = []
-    stopped_by: Optional[signal.Signals] = None
-    with StopSignals() as signals:
-        while step < options["steps"]:
-            epoch, offset = divmod(step, steps_per_epoch)
-            if offset == 0 or not epoch_order:
-                sampler.set_epoch(epoch)
-                epoch_order = list(sampler)
-            indices = epoch_order[offset * per_rank_batch:(offset + 1) * per_rank_batch]
-            batch = task.batch(indices, runtime.device)
-            lr, ratio = schedule.lr(step), forcing(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with runtime.use_backend(), runtime.autocast():
-                loss, stats = task.loss(trained, batch, ratio)
-            if not torch.isfinite(loss):
-                raise UserError(f"the loss became {loss.item()} at step {step}; try a smaller --lr")
-            optimizer.zero_grad(set_to_none=True)
-            objective = loss
-            if runtime.distributed:
-                # DDP averages the ranks' gradients; weighting each rank's mean by its share of the global
-                # batch's tokens makes that average the gradient of the global per-token mean, as in one process
-                tokens = torch.tensor([float(stats.tokens)], dtype=torch.float64, device=runtime.device)
-                dist.all_reduce(tokens)
-                objective = loss * (runtime.world * stats.tokens / tokens.item())
-            with runtime.use_backend():
-                scaler.scale(objective).backward()
-            scaler.unscale_(optimizer)
-            if options["clip"] > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), options["clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            elapsed = time.perf_counter() - started
-            # one collective per step: the global batch's token-weighted loss, its accuracy, the stop flags
-            shared = torch.tensor([loss.detach().double().item() * stats.tokens, stats.tokens, stats.correct,
-                                   float(options["time_limit"] is not None and elapsed >= options["time_limit"]),
-                                   float(signals.received is not None)], dtype=torch.float64, device=runtime.device)
-            if runtime.distributed:
-                dist.all_reduce(shared)
-            loss_sum, tokens, correct, out_of_time, stop = shared.tolist()
-            step_loss = loss_sum / tokens
-            tokens_seen += tokens
-            interval["loss_sum"] += loss_sum
-            interval["tokens"] += tokens
-            interval["correct"] += correct
-            metrics.update(last_loss=step_loss, tokens_per_s=tokens_seen / elapsed, train_s=elapsed,
-                           train_cpu_s=time.process_time() - cpu_started, step=step)
-            console.advance(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}")
-            log_now = options["log_every"] and (step % options["log_every"] == 0 or step == options["steps"])
-            if log_now or stop or out_of_time:
-                now = time.perf_counter()
-                mean = interval["loss_sum"] / max(1, interval["tokens"])
-                values = {"loss": mean, "ppl": math.exp(min(mean, 700.0)),
-                          "accuracy": interval["correct"] / max(1, interval["tokens"]), "lr": lr,
-                          "tokens_per_s": interval["tokens"] / max(1e-9, now - interval["started"])}
-                if is_seq2seq:
-                    values["forcing"] = ratio
-                values["elapsed_s"] = elapsed
-                metrics["train_loss"] = mean
-                record({"step": step, "split": "train", **values})
-                if log_now:
-                    say(f"step {step}/{options['steps']}  {format_metrics(values)}")
-                interval.update(loss_sum=0.0, tokens=0, correct=0, started=now)
-            if stop:
-                stopped_by = signals.received or signal.SIGINT  # another rank's signal
-                break
-            if step == options["steps"] or out_of_time or (options["eval_every"] and step % options["eval_every"] == 0):
-                paused, cpu_paused = time.perf_counter(), time.process_time()
-                if main:
-                    evaluate(step)
-                    plot()
-                save("checkpoint", step)
-                started += time.perf_counter() - paused  # train_s and --time-limit count training time only
-                cpu_started += time.process_time() - cpu_paused
-                interval["started"] += time.perf_counter() - paused
-            if out_of_time:
-                say(f"time limit of {options['time_limit']:g} s reached at step {step}")
-                break
-    console.close()
-    if stopped_by is not None:
-        save("checkpoint", step)
-        plot()
-        say(f"interrupted by {stopped_by.name} at step {step}: {paths['checkpoint']} saved; "
-            f"continue with --resume")
-        if board is not None:
-            board.close()
-        return 128 + int(stopped_by)
-    metrics["replica_max_abs_diff"] = _replica_max_difference(model, runtime)
-    if main:
-        if step == start_step:
-            evaluate(step)
-        evaluate(step, "test")
-        save("checkpoint", step)
-        plot()
-        if best is not None:
-            metrics["best_step"], metrics[best["metric"] + "_best"] = best["step"], best["value"]
-        say("result: " + ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
-        if options.get("metrics_json"):
-            write_text(options["metrics_json"], json.dumps(metrics, indent=1))
-        if board is not None:
-            board.close()
-    return 0
+    # ------------------------------------------------------------------------- training
+
+    def forcing(self, step: int) -> float:
+        """The teacher-forcing ratio of update `step` (1 for a language model)."""
+        options = self.options
+        if self.task.kind != "seq2seq":
+            return 1.0
+        return teacher_forcing_ratio(options["forcing_schedule"], options["teacher_forcing"], options["forcing_min"],
+                                     options["forcing_decay_steps"] or options["steps"], step)
+
+    def _batch(self, step: int):
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        if offset == 0 or not self._epoch_order:
+            self.sampler.set_epoch(epoch)
+            self._epoch_order = list(self.sampler)
+        indices = self._epoch_order[offset * self.per_rank_batch:(offset + 1) * self.per_rank_batch]
+        return self.task.batch(indices, self.runtime.device)
+
+    def _update(self, step: int, lr: float, ratio: float):
+        """One optimiser step; (loss, BatchStats) of this rank's share of the batch."""
+        runtime = self.runtime
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with runtime.use_backend(), runtime.autocast():
+            loss, stats = self.task.loss(self.trained, self._batch(step), ratio)
+        self.optimizer.zero_grad(set_to_none=True)
+        objective = loss
+        if runtime.distributed:
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the global
+            # batch's tokens makes that average the gradient of the global per-token mean, as in one process
+            tokens = torch.tensor([float(stats.tokens)], dtype=torch.float64, device=runtime.device)
+            dist.all_reduce(tokens)
+            objective = loss * (runtime.world * stats.tokens / tokens.item())
+        with runtime.use_backend():
+            self.scaler.scale(objective).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.options["clip"] > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.options["clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, stats
+
+    def run(self, notes: List[str] = (), resumed: bool = False) -> int:
+        """Trains to --steps (or the time limit, or a signal); the exit code."""
+        options, runtime = self.options, self.runtime
+        self.console = Console(options["steps"], self.start_step, bar=self.main and not options["no_progress"])
+        if self.main:
+            self.summary(resumed, list(notes))
+        self.model.train()
+        self._epoch_order: List[int] = []
+        started, tokens_seen, step = time.perf_counter(), 0.0, self.start_step
+        cpu_started = time.process_time()  # CPU seconds of this process: a figure less sensitive to machine load
+        interval = {"loss_sum": 0.0, "tokens": 0.0, "correct": 0.0, "started": started}
+        stopped_by: Optional[signal.Signals] = None
+        with StopSignals() as signals:
+            while step < options["steps"]:
+                lr, ratio = self.schedule.lr(step), self.forcing(step)
+                loss, stats = self._update(step, lr, ratio)
+                step += 1
+                elapsed = time.perf_counter() - started
+                # one collective per step: the global batch's token-weighted loss, its accuracy, the stop flags
+                shared = torch.tensor([loss.detach().double().item() * stats.tokens, stats.tokens, stats.correct,
+                                       float(options["time_limit"] is not None and elapsed >= options["time_limit"]),
+                                       float(signals.received is not None)], dtype=torch.float64,
+                                      device=runtime.device)
+                if runtime.distributed:
+                    dist.all_reduce(shared)
+                loss_sum, tokens, correct, out_of_time, stop = shared.tolist()
+                step_loss = loss_sum / tokens
+                if not math.isfinite(step_loss):  # every rank sees the same global loss, so all stop here
+                    raise UserError(f"the loss became {step_loss} at step {step}; try a smaller --lr")
+                tokens_seen += tokens
+                for key, value in (("loss_sum", loss_sum), ("tokens", tokens), ("correct", correct)):
+                    interval[key] += value
+                self.metrics.update(last_loss=step_loss, tokens_per_s=tokens_seen / elapsed, train_s=elapsed,
+                                    train_cpu_s=time.process_time() - cpu_started, step=step)
+                self.console.advance(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}")
+                log_now = options["log_every"] and (step % options["log_every"] == 0 or step == options["steps"])
+                if log_now or stop or out_of_time:
+                    now = time.perf_counter()
+                    mean = interval["loss_sum"] / max(1.0, interval["tokens"])
+                    values = {"loss": mean, "ppl": math.exp(min(mean, 700.0)),
+                              "accuracy": interval["correct"] / max(1.0, interval["tokens"]), "lr": lr,
+                              "tokens_per_s": interval["tokens"] / max(1e-9, now - interval["started"])}
+                    if self.task.kind == "seq2seq":
+                        values["forcing"] = ratio
+                    values["elapsed_s"] = elapsed
+                    self.metrics["train_loss"] = mean
+                    self.record({"step": step, "split": "train", **values})
+                    if log_now:
+                        self.say(f"step {step}/{options['steps']}  {format_metrics(values)}")
+                    interval.update(loss_sum=0.0, tokens=0.0, correct=0.0, started=now)
+                if stop:
+                    stopped_by = signals.received or signal.SIGINT  # or another rank's signal
+                    break
+                if step == options["steps"] or out_of_time or (options["eval_every"]
+                                                              and step % options["eval_every"] == 0):
+                    paused, cpu_paused = time.perf_counter(), time.process_time()
+                    if self.main:
+                        self.evaluate(step)
+                        self.plot()
+                    self.save("checkpoint", step)
+                    started += time.perf_counter() - paused  # train_s and --time-limit count training time only
+                    cpu_started += time.process_time() - cpu_paused
+                    interval["started"] += time.perf_counter() - paused
+                if out_of_time:
+                    self.say(f"time limit of {options['time_limit']:g} s reached at step {step}")
+                    break
+        self.console.close()
+        try:
+            return self._finish(step, stopped_by)
+        finally:
+            if self.board is not None:
+                self.board.close()
+
+    def _finish(self, step: int, stopped_by: Optional[signal.Signals]) -> int:
+        if stopped_by is not None:
+            self.save("checkpoint", step)
+            self.plot()
+            self.say(f"interrupted by {stopped_by.name} at step {step}: {self.paths['checkpoint']} saved; "
+                     f"continue with --resume")
+            return 128 + int(stopped_by)
+        self.metrics["replica_max_abs_diff"] = _replica_max_difference(self.model, self.runtime)
+        if self.main:
+            if step == self.start_step:
+                self.evaluate(step)
+            self.evaluate(step, "test")
+            self.save("checkpoint", step)
+            self.plot()
+            if self.best is not None:
+                self.metrics["best_step"] = self.best["step"]
+                self.metrics[self.best["metric"] + "_best"] = self.best["value"]
+            self.say("result: " + ", ".join(f"{k} {v:.6g}" for k, v in self.metrics.items()))
+            if self.options.get("metrics_json"):
+                write_text(self.options["metrics_json"], json.dumps(self.metrics, indent=1))
+        return 0
+
+
+def train(options: Dict, task, runtime: Runtime, payload: Optional[dict] = None, notes: List[str] = ()) -> int:
+    """Trains `task` as `options` say, from scratch or from `payload` (a checked checkpoint); the exit code."""
+    return Trainer(options, task, runtime, payload).run(notes, resumed=payload is not None)
