@@ -39,8 +39,9 @@ def main(argv=None) -> int:
     assert isinstance(model.lstm, rk.LSTM) and isinstance(model.lstm, nn.LSTM)
     with torch.no_grad():
         ours = model(tokens)
+    difference = float((ours - expected).abs().max())
     print(f"{type(model.lstm).__module__}.{type(model.lstm).__name__} on backend "
-          f"{rk.backends.available('cpu')[0]!r}: max |difference| to torch.nn {float((ours - expected).abs().max()):.2e}")
+          f"{rk.backends.available('cpu')[0]!r}: max |difference| to torch.nn {difference:.2e}")
 
     # a fresh rnnkernels layer loads a torch.nn state_dict as it is
     fresh = rk.LSTM(32, 64, num_layers=2, bidirectional=True, batch_first=True)

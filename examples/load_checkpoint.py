@@ -21,8 +21,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     ck = load_checkpoint(args.checkpoint, device="cpu")  # the model (eval mode), vocabularies, levels, metrics
-    print(f"{args.checkpoint}: a {ck.kind} model after {ck.step} steps, {sum(p.numel() for p in ck.model.parameters()):,} "
-          f"parameters, trained on {ck.options.get('data', '?')}")
+    parameters = sum(p.numel() for p in ck.model.parameters())
+    print(f"{args.checkpoint}: a {ck.kind} model after {ck.step} steps, {parameters:,} parameters, "
+          f"trained on {ck.options.get('data', '?')}")
     recorded = {k: v for k, v in ck.metrics.items() if k.startswith(("valid_", "test_"))}
     if recorded:
         print("metrics at its last evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in recorded.items()))

@@ -260,7 +260,8 @@ def test_tensorboard_is_optional(tmp_path, capsys):
 
 def test_checkpoint_paths_that_are_not_regular_files(tmp_path, capsys):
     """--checkpoint /dev/full once turned the device node into a file; a symlink was replaced."""
-    _fails_with([*DATES, "--checkpoint", "/dev/full"], capsys, "--checkpoint /dev/full exists and is not a regular file")
+    _fails_with([*DATES, "--checkpoint", "/dev/full"], capsys,
+                "--checkpoint /dev/full exists and is not a regular file")
     assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
     target = tmp_path / "target.pt"
     target.write_bytes(b"keep")
@@ -285,7 +286,8 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_good_one(tmp_p
 
     monkeypatch.setattr(torch, "save", disk_full_after_step_1)
     _fails_with([*DATES, "--steps", "3", "--eval-every", "1", "--checkpoint", str(ck)], capsys,
-                f"could not write the checkpoint {tmp_path}", "No space left on device", "the previous one is unchanged")
+                f"could not write the checkpoint {tmp_path}", "No space left on device",
+                "the previous one is unchanged")
     assert torch.load(ck, weights_only=True)["step"] == 1
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
 
@@ -306,6 +308,17 @@ def test_optimizer_choice_and_weight_decay(optimizer, extra, state_key, tmp_path
     resumed = torch.load(ck, weights_only=True)
     assert resumed["optimizer"]["param_groups"][0]["weight_decay"] == 0.05 and resumed["step"] == 3
     assert resumed["options"]["optimizer"] == optimizer and resumed["options"]["train_size"] == 200
+
+
+def test_a_command_run_in_process_gives_the_thread_count_back(tmp_path, capsys):
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    assert _run([*DATES, "--steps", "1", "--threads", str(wanted), "--checkpoint", str(tmp_path / "x.pt")],
+                capsys)[0] == 0
+    assert torch.get_num_threads() == before
+    _fails_with([*DATES, "--threads", str(wanted), "--device", "tpu", "--checkpoint", str(tmp_path / "y.pt")], capsys,
+                "--device")
+    assert torch.get_num_threads() == before
 
 
 def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
@@ -353,8 +366,7 @@ DAMAGE = {
     "negative size": (lambda p: p["config"].update(hidden_size=-4), "hidden_size must be an integer >= 1, got -4"),
     "string size": (lambda p: p["config"].update(num_layers="2"), "num_layers must be an integer >= 1"),
     "unknown config": (lambda p: p["config"].update(flux=1), "unknown model configuration key(s) flux"),
-    "NaN weights": (lambda p: p["model"].update({"decoder.output.bias": torch.full_like(p["model"]["decoder.output.bias"],
-                                                                                       float("nan"))}),
+    "NaN weights": (lambda p: p["model"]["decoder.output.bias"].fill_(float("nan")),
                     "weight decoder.output.bias holds NaN or Inf"),
     "weights of another shape": (lambda p: p["model"].update({"decoder.output.bias": torch.zeros(3)}),
                                  "do not fit its configuration: size mismatch for decoder.output.bias"),

@@ -151,7 +151,8 @@ def test_translate_plain_n_best_warnings_and_a_plot_per_input(dates_run, tmp_pat
     torch.save(payload, tmp_path / "endless.pt")
     plots = str(tmp_path / "align-{n}.png")
     result = rk("translate", "--checkpoint", str(tmp_path / "endless.pt"), "--format", "plain", "--beam", "3",
-                "--n-best", "2", "--max-len", "4", "--plot", plots, "25 Nov 2026", "  ", "3 Mäy 1999", "--device", "cpu")
+                "--n-best", "2", "--max-len", "4", "--plot", plots, "25 Nov 2026", "  ", "3 Mäy 1999",
+                "--device", "cpu")
     assert result.returncode == 0, result.stderr
     out = result.stdout.split("\n")
     assert len(out) == 7 and out[-1] == ""  # two lines per input, blank ones for the blank input
@@ -201,7 +202,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_from_it(tmp_path):
 def test_user_errors_from_real_processes(tmp_path):
     """The argument and path errors as a shell sees them (the full tables run in process: test_app.py)."""
     for argv, phrase in [
-        (["train", "lm", "--clip", "-1"], "rnnkernels train lm: error: argument --clip: expected a number >= 0, got -1"),
+        (["train", "lm", "--clip", "-1"],
+         "rnnkernels train lm: error: argument --clip: expected a number >= 0, got -1"),
         ([*DATES, "--checkpoint", "/dev/full"], "--checkpoint /dev/full exists and is not a regular file"),
     ]:
         result = rk(*argv)
@@ -218,7 +220,8 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("command, defaults", [
-    (["train", "lm"], ["--cell {gru,lstm,rnn} recurrent cell (default: lstm)", "--layers N recurrent layers (default: 2)",
+    (["train", "lm"], ["--cell {gru,lstm,rnn} recurrent cell (default: lstm)",
+                       "--layers N recurrent layers (default: 2)",
                        "--hidden N hidden size (default: 256)", "--dropout X dropout (default: 0.0)",
                        "(default: 0)", "--eval-every N", "(default: 500)", "--bptt N tokens per training window "
                        "(default: 128)", "--lr X peak learning rate (default: 0.002)"]),

@@ -1,5 +1,6 @@
 """The user guide's commands run (on tiny settings) so they cannot rot, the examples run, and the
 README says what the issue found missing (issue 17: documentation)."""
+import importlib.util
 import os
 import re
 import shlex
@@ -47,6 +48,13 @@ def _data_the_guide_names(folder):
     (folder / "sources.txt").write_text("25 Nov 2026\n\n2049/12/31\n")
 
 
+def _example(script: str):
+    spec = importlib.util.spec_from_file_location(f"example_{script[:-3]}", os.path.join(ROOT, "examples", script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_guide_has_commands_of_every_kind():
     kinds = {" ".join(words[:3]) if words[1] == "train" else " ".join(words[:2]) for words in guide_commands()}
     for kind in ("rnnkernels train lm", "rnnkernels train seq2seq", "rnnkernels generate", "rnnkernels translate",
@@ -57,7 +65,6 @@ def test_the_guide_has_commands_of_every_kind():
 def test_the_guide_commands_run(tmp_path, monkeypatch, capsys):
     _data_the_guide_names(tmp_path)
     monkeypatch.chdir(tmp_path)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     for words in guide_commands():
         shown = " ".join(words)
         if words[0] == "rnnkernels":
@@ -74,12 +81,11 @@ def test_the_guide_commands_run(tmp_path, monkeypatch, capsys):
             assert words[at + 1] == "rnnkernels"
             rest = words[at + 2:]
             cli.build_parser().parse_args(rest + TRAIN_OVERRIDES[rest[1]])
-        elif words[0] == "python" and words[1].startswith("examples/"):
+        elif words[0] == "python" and words[1].startswith("examples/"):  # each script's main(argv), in process
             script = os.path.basename(words[1])
-            result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *words[2:],
-                                     *EXAMPLE_OVERRIDES.get(script, [])], capture_output=True, text=True, env=env,
-                                    timeout=300)
-            assert result.returncode == 0, f"{shown}\n{result.stdout}\n{result.stderr}"
+            code = _example(script).main([*words[2:], *EXAMPLE_OVERRIDES.get(script, [])])
+            out, err = capsys.readouterr()
+            assert code == 0, f"{shown}\n{out}\n{err}"
         else:
             pytest.fail(f"the guide's command {shown!r} has no rule in this test: add one, or move it out of a "
                         f"bash block")
@@ -89,15 +95,20 @@ def test_the_guide_commands_run(tmp_path, monkeypatch, capsys):
         assert os.path.isfile(written), written
 
 
-def test_every_example_is_in_the_guide():
-    """test_the_guide_commands_run runs every example the guide names; here: the guide names them all."""
+def test_every_example_is_in_the_guide_and_runs_as_a_script(tmp_path):
+    """test_the_guide_commands_run runs every example the guide names; here: the guide names them all, and
+    one runs as the script a user starts."""
     guide = open(GUIDE, encoding="utf-8").read()
     scripts = sorted(n for n in os.listdir(os.path.join(ROOT, "examples")) if n.endswith(".py"))
     assert scripts == ["attention_decoder.py", "drop_in_swap.py", "load_checkpoint.py", "padded_batches.py"]
     for script in scripts:
         assert f"examples/{script}" in guide, script
         source = open(os.path.join(ROOT, "examples", script)).read()
-        assert source.startswith('"""') and "def main(" in source, script
+        assert source.startswith('"""') and 'if __name__ == "__main__":\n    raise SystemExit(main())' in source
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "padded_batches.py")], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0 and "max |difference|" in result.stdout, result.stderr
 
 
 def test_readme_points_to_everything_a_user_needs():

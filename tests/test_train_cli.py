@@ -131,7 +131,8 @@ def test_error_exit_from_a_real_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rnnkernels", "train", "seq2seq", "--data", str(tmp_path / "x.tsv")],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"rnnkernels train: error: data file {tmp_path / 'x.tsv'} does not exist"]
+    assert result.stderr.strip().splitlines() == [
+        f"rnnkernels train: error: data file {tmp_path / 'x.tsv'} does not exist"]
 
 
 def test_two_process_gloo_matches_one_process(tmp_path):

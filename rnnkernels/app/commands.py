@@ -106,9 +106,8 @@ def train_command(args) -> int:
         saved = payload.get("options") if isinstance(payload.get("options"), dict) else {}
         options, changes = opts.resolve(args, saved)
     _check_train_options(options, kind)
-    runtime = Runtime(options["device"], options["backend"], options["dtype"], allow_distributed=True,
-                      threads=options["threads"])
-    try:
+    with Runtime(options["device"], options["backend"], options["dtype"], allow_distributed=True,
+                 threads=options["threads"]) as runtime:
         task = TASKS[kind](options)
         task.check_trainable(options["data"])
         if options["best_metric"] == "bleu" and task.levels.get("tgt_level") != "word":
@@ -122,28 +121,26 @@ def train_command(args) -> int:
         if runtime.distributed:  # every rank done (rank 0 evaluates and saves last) before any tears down
             torch.distributed.barrier()
         return code
-    finally:
-        runtime.close()
 
 
 # ----------------------------------------------------------------------------- generate
 
 
 def generate_command(args) -> int:
-    runtime = Runtime(args.device, args.backend, "float32", allow_distributed=False, threads=args.threads)
-    checkpoint = _load(args.checkpoint, "lm", runtime)
-    tokens = tokenize(args.prompt, checkpoint.level)
-    if not tokens:
-        raise UserError("--prompt must hold at least one token")
-    unknown = inference.unknown_tokens(tokens, checkpoint.vocab)
-    if unknown:
-        print(f"warning: the prompt has tokens the model never saw ({' '.join(map(repr, unknown))}); "
-              f"they read as <unk>", file=sys.stderr)
-    with torch.no_grad(), runtime.use_backend():
-        text = inference.generate(checkpoint, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-                                  top_k=args.top_k, seed=args.seed)
-    print(text)
-    return 0
+    with Runtime(args.device, args.backend, "float32", allow_distributed=False, threads=args.threads) as runtime:
+        checkpoint = _load(args.checkpoint, "lm", runtime)
+        tokens = tokenize(args.prompt, checkpoint.level)
+        if not tokens:
+            raise UserError("--prompt must hold at least one token")
+        unknown = inference.unknown_tokens(tokens, checkpoint.vocab)
+        if unknown:
+            print(f"warning: the prompt has tokens the model never saw ({' '.join(map(repr, unknown))}); "
+                  f"they read as <unk>", file=sys.stderr)
+        with torch.no_grad(), runtime.use_backend():
+            text = inference.generate(checkpoint, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                      top_k=args.top_k, seed=args.seed)
+        print(text)
+        return 0
 
 
 def _load(path: str, kind: str, runtime: Runtime):
@@ -178,41 +175,41 @@ def translate_command(args) -> int:
         raise UserError(f"--n-best {args.n_best} is more than --beam {args.beam}")
     if args.plot:
         check_plot_path(args.plot.replace("{n}", "1"), "--plot")
-    runtime = Runtime(args.device, args.backend, "float32", allow_distributed=False, threads=args.threads)
-    checkpoint = _load(args.checkpoint, "seq2seq", runtime)
-    if args.plot and checkpoint.model.decoder.attention is None:
-        raise UserError("--plot needs a model with attention (this one was trained with --attention none)")
-    texts = _inputs(args)
-    if not any(t.strip() for t in texts):
-        raise UserError("nothing to translate: give sources as arguments, with --input or on stdin")
-    plots = _plot_paths(args.plot, len(texts)) if args.plot else []
-    for path in plots:
-        check_output_path(path, "--plot")
-    with torch.no_grad(), runtime.use_backend():
-        results = inference.translate(checkpoint, texts, beam_size=args.beam, n_best=args.n_best,
-                                      max_len=args.max_len, length_penalty=args.length_penalty,
-                                      batch_size=args.batch_size)
-    for number, result in enumerate(results, 1):
-        label = f"input {number} ({result.source!r})"
-        if not result.hypotheses:
-            print(f"warning: {label} is blank: no translation", file=sys.stderr)
-        if result.unknown:
-            print(f"warning: {label} has tokens the model never saw, read as <unk>: "
-                  f"{' '.join(map(repr, result.unknown))}", file=sys.stderr)
-        if any(not h.finished for h in result.hypotheses):
-            print(f"warning: {label}: output cut off at --max-len {args.max_len} before <eos>", file=sys.stderr)
-        _print_translation(result, args.format, args.n_best)
-    for path, result in zip(plots, results):
-        if result.best is None:
-            continue
-        hypothesis = result.best
-        output = hypothesis.tokens + (["<eos>"] if hypothesis.finished else [])
-        plot_alignment(result.source_tokens, output, hypothesis.alignment, path,
-                       f"{result.source!r} -> {hypothesis.text!r}")
-        print(f"alignment of {result.source!r} written to {path}", file=sys.stderr)
-    if args.plot and "{n}" not in args.plot and len(texts) > 1:
-        print("note: --plot shows the first input; put {n} in its name for one plot per input", file=sys.stderr)
-    return 0
+    with Runtime(args.device, args.backend, "float32", allow_distributed=False, threads=args.threads) as runtime:
+        checkpoint = _load(args.checkpoint, "seq2seq", runtime)
+        if args.plot and checkpoint.model.decoder.attention is None:
+            raise UserError("--plot needs a model with attention (this one was trained with --attention none)")
+        texts = _inputs(args)
+        if not any(t.strip() for t in texts):
+            raise UserError("nothing to translate: give sources as arguments, with --input or on stdin")
+        plots = _plot_paths(args.plot, len(texts)) if args.plot else []
+        for path in plots:
+            check_output_path(path, "--plot")
+        with torch.no_grad(), runtime.use_backend():
+            results = inference.translate(checkpoint, texts, beam_size=args.beam, n_best=args.n_best,
+                                          max_len=args.max_len, length_penalty=args.length_penalty,
+                                          batch_size=args.batch_size)
+        for number, result in enumerate(results, 1):
+            label = f"input {number} ({result.source!r})"
+            if not result.hypotheses:
+                print(f"warning: {label} is blank: no translation", file=sys.stderr)
+            if result.unknown:
+                print(f"warning: {label} has tokens the model never saw, read as <unk>: "
+                      f"{' '.join(map(repr, result.unknown))}", file=sys.stderr)
+            if any(not h.finished for h in result.hypotheses):
+                print(f"warning: {label}: output cut off at --max-len {args.max_len} before <eos>", file=sys.stderr)
+            _print_translation(result, args.format, args.n_best)
+        for path, result in zip(plots, results):
+            if result.best is None:
+                continue
+            hypothesis = result.best
+            output = hypothesis.tokens + (["<eos>"] if hypothesis.finished else [])
+            plot_alignment(result.source_tokens, output, hypothesis.alignment, path,
+                           f"{result.source!r} -> {hypothesis.text!r}")
+            print(f"alignment of {result.source!r} written to {path}", file=sys.stderr)
+        if args.plot and "{n}" not in args.plot and len(texts) > 1:
+            print("note: --plot shows the first input; put {n} in its name for one plot per input", file=sys.stderr)
+        return 0
 
 
 def _print_translation(result, output_format: str, n_best: int) -> None:
@@ -237,31 +234,31 @@ def _print_translation(result, output_format: str, n_best: int) -> None:
 def evaluate_command(args) -> int:
     if args.json:
         check_output_path(args.json, "--json")
-    runtime = Runtime(args.device, args.backend, args.dtype, allow_distributed=False, threads=args.threads)
-    payload = read_checkpoint(args.checkpoint)
-    kind = payload["kind"]
-    saved = payload.get("options") if isinstance(payload.get("options"), dict) else {}
-    if args.data is None and "data" not in saved:
-        raise UserError(f"checkpoint {args.checkpoint} does not say what data it was trained on: give --data")
-    defaults = {s.dest: s.default for s in opts.train_specs(kind)}
-    options = {**defaults, **{k: v for k, v in saved.items() if k in defaults}, **levels_of(payload)}
-    if args.data is not None:
-        options["data"] = args.data
-    if args.eval_size is not None:
-        options["eval_size"] = args.eval_size
-    if args.eval_tokens is not None:
-        options["eval_tokens"] = args.eval_tokens
-    vocabs = {name: Vocab(itos) for name, itos in payload["vocabs"].items()}
-    task = TASKS[kind](options, **{k: v for k, v in vocabs.items() if k in ("vocab", "src_vocab", "tgt_vocab")})
-    model = model_from_checkpoint(payload, runtime.device, runtime.param_dtype)
-    with torch.no_grad(), runtime.use_backend():
-        values = task.evaluate(model, runtime, args.split)
-    print(f"{args.checkpoint} (step {payload.get('step', 0)}) on {options['data']} {args.split}: {task.describe()}")
-    print(f"{args.split}: {format_metrics(values)}")
-    if args.json:
-        write_text(args.json, json.dumps({"checkpoint": args.checkpoint, "step": payload.get("step", 0),
-                                          "data": options["data"], "split": args.split, **values}, indent=1))
-    return 0
+    with Runtime(args.device, args.backend, args.dtype, allow_distributed=False, threads=args.threads) as runtime:
+        payload = read_checkpoint(args.checkpoint)
+        kind = payload["kind"]
+        saved = payload.get("options") if isinstance(payload.get("options"), dict) else {}
+        if args.data is None and "data" not in saved:
+            raise UserError(f"checkpoint {args.checkpoint} does not say what data it was trained on: give --data")
+        defaults = {s.dest: s.default for s in opts.train_specs(kind)}
+        options = {**defaults, **{k: v for k, v in saved.items() if k in defaults}, **levels_of(payload)}
+        if args.data is not None:
+            options["data"] = args.data
+        if args.eval_size is not None:
+            options["eval_size"] = args.eval_size
+        if args.eval_tokens is not None:
+            options["eval_tokens"] = args.eval_tokens
+        vocabs = {name: Vocab(itos) for name, itos in payload["vocabs"].items()}
+        task = TASKS[kind](options, **{k: v for k, v in vocabs.items() if k in ("vocab", "src_vocab", "tgt_vocab")})
+        model = model_from_checkpoint(payload, runtime.device, runtime.param_dtype)
+        with torch.no_grad(), runtime.use_backend():
+            values = task.evaluate(model, runtime, args.split)
+        print(f"{args.checkpoint} (step {payload.get('step', 0)}) on {options['data']} {args.split}: {task.describe()}")
+        print(f"{args.split}: {format_metrics(values)}")
+        if args.json:
+            write_text(args.json, json.dumps({"checkpoint": args.checkpoint, "step": payload.get("step", 0),
+                                              "data": options["data"], "split": args.split, **values}, indent=1))
+        return 0
 
 
 # ----------------------------------------------------------------------------- parsers

@@ -16,6 +16,15 @@ class Runtime:
     """Device, dtype, backend and (under torchrun) the process group of this run."""
 
     def __init__(self, device: str, backend: str, dtype: str, allow_distributed: bool, threads: Optional[int] = None):
+        self._threads_before = torch.get_num_threads()  # given back by close(): a command run in process leaves none
+        try:
+            self._setup(device, backend, dtype, allow_distributed, threads)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, device: str, backend: str, dtype: str, allow_distributed: bool, threads: Optional[int]):
+        self.distributed = False
         if threads is not None:
             if threads < 1:
                 raise UserError(f"--threads must be >= 1, got {threads}")
@@ -92,5 +101,15 @@ class Runtime:
         return backends.use_backend(self.backend)
 
     def close(self):
-        if self.distributed and dist.is_initialized():
+        """Leaves the process group and gives torch its thread count back."""
+        if getattr(self, "distributed", False) and dist.is_initialized():
             dist.destroy_process_group()
+        if torch.get_num_threads() != self._threads_before:
+            torch.set_num_threads(self._threads_before)
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False

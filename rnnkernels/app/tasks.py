@@ -101,7 +101,8 @@ class Seq2SeqTask:
         self.max_len = max((len(t) for _, t in self.data.train), default=0) + 5
         self.config = dict(src_vocab_size=len(self.data.src_vocab), tgt_vocab_size=len(self.data.tgt_vocab),
                            embed_size=options["embed"], hidden_size=options["hidden"], num_layers=options["layers"],
-                           cell=options["cell"], attention=None if options["attention"] == "none" else options["attention"],
+                           cell=options["cell"],
+                           attention=None if options["attention"] == "none" else options["attention"],
                            dropout=options["dropout"])
         self.vocabs = {"src_vocab": self.data.src_vocab.itos, "tgt_vocab": self.data.tgt_vocab.itos}
         self.levels = {"src_level": self.data.src_level, "tgt_level": self.data.tgt_level}

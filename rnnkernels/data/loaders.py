@@ -106,7 +106,8 @@ def load_lm(spec: str, max_chars: Optional[int] = None, level: Optional[str] = N
     level = level or default_level
 
     if level == "word":  # one <eos> per line, like wikitext
-        tokens = {s: [w for line in t.splitlines() for w in tokenize(line, "word") + ["<eos>"]] for s, t in texts.items()}
+        tokens = {s: [w for line in t.splitlines() for w in tokenize(line, "word") + ["<eos>"]]
+                  for s, t in texts.items()}
     else:
         tokens = {s: tokenize(t, "char") for s, t in texts.items()}
     if vocab is None:
