@@ -88,12 +88,44 @@ else:
         extra_link_args=extra_link,
     )
 
+
+def package_version():
+    """rnnkernels/_version.py is the one place the version is written; read without importing the package."""
+    with open(os.path.join(HERE, "rnnkernels", "_version.py")) as f:
+        return next(line.split('"')[1] for line in f if line.startswith("__version__"))
+
+
+def long_description():
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+# torch is the one hard dependency, and only as a floor: with any torch >= 2.4
+# installed (CPU or CUDA build) pip keeps it; `make install` installs with
+# --no-deps anyway. Triton serves only the GPU backend and the interpreter
+# tests, so it is an extra: the package imports and runs without it.
+EXTRAS = {
+    "triton": ["triton>=3.2"],
+    "plot": ["matplotlib"],
+    "bleu": ["sacrebleu>=2.0"],
+    "tensorboard": ["tensorboard"],
+}
+EXTRAS["dev"] = sorted(set(EXTRAS["triton"] + EXTRAS["plot"] + ["pytest", "hypothesis", "ninja", "pybind11"]))
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "dev" for req in reqs})
+
 setup(
     name="rnnkernels",
-    version="0.1.0",
+    version=package_version(),
     description="Fast fused LSTM / GRU / RNN and attention kernels for PyTorch",
+    long_description=long_description(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    license_files=["LICENSE"],
+    install_requires=["torch>=2.4", "tqdm"],
+    extras_require=EXTRAS,
     packages=[
         "rnnkernels",
+        "rnnkernels.app",
         "rnnkernels.backends",
         "rnnkernels.nn",
         "rnnkernels.models",
@@ -110,4 +142,10 @@ setup(
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["rnnkernels=rnnkernels.cli:main"]},
     python_requires=">=3.9",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: C++",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Operating System :: POSIX :: Linux",
+    ],
 )

@@ -52,6 +52,10 @@ def _triton_missing() -> Optional[str]:
     return None
 
 
+# Checked once, when rnnkernels imports its backends: torch.compile cannot trace a failing import.
+_MISSING = _triton_missing()
+
+
 def _interpreted() -> Optional[bool]:
     """Whether the kernels run in Triton's interpreter; None if not imported yet."""
     step = sys.modules.get(f"{_PACKAGE}.rnn_step")
@@ -61,7 +65,7 @@ def _interpreted() -> Optional[bool]:
 
 
 def unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
-    missing = _triton_missing()
+    missing = _MISSING
     if missing is not None:
         return missing
     if dtype is not None and dtype not in DTYPES:

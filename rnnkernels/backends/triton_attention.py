@@ -36,8 +36,12 @@ def _triton_error() -> Optional[str]:
     return None
 
 
+# Checked once, when rnnkernels imports its backends: torch.compile cannot trace a failing import.
+_ERROR = _triton_error()
+
+
 def _unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
-    error = _triton_error()
+    error = _ERROR
     if error is not None:
         return error
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
