@@ -4,7 +4,7 @@
 csrc/rnn_ops.cpp (schemas and the saved-activation layout are documented
 there and in csrc/rnn_layer.cpp). Importing this module registers, for them,
 the autograd formula (forward saves activations, backward is the second op;
-with create_graph=True a differentiable recompute, see layer_autograd) and the
+with create_graph=True a differentiable recompute, see interop) and the
 fake kernels that let torch.compile trace them without running them.
 
 Eager calls skip the registered (Python) autograd kernel, which a one-step
@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _ext, layer_autograd, reference
+from . import _ext, interop, reference
 from .reference import GATES
 
 if _ext.load_error() is not None:  # pragma: no cover - guarded by the callers
@@ -98,7 +98,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, states, cells, gates, hidden_raw = saved
     needs = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training
     if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable too
-        grads = layer_autograd.differentiable_grads(
+        grads = interop.differentiable_grads(
             ctx.mode, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths), needs[1:10],
             (grad_output, grad_h_n, grad_c_n if ctx.mode == "lstm" else None), ctx.reverse)
         return (None, *grads[:8], None, None, None)
@@ -161,8 +161,8 @@ def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     """The backend contract (rnnkernels.reference.rnn_layer) on the compiled op:
     saves activations only when some input requires grad."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    layer_autograd.check_no_expanded_weights(tensors)
-    if layer_autograd.needs_reference(tensors):
+    interop.check_no_expanded_weights(tensors)
+    if interop.needs_reference(tensors):
         return reference.rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     tracing = torch.jit.is_tracing()
     # A trace bakes `training` in as a constant and its check re-runs under

@@ -1,6 +1,8 @@
-"""What the compiled recurrent-layer ops (rnnkernels.rnn_ops: C++ on CPU and
-CUDA; rnnkernels.backends.triton) share beyond their fast kernels, so that
-every autograd path gives torch's numbers or a clear error:
+"""How the recurrent layers meet torch's transforms and modes, so that every
+path gives torch's numbers or a clear error.
+
+What the compiled layer ops (rnnkernels.rnn_ops: C++ on CPU and CUDA;
+rnnkernels.backends.triton) share beyond their fast kernels:
 
 - double backward: their backward ops have no derivative of their own, so a
   backward run with create_graph=True recomputes the layer with the pure-PyTorch
@@ -12,15 +14,23 @@ every autograd path gives torch's numbers or a clear error:
 - ExpandedWeights (torch.nn.utils._per_sample_grad, Opacus-style per-sample
   gradients) are refused before any work (`check_no_expanded_weights`); the
   modules hand them to torch.nn's own forward, whose decomposition supports them.
+
+What the modules share (rnnkernels.modules, rnnkernels.cells):
+
+- autocast (`autocast_plan`): torch's policy for its recurrent ops is
+  lower_precision_fp (CPU: bfloat16, as torch.nn.LSTM runs under
+  torch.autocast("cpu"); CUDA: float16 or bfloat16, as cuDNN's RNNs do): the
+  float32 and float16 / bfloat16 tensors of a call are cast to the autocast
+  dtype, float64 ones are left alone.
 """
 import sys
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
-from . import reference
+from . import backends, reference
 
 _EXPANDED_WEIGHTS_MODULE = "torch.nn.utils._expanded_weights.expanded_weights_impl"
 
@@ -87,3 +97,47 @@ def differentiable_grads(mode: str, inputs: Tuple[Optional[Tensor], ...], needs:
     for i, grad in zip(wanted, grads):
         result[i] = grad
     return tuple(result)
+
+
+class AutocastPlan(NamedTuple):
+    compute: torch.dtype  # the dtype the kernels run in
+    output: torch.dtype   # the dtype the call returns
+    backend: str          # the backend that runs it, resolved once for the whole call
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype active for `device_type`, or None (torch >= 2.4 API, older one as fallback)."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # pragma: no cover - torch < 2.4
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return None
+
+
+def autocast_plan(requested_backend: Optional[str], x: Tensor, op: str = "rnn") -> Optional[AutocastPlan]:
+    """None outside autocast (or for float64 input); else how to run the call.
+
+    The backend is the one the call would run on without autocast. When it has
+    no kernel for the autocast dtype (the C++ kernels have none for float16),
+    it computes in x's dtype and the outputs are cast: the caller sees
+    autocast's dtype either way, never a silent switch to a slower backend."""
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    target = _autocast_dtype(x.device.type)
+    if target is None:
+        return None
+    name, _ = backends.resolve(requested_backend, x.device, op, x.dtype)
+    runs_in_target = backends.unavailable_reason(name, x.device, op, target) is None
+    return AutocastPlan(target if runs_in_target else x.dtype, target, name)
+
+
+def autocast_cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """t in `dtype` if autocast would cast it (floating, not float64), else t."""
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64 or t.dtype == dtype:
+        return t
+    return t.to(dtype)
