@@ -239,12 +239,13 @@ def device_dtypes(device: str) -> List[torch.dtype]:
 
 
 def run_checks(cases: int = 20, seed: int = 0, only: Optional[List[str]] = None, ops=("rnn", "attention"),
-               out=sys.stdout) -> bool:
+               out=None) -> bool:
     """Prints one row per (op, device, backend, dtype); returns True when all pass.
 
     `only`: check just these backends. Each must be known and able to run at
     least one of `ops` here (else a line with the reason, and False): a check
     that checks nothing must not pass."""
+    out = out if out is not None else sys.stdout  # looked up per call: pytest's capsys replaces it
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     makers = {"rnn": (random_rnn_case, run_rnn_case), "attention": (random_attention_case, run_attention_case)}
     if only:

@@ -96,9 +96,13 @@ class _RecurrentMixin:
             return torch_forward(input, hx)
         if isinstance(input, PackedSequence):
             raise ValueError("lengths must not be given with a PackedSequence: it carries its own")
+        lengths = torch.as_tensor(lengths).cpu()
+        if lengths.numel() > 1 and bool((lengths[1:] > lengths[:-1]).any()):
+            # torch's decomposition would return them in the sorted order, not the batch's
+            raise ValueError("per-sample gradients (ExpandedWeights) with lengths need the batch sorted by "
+                             f"decreasing length, got lengths {lengths.tolist()}")
         steps = input.shape[1 if self.batch_first else 0]
-        packed = pack_padded_sequence(input, torch.as_tensor(lengths).cpu(), batch_first=self.batch_first,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first)
         output, state = torch_forward(packed, hx)
         return pad_packed_sequence(output, batch_first=self.batch_first, total_length=steps)[0], state
 
