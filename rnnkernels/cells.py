@@ -11,7 +11,6 @@ on the module's backend:
     cell = rk.LSTMCell(256, 512)          # backend="auto" | "cpu" | "cuda" | "triton" | "reference"
     h, c = cell(x, (h, c))                # x (batch, 256), h, c (batch, 512)
 """
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -43,7 +42,11 @@ class _CellMixin:
     def _rk_mode(self) -> str:
         raise NotImplementedError
 
-    def _check_step(self, input: Tensor, states: Tuple[Tensor, ...]) -> None:
+    def _weights(self) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        # Read once per call: each read goes through nn.Module.__getattr__.
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+    def _check_step(self, input: Tensor, states: Tuple[Tensor, ...], weights) -> None:
         """torch's cell checks (aten's check_rnn_cell_forward_*), plus dtype and device."""
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
@@ -57,30 +60,33 @@ class _CellMixin:
                 raise RuntimeError(f"hidden{label} dtype ({h.dtype}) does not match input dtype ({input.dtype})")
             if h.device != input.device:
                 raise RuntimeError(f"hidden{label} is on {h.device} but input is on {input.device}")
-        if self.weight_ih.device != input.device:
-            raise RuntimeError(f"input is on {input.device} but the module's weights are on {self.weight_ih.device}")
+        if weights[0].device != input.device:
+            raise RuntimeError(f"input is on {input.device} but the module's weights are on {weights[0].device}")
 
-    def _step(self, input: Tensor, h: Tensor, c: Optional[Tensor], backend: Optional[str]):
+    def _step(self, input: Tensor, h: Tensor, c: Optional[Tensor], weights, backend: Optional[str]):
         """One step on 2-D tensors: (h', c') (c' None unless LSTM)."""
-        self._check_step(input, (h,) if c is None else (h, c))
-        mode = self._rk_mode()
+        self._check_step(input, (h,) if c is None else (h, c), weights)
         backend = backend if backend is not None else getattr(self, "backend", "auto")
-        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        plan = interop.autocast_plan(backend, input)
-        if plan is not None:  # autocast: see rnnkernels.interop
-            input, h, c = (interop.autocast_cast(t, plan.compute) for t in (input, h, c))
-            weights = tuple(interop.autocast_cast(w, plan.compute) for w in weights)
-            backend = plan.backend
-        elif input.dtype != self.weight_ih.dtype:
-            raise ValueError(f"{type(self).__name__} input dtype ({input.dtype}) does not match weight dtype "
-                             f"({self.weight_ih.dtype}). Convert input: input.to({self.weight_ih.dtype}), "
-                             f"or convert model: model.to({input.dtype})")
         if self.hidden_size == 0:  # the kernels take no empty weights; nothing to compute
             backend = "reference"
-        with torch.autocast(input.device.type, enabled=False) if plan is not None else contextlib.nullcontext():
-            _, h_next, c_next = backends.rnn_layer(mode, input.unsqueeze(0), h, c, *weights, None, None, False,
-                                                   backend=backend)
-        if plan is not None and plan.output != plan.compute:
+        plan = interop.autocast_plan(backend, input)
+        if plan is not None:  # autocast: see rnnkernels.interop
+            return self._autocast_step(plan, input, h, c, weights)
+        if input.dtype != weights[0].dtype:
+            raise ValueError(f"{type(self).__name__} input dtype ({input.dtype}) does not match weight dtype "
+                             f"({weights[0].dtype}). Convert input: input.to({weights[0].dtype}), "
+                             f"or convert model: model.to({input.dtype})")
+        _, h_next, c_next = backends.rnn_layer(self._rk_mode(), input.unsqueeze(0), h, c, *weights, None, None, False,
+                                               backend=backend)
+        return h_next, c_next
+
+    def _autocast_step(self, plan: interop.AutocastPlan, input: Tensor, h: Tensor, c: Optional[Tensor], weights):
+        input, h, c = (interop.autocast_cast(t, plan.compute) for t in (input, h, c))
+        weights = tuple(interop.autocast_cast(w, plan.compute) for w in weights)
+        with torch.autocast(input.device.type, enabled=False):
+            _, h_next, c_next = backends.rnn_layer(self._rk_mode(), input.unsqueeze(0), h, c, *weights, None, None,
+                                                   False, backend=plan.backend)
+        if plan.output != plan.compute:
             h_next = h_next.to(plan.output)
             c_next = c_next.to(plan.output) if c_next is not None else None
         return h_next, c_next
@@ -101,7 +107,8 @@ class _HiddenCellMixin(_CellMixin):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None, *, backend: Optional[str] = None) -> Tensor:
         """input (batch, input_size) or (input_size,); hx like it with hidden_size (default zeros).
         backend: overrides the module's backend for this call."""
-        if interop.expanded_weights_in((self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)):
+        weights = self._weights()
+        if interop.expanded_weights_in(weights):
             return super().forward(input, hx)  # torch.nn's: its error for per-sample gradients
         name = type(self).__name__
         is_batched = self._batched(input, name)
@@ -110,7 +117,7 @@ class _HiddenCellMixin(_CellMixin):
         if not is_batched:
             input = input.unsqueeze(0)
             hx = hx.unsqueeze(0) if hx is not None else None
-        h, _ = self._step(input, hx if hx is not None else self._zeros(input), None, backend)
+        h, _ = self._step(input, hx if hx is not None else self._zeros(input), None, weights, backend)
         return h if is_batched else h.squeeze(0)
 
 
@@ -140,7 +147,8 @@ class LSTMCell(_CellMixin, nn.LSTMCell):
                 backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """input (batch, input_size) or (input_size,); hx = (h, c) like it with hidden_size
         (default zeros). backend: overrides the module's backend for this call."""
-        if interop.expanded_weights_in((self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)):
+        weights = self._weights()
+        if interop.expanded_weights_in(weights):
             return super().forward(input, hx)  # torch.nn's: its error for per-sample gradients
         name = type(self).__name__
         is_batched = self._batched(input, name)
@@ -154,5 +162,5 @@ class LSTMCell(_CellMixin, nn.LSTMCell):
         if hx is None:
             zeros = self._zeros(input)
             hx = (zeros, zeros)
-        h, c = self._step(input, hx[0], hx[1], backend)
+        h, c = self._step(input, hx[0], hx[1], weights, backend)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))

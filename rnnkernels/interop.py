@@ -105,6 +105,10 @@ class AutocastPlan(NamedTuple):
     backend: str          # the backend that runs it, resolved once for the whole call
 
 
+# One C call: is any autocast on at all (every module call asks).
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+
+
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The autocast dtype active for `device_type`, or None (torch >= 2.4 API, older one as fallback)."""
     try:
@@ -126,7 +130,7 @@ def autocast_plan(requested_backend: Optional[str], x: Tensor, op: str = "rnn") 
     no kernel for the autocast dtype (the C++ kernels have none for float16),
     it computes in x's dtype and the outputs are cast: the caller sees
     autocast's dtype either way, never a silent switch to a slower backend."""
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if not _any_autocast() or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return None
     target = _autocast_dtype(x.device.type)
     if target is None:
