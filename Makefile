@@ -1,7 +1,9 @@
 # make install   idempotent set-up: torch 2.13 CPU only if no torch is importable,
 #                then the other requirements, then the package in editable mode
 # make test      the whole test suite (what CI runs)
-# make bench     the benchmark table (quick suite), torch.nn vs rnnkernels
+# make test-without-triton  the suite as on a machine without Triton (its tests skip, the rest passes)
+# make bench     the benchmark table (quick suite), torch.nn vs rnnkernels, written to $(BENCH_OUT)
+#                (build/bench: ignored by git, so a bench run leaves the checkout clean)
 # make cuda-check compile check of the CUDA side without a GPU (part of `make test` when nvcc exists)
 # make demo      ~2 minutes on a 2-core CPU: trains the dates translator, translates a few
 #                dates with their scores, writes runs/demo-alignment.png
@@ -9,7 +11,9 @@ PYTHON ?= python3
 PIP    ?= $(PYTHON) -m pip
 STAMP  := build/.installed
 
-.PHONY: install test bench check cuda-check cuda-check-if-nvcc clean demo
+BENCH_OUT ?= build/bench
+
+.PHONY: install test test-without-triton bench check cuda-check cuda-check-if-nvcc clean demo
 
 $(STAMP): setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
@@ -22,8 +26,12 @@ install: $(STAMP)
 test: install cuda-check-if-nvcc
 	$(PYTHON) -m pytest -q tests
 
+# tests/without_triton/sitecustomize.py makes `import triton` fail in pytest and every process it starts
+test-without-triton: install
+	PYTHONPATH=$(CURDIR)/tests/without_triton$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q tests
+
 bench: install
-	$(PYTHON) -m rnnkernels bench --markdown
+	$(PYTHON) -m rnnkernels bench --markdown --json --out-dir $(BENCH_OUT)
 
 check: install
 	$(PYTHON) -m rnnkernels check
@@ -72,7 +80,7 @@ $(CUDA_CHECK)/%.o: csrc/%.cpp $(CUDA_HEADERS) $(CUDA_CHECK_SHIM)
 
 cuda-check: $(CU_OBJECTS) $(CUDA_CXX_OBJECTS)
 	@nm --defined-only $^ | awk 'NF == 3 {print $$3}' | sort -u > $(CUDA_CHECK)/defined.txt
-	@nm -u $(CUDA_CXX_OBJECTS) | awk '{print $$2}' | grep '^_ZN10rnnkernels' | grep -v '_cpuE' | sort -u > $(CUDA_CHECK)/needed.txt
+	@nm -u $(CUDA_CXX_OBJECTS) | awk '{print $$2}' | grep '^_ZN10rnnkernels' | grep -v -e '_cpuE' -e '^_ZN10rnnkernels4gemm' | sort -u > $(CUDA_CHECK)/needed.txt
 	@missing=$$(comm -23 $(CUDA_CHECK)/needed.txt $(CUDA_CHECK)/defined.txt); \
 	 if [ -n "$$missing" ]; then echo "cuda-check: symbols used but defined nowhere:"; echo "$$missing" | c++filt; exit 1; fi
 	@echo "cuda-check: $(words $(CU_OBJECTS)) .cu files (sm_80, sm_90) and $(words $(CUDA_CXX_OBJECTS)) C++ files compile and link up"
@@ -88,5 +96,5 @@ DEMO_DATES := "Wednesday, November 25, 2026" "11/25/26" "the 3rd of July, 1999" 
 
 demo: install
 	$(PYTHON) -m rnnkernels train seq2seq --data builtin:dates --batch-size 256 --steps 1000 --time-limit 100 \
-		--eval-every 0 --eval-size 500 --checkpoint runs/demo-dates.pt
+		--eval-every 0 --eval-size 500 --log-every 50 --checkpoint runs/demo-dates.pt --plot-loss runs/demo-loss.png
 	$(PYTHON) -m rnnkernels translate --checkpoint runs/demo-dates.pt --beam 5 --plot runs/demo-alignment.png $(DEMO_DATES)

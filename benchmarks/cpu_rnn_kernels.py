@@ -1,11 +1,13 @@
 """torch.nn vs rnnkernels' cpu backend, side by side in one run (llm.c style).
 
-    .venv/bin/python benchmarks/cpu_rnn_kernels.py [--quick] [--cells lstm,gru,rnn_tanh] [--out FILE.md]
+    python benchmarks/cpu_rnn_kernels.py [--quick] [--cells lstm,gru,rnn_tanh] [--dtype bfloat16]
+        [--engine auto|onednn|blas] [--out FILE.md]
 
 For each (T, B, input, hidden) of issue 3, each cell, 1 layer and 2 layers
 bidirectional: forward (no grad) and forward+backward times of torch.nn and
 rk (same weights, same input), interleaved, median of repeats after warm-up;
-prints the ratio torch/rk (> 1: rk is faster) and rk's GFLOP/s. Then padded
+prints the ratio torch/rk (> 1: rk is faster), rk's GFLOP/s and its fraction
+of the machine's measured FMA peak (benchmarks/machine.py). Then padded
 input with uneven lengths (rk) against the same data as a PackedSequence
 (torch.nn). The machine is shared and noisy: read the ratios, not the times.
 """
@@ -19,6 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkernels as rk
+from rnnkernels.benchmarks.machine import describe, one_line
 from rnnkernels.benchmarks.suite import CPU_SHAPES
 from rnnkernels.benchmarks.timing import add_keep_freed_memory_flag, apply_keep_freed_memory_flag
 
@@ -58,10 +61,13 @@ def compare(fn_torch, fn_rk, repeats, warmup=2):
     return statistics.median(t_torch), statistics.median(t_rk)
 
 
+DTYPE = torch.float32  # --dtype
+
+
 def make_pair(cell, I, H, layers, bidirectional):
     torch.manual_seed(0)
-    ref = TORCH_MODULE[cell](I, H, num_layers=layers, bidirectional=bidirectional)
-    ours = RK_MODULE[cell](I, H, num_layers=layers, bidirectional=bidirectional, backend="cpu")
+    ref = TORCH_MODULE[cell](I, H, num_layers=layers, bidirectional=bidirectional).to(DTYPE)
+    ours = RK_MODULE[cell](I, H, num_layers=layers, bidirectional=bidirectional, backend="cpu").to(DTYPE)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
@@ -69,7 +75,7 @@ def make_pair(cell, I, H, layers, bidirectional):
 def bench_config(cell, shape, layers, bidirectional, repeats):
     T, B, I, H = shape
     ref, ours = make_pair(cell, I, H, layers, bidirectional)
-    x = torch.randn(T, B, I)
+    x = torch.randn(T, B, I, dtype=DTYPE)
     xg = x.clone().requires_grad_()
 
     def fwd(module):
@@ -81,7 +87,7 @@ def bench_config(cell, shape, layers, bidirectional, repeats):
     def fwd_bwd(module):
         def run():
             out, _ = module(xg)
-            out.sum().backward()
+            out.float().sum().backward()
         return run
 
     f_torch, f_rk = compare(fwd(ref), fwd(ours), repeats)
@@ -101,16 +107,16 @@ def bench_lengths(cell, shape, repeats):
     gen = torch.Generator().manual_seed(1)
     lengths = torch.randint(1, T + 1, (B,), generator=gen)
     lengths[0] = T
-    x = torch.randn(T, B, I, requires_grad=True)
+    x = torch.randn(T, B, I, dtype=DTYPE, requires_grad=True)
 
     def run_torch():
         packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         out, _ = ref(packed)
-        out.data.sum().backward()
+        out.data.float().sum().backward()
 
     def run_rk():
         out, _ = ours(x, lengths=lengths)
-        out.sum().backward()
+        out.float().sum().backward()
 
     t_torch, t_rk = compare(run_torch, run_rk, repeats)
     return {"torch_ms": t_torch * 1e3, "rk_ms": t_rk * 1e3, "ratio": t_torch / t_rk}
@@ -132,26 +138,35 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=0)
     parser.add_argument("--out", default="", help="also write the markdown table here")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--engine", default="auto", choices=["auto", "onednn", "blas"],
+                        help="the cpu backend's GEMM engine (default: chosen by measurement; csrc/cpu/gemm.h)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process' CPU time instead of wall time: steadier on a shared "
                              "machine (use with --threads 1, where it is the compute time)")
     add_keep_freed_memory_flag(parser)
     args = parser.parse_args(argv)
     apply_keep_freed_memory_flag(parser, args)
-    global CLOCK
+    global CLOCK, DTYPE
     if args.cpu_time:
         CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
+    DTYPE = getattr(torch, args.dtype)
+    torch.ops.rnnkernels.set_cpu_gemm_engine(args.engine)
+    machine = describe("cpu")
+    peak = float(machine["fma_peak_gflops"]) if machine["fma_peak_gflops"] != "unknown" else float("nan")
     repeats = args.repeats or (3 if args.quick else 7)
     shapes = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES
     cells = args.cells.split(",")
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-             f"{'process CPU time' if args.cpu_time else 'wall time'}, median of {repeats}, "
+    lines = [f"Machine: {one_line(machine)}; measured {machine['date']}", "",
+             f"{args.dtype}, {'process CPU time' if args.cpu_time else 'wall time'}, median of {repeats}, "
              f"{'malloc keeps freed memory' if args.keep_freed_memory else 'default malloc'}; "
-             f"ratio = torch.nn time / rk time (> 1: rk faster); sgemm 1024^3: {sgemm_rate():.0f} GFLOP/s", "",
-             "| cell | layers | T, B, I, H | fwd torch ms | fwd rk ms | fwd ratio | fwd+bwd torch ms | fwd+bwd rk ms "
-             "| fwd+bwd ratio | rk fwd+bwd GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"ratio = torch.nn time / rk time (> 1: rk faster); float32 sgemm 1024^3: {sgemm_rate():.0f} GFLOP/s; "
+             f"% of peak = GEMM FLOPs / time / measured FMA peak", "",
+             "| cell | layers | T, B, I, H | fwd torch ms | fwd rk ms | fwd ratio | rk fwd % of peak | fwd+bwd torch ms "
+             "| fwd+bwd rk ms | fwd+bwd ratio | rk fwd+bwd GFLOP/s | rk fwd+bwd % of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     summary = {}
     for cell in cells:
@@ -160,8 +175,9 @@ def main(argv=None):
                 r = bench_config(cell, shape, layers, bidirectional, repeats)
                 summary.setdefault(cell, []).append(r)
                 line = (f"| {cell} | {layers}{' bi' if bidirectional else ''} | {shape} | {r['fwd_torch_ms']:.2f} | "
-                        f"{r['fwd_rk_ms']:.2f} | {r['fwd_ratio']:.2f} | {r['fb_torch_ms']:.2f} | {r['fb_rk_ms']:.2f} | "
-                        f"{r['fb_ratio']:.2f} | {r['fb_rk_gflops']:.0f} |")
+                        f"{r['fwd_rk_ms']:.2f} | {r['fwd_ratio']:.2f} | {100 * r['fwd_rk_gflops'] / peak:.0f}% | "
+                        f"{r['fb_torch_ms']:.2f} | {r['fb_rk_ms']:.2f} | {r['fb_ratio']:.2f} | {r['fb_rk_gflops']:.0f} | "
+                        f"{100 * r['fb_rk_gflops'] / peak:.0f}% |")
                 lines.append(line)
                 print(line, flush=True)
     lines += ["", "| cell | median fwd ratio | median fwd+bwd ratio | min fwd ratio | min fwd+bwd ratio |",

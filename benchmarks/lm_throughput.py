@@ -10,7 +10,6 @@ the same steps and the training throughput ratio (median step times).
 import argparse
 import copy
 import json
-import platform
 import statistics
 import sys
 import time
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import rnnkernels as rk
+from rnnkernels.benchmarks.machine import describe, one_line
 from rnnkernels.data import load_lm
 from rnnkernels.models import RNNLanguageModel
 from rnnkernels.models.common import CELLS
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     tokens = args.batch_size * args.bptt
     result = {"cell": args.cell, "steps": args.steps, "batch_size": args.batch_size, "bptt": args.bptt, "hidden": args.hidden,
               "layers": args.layers, "backend": rk.backends.resolve(args.backend, "cpu", "rnn", torch.float32)[0],
-              "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+              "torch": torch.__version__, "machine": one_line(describe("cpu")),
               "malloc": "keeps freed memory" if args.keep_freed_memory else "default"}
     for name, model in models.items():
         result[f"{name}_valid_ppl"] = model.perplexity(data.valid[: args.eval_tokens], batch_size=16, bptt=args.bptt)

@@ -2,7 +2,8 @@
 
 Each row times torch.nn and every requested backend side by side in one run,
 forward and forward+backward, and reports ratios (torch time / ours) and the
-achieved GFLOP/s of the GEMM work (the FLOP count in `rnn_flops`).
+achieved GFLOP/s of the GEMM work (the FLOP count in `rnn_flops`), and on
+the CPU the fraction of the machine's measured FMA peak it is.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -41,7 +42,8 @@ def _lengths(config: RNNConfig, generator: torch.Generator) -> torch.Tensor:
     return lengths
 
 
-def bench_config(config: RNNConfig, backends: Sequence[str], device, dtype, repeats: int) -> List[Dict]:
+def bench_config(config: RNNConfig, backends: Sequence[str], device, dtype, repeats: int,
+                 peak_gflops: Optional[float] = None) -> List[Dict]:
     torch_cls, extra = _TORCH[config.cell]
     shape = config.shape
     kwargs = dict(input_size=shape.input_size, hidden_size=shape.hidden_size, num_layers=config.num_layers,
@@ -89,18 +91,22 @@ def bench_config(config: RNNConfig, backends: Sequence[str], device, dtype, repe
             row[f"{name}_ms"] = times[name]
             row[f"{name}_speedup"] = times["torch"] / times[name]
             row[f"{name}_gflops"] = flops / times[name] / 1e6
+            if peak_gflops:
+                row[f"{name}_of_peak"] = f"{100 * flops / times[name] / 1e6 / peak_gflops:.0f}%"
         row["torch_gflops"] = flops / times["torch"] / 1e6
         rows.append(row)
     return rows
 
 
 def run(device="cpu", dtype=torch.float32, backends: Optional[Sequence[str]] = None, full: bool = False,
-        repeats: int = 5, progress=None) -> List[Dict]:
+        repeats: int = 5, progress=None, peak_gflops: Optional[float] = None) -> List[Dict]:
+    """peak_gflops: the machine's measured FMA peak (CPU), for the `_of_peak` columns."""
     device = torch.device(device)
     if backends is None:  # the fastest built backends; the reference only when asked for
         backends = [b for b in rk.backends.available(device, dtype=dtype) if b != "reference"] or ["reference"]
     configs = rnn_configs(full=full, gpu=device.type == "cuda")
     rows = []
     for config in (progress(configs) if progress else configs):
-        rows.extend(bench_config(config, backends, device, dtype, repeats))
+        rows.extend(bench_config(config, backends, device, dtype, repeats,
+                                 peak_gflops if device.type == "cpu" else None))
     return rows

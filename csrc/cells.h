@@ -72,15 +72,39 @@ struct LstmActivations {
   T i, f, g, o;  // sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
 };
 
+// The cell update alone: activations and c_new (the output h is
+// o * tanh(c_new), or o * tanh(LN(c_new)) in a LayerNorm LSTM).
 template <typename T, typename Math = StdMath>
-RK_HOST_DEVICE void lstm_forward(T pre_i, T pre_f, T pre_g, T pre_o, T c_prev,
-                                 LstmActivations<T>& act, T& c_new, T& h_new) {
+RK_HOST_DEVICE T lstm_cell_forward(T pre_i, T pre_f, T pre_g, T pre_o, T c_prev, LstmActivations<T>& act) {
   act.i = sigmoid<T, Math>(pre_i);
   act.f = sigmoid<T, Math>(pre_f);
   act.g = Math::tanh(pre_g);
   act.o = sigmoid<T, Math>(pre_o);
-  c_new = act.f * c_prev + act.i * act.g;
+  return act.f * c_prev + act.i * act.g;  // c_new
+}
+
+template <typename T, typename Math = StdMath>
+RK_HOST_DEVICE void lstm_forward(T pre_i, T pre_f, T pre_g, T pre_o, T c_prev,
+                                 LstmActivations<T>& act, T& c_new, T& h_new) {
+  c_new = lstm_cell_forward<T, Math>(pre_i, pre_f, pre_g, pre_o, c_prev, act);
   h_new = act.o * Math::tanh(c_new);
+}
+
+// Backward of h = o * tanh(y): d_o (of o's pre-activation) and dy.
+template <typename T>
+RK_HOST_DEVICE void lstm_output_backward(T dh, T o, T tanh_y, T& d_o, T& dy) {
+  d_o = dh * tanh_y * o * (T(1) - o);
+  dy = dh * o * (T(1) - tanh_y * tanh_y);
+}
+
+// Backward of the cell update from the total gradient of c_new.
+template <typename T>
+RK_HOST_DEVICE void lstm_cell_backward(T dc_total, const LstmActivations<T>& act, T c_prev,
+                                       T& d_i, T& d_f, T& d_g, T& dc_prev) {
+  d_i = dc_total * act.g * act.i * (T(1) - act.i);
+  d_f = dc_total * c_prev * act.f * (T(1) - act.f);
+  d_g = dc_total * act.i * (T(1) - act.g * act.g);
+  dc_prev = dc_total * act.f;
 }
 
 // dh: gradient of h_new (before any projection); dc: gradient of c_new coming
@@ -88,13 +112,9 @@ RK_HOST_DEVICE void lstm_forward(T pre_i, T pre_f, T pre_g, T pre_o, T c_prev,
 template <typename T, typename Math = StdMath>
 RK_HOST_DEVICE void lstm_backward(T dh, T dc, const LstmActivations<T>& act, T c_prev, T c_new,
                                   T& d_i, T& d_f, T& d_g, T& d_o, T& dc_prev) {
-  const T tanh_c = Math::tanh(c_new);
-  const T dc_total = dc + dh * act.o * (T(1) - tanh_c * tanh_c);
-  d_o = dh * tanh_c * act.o * (T(1) - act.o);
-  d_i = dc_total * act.g * act.i * (T(1) - act.i);
-  d_f = dc_total * c_prev * act.f * (T(1) - act.f);
-  d_g = dc_total * act.i * (T(1) - act.g * act.g);
-  dc_prev = dc_total * act.f;
+  T dy;
+  lstm_output_backward<T>(dh, act.o, Math::tanh(c_new), d_o, dy);
+  lstm_cell_backward<T>(dc + dy, act, c_prev, d_i, d_f, d_g, dc_prev);
 }
 
 // ---------------------------------------------------------------------- GRU
@@ -127,6 +147,37 @@ RK_HOST_DEVICE void gru_backward(T dh, const GruActivations<T>& act, T h_prev,
   d_r = d_n * act.gh_n * act.r * (T(1) - act.r);
   d_hn = d_n * act.r;
   dh_prev_direct = dh * act.z;
+}
+
+// ---------------------------------------------------------------- LayerNorm
+// LN(v; gamma, beta) = gamma * (v - mean) * rstd + beta over one row of n
+// values, rstd = 1 / sqrt(var + eps), biased variance (torch.nn.LayerNorm's).
+// The row's mean and variance are a reduction each device does its own way;
+// these are the per-element parts around it.
+
+constexpr double kLayerNormEps = 1e-5;
+
+// From the row's variance (two passes: mean, then mean of squared deviations,
+// which does not cancel when the mean dwarfs the spread).
+template <typename T>
+RK_HOST_DEVICE T layer_norm_rstd(T variance) {
+  return T(1) / ::sqrt(variance + T(kLayerNormEps));
+}
+
+// Backward through x_hat = (v - mean) * rstd, given dyg = dy * gamma per
+// element and the row means of dyg and of dyg * x_hat: the gradient of v.
+template <typename T>
+RK_HOST_DEVICE T layer_norm_backward(T dyg, T x_hat, T rstd, T mean_dyg, T mean_dyg_x_hat) {
+  return rstd * (dyg - mean_dyg - x_hat * mean_dyg_x_hat);
+}
+
+// ------------------------------------------------------------------ zoneout
+// state = keep * previous + (1 - keep) * fresh: keep is a Bernoulli(p) draw
+// in training and p itself in evaluation (Krueger et al. 2016).
+
+template <typename T>
+RK_HOST_DEVICE T zoneout(T keep, T previous, T fresh) {
+  return keep * previous + (T(1) - keep) * fresh;
 }
 
 }  // namespace cells

@@ -26,6 +26,33 @@ inline int64_t saved_gate_count(Mode mode) {
   return mode == Mode::Lstm || mode == Mode::Gru ? 4 : 0;
 }
 
+// What a layer adds to torch.nn's cell, per step (csrc/rnn_layer.cpp's
+// LayerOptions): each tensor is this step's (B, n) view or undefined when the
+// option is off. A step with extras runs the extended rows (LayerNorm
+// reductions inside the per-row pass); one without runs the plain ones.
+struct ForwardExtras {
+  at::Tensor ln_hh_weight;    // (G*H,) gain of LN(h W_hh^T); gh is normalised in place
+  at::Tensor xhat_hh;         // (B, G*H) out: LN's normalised h W_hh^T (training), or undefined
+  at::Tensor ln_cell_weight;  // (H,) lstm: gain and bias of LN(c) before tanh
+  at::Tensor ln_cell_bias;    // (H,)
+  at::Tensor row_stats;       // (B, 3) out: rstd of LN(h W_hh^T), mean and rstd of LN(c)
+  at::Tensor keep_h;          // (B, H) zoneout: h = keep * h_prev + (1 - keep) * fresh h
+  at::Tensor keep_c;          // (B, H) lstm zoneout of c
+  at::Tensor fresh;           // (B, H) out: lstm c, rnn h before zoneout (training with zoneout)
+  at::Tensor cell_out;        // (B, H) out: lstm c after the step, zero past the end (return_cells)
+};
+
+struct BackwardExtras {
+  at::Tensor ln_hh_weight, xhat_hh;   // as in ForwardExtras (xhat_hh saved)
+  at::Tensor ln_cell_weight, ln_cell_bias;  // (H,)
+  at::Tensor row_stats;               // (B, 3) saved
+  at::Tensor keep_h, keep_c, fresh;   // as in ForwardExtras (fresh saved)
+  at::Tensor grad_cell_out;           // (B, H) gradient of cell_out, or undefined
+  at::Tensor d_gh_raw;                // (B, G*H) out with LN(h W_hh^T): gradient of h W_hh^T itself
+  at::Tensor d_ln_cell;               // (B, 2H) out with LN(c): dy * c_hat and dy, summed into the
+                                      //         gradients of its gain and bias after the loop
+};
+
 struct ForwardStep {
   Mode mode;
   int64_t t;           // time index of this step
@@ -42,6 +69,7 @@ struct ForwardStep {
   at::Tensor h_raw;    // (B, H) lstm with projection: h before projection, or undefined
   at::Tensor saved;    // (B, saved_gate_count*H) activations for backward, or undefined (inference);
                        // lstm may pass gi itself: unit j's gates are stored after its gi is read
+  const ForwardExtras* extras = nullptr;  // LayerNorm, zoneout, cell outputs; null: none
 };
 
 struct BackwardStep {
@@ -60,6 +88,7 @@ struct BackwardStep {
   at::Tensor d_pre;     // (B, G*H) out: gradient of the input-side pre-activations (zero on dead rows)
   at::Tensor d_gh;      // (B, 3H) out, gru only: gradient of h W_hh^T + b_hh
   at::Tensor dh_prev;   // (B, P) out: the part of d h_prev not through W_hh (dead rows: dh)
+  const BackwardExtras* extras = nullptr;
 };
 
 // LSTM with projection, forward: `out` holds h_raw W_hr^T. Alive rows:

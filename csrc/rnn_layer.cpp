@@ -35,7 +35,8 @@
 
 #include <ATen/Dispatch.h>
 
-#include "cpu/blas.h"
+#include "cells.h"
+#include "cpu/gemm.h"
 #include "pointwise.h"
 #include "sorted_batch.h"
 
@@ -176,69 +177,12 @@ void gather_projected_grad(const GatherProjectedGrad& step, const at::Tensor& x)
   TORCH_CHECK(false, "rnnkernels: no pointwise step for device ", x.device());
 }
 
-// The BLAS leading dimension of a row-major 2-D tensor, or -1 when its
-// layout is not one (size-1 dims may carry any stride).
-int64_t leading_dim(const at::Tensor& t) {
-  if (t.size(1) > 1 && t.stride(1) != 1) return -1;
-  if (t.size(0) == 1) return std::max<int64_t>(t.size(1), 1);
-  return t.stride(0) >= t.size(1) ? t.stride(0) : -1;
-}
-
-// Whether a step's GEMM, (B, P) x (P, G*H), is too small for two BLAS threads
-// to beat one, or for packing its weight to pay (measured on the 2-core box:
-// B = 1, H = 128 is; B = 8, H = 256 is not).
+// Whether a step's GEMM, (B, P) x (P, G*H), is too small for two threads to
+// beat one (measured on the 2-core box: B = 1, H = 128 is; B = 8, H = 256 is not).
 constexpr int64_t kTinyStepMacs = 1 << 18;
 
 bool tiny_steps(const at::Tensor& x, int64_t B, int64_t GH, int64_t P) {
   return x.is_cpu() && B * GH * P <= kTinyStepMacs;
-}
-
-// The (k, n) weight of a per-step GEMM, as MKL's packed copy where there is
-// one (CPU float32, not tiny), else as a row-major tensor. Packed once per
-// call, it is read in MKL's kernel layout on every step: (35, 20, 650, 650)
-// LSTM forward 0.73 -> 0.94x torch.nn, GRU 0.97 -> 1.29x.
-struct StepWeight {
-  at::Tensor matrix;                             // (k, n); undefined when packed
-  std::unique_ptr<blas::PackedMatrix> packed;  // null when not
-
-  // `stored` is the weight as the layer keeps it: (k, n), or (n, k) with `transpose`.
-  StepWeight(const at::Tensor& stored, bool transpose, int64_t max_rows) {
-    if (stored.is_cpu() && stored.scalar_type() == at::kFloat && stored.is_contiguous() &&
-        max_rows * stored.numel() > kTinyStepMacs) {
-      const int64_t k = transpose ? stored.size(1) : stored.size(0), n = transpose ? stored.size(0) : stored.size(1);
-      packed = std::make_unique<blas::PackedMatrix>(stored.data_ptr<float>(), transpose, k, n, max_rows);
-      if (packed->ok()) return;
-      packed.reset();
-    }
-    // Contiguous (k, n) copies: MKL runs these GEMMs 1.2-1.8x faster than on a transposed view.
-    matrix = transpose ? stored.t().contiguous() : stored;
-  }
-};
-
-// out = a w, or out += a w with `accumulate`: the per-step products. CPU
-// float and double call BLAS directly (cpu/blas.h); anything else, ATen.
-void step_gemm(const at::Tensor& out, const at::Tensor& a, const StepWeight& w, bool accumulate) {
-  if (out.size(0) == 0) return;
-  const int64_t lda = leading_dim(a), ldc = leading_dim(out);
-  if (w.packed) {
-    TORCH_INTERNAL_ASSERT(lda > 0 && ldc > 0, "rnnkernels: step GEMM operands must be row-major");
-    w.packed->multiply(a.size(0), a.data_ptr<float>(), lda, accumulate ? 1.0f : 0.0f, out.data_ptr<float>(), ldc);
-    return;
-  }
-  const at::Tensor& b = w.matrix;
-  const int64_t ldb = leading_dim(b);
-  if (out.is_cpu() && (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) && lda > 0 &&
-      ldb > 0 && ldc > 0) {
-    bool done = false;
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_step_gemm", [&] {
-      done = blas::gemm<scalar_t>(false, false, a.size(0), b.size(1), a.size(1), scalar_t(1), a.data_ptr<scalar_t>(),
-                                  lda, b.data_ptr<scalar_t>(), ldb, scalar_t(accumulate ? 1 : 0),
-                                  out.data_ptr<scalar_t>(), ldc);
-    });
-    if (done) return;
-  }
-  at::Tensor result = out;
-  if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);
 }
 
 // Per-step views made once per call: an indexing op per step and tensor
@@ -249,6 +193,19 @@ std::vector<at::Tensor> steps_of(const at::Tensor& t) {
 
 // The first n rows of a (B, ...) tensor: the rows still running.
 at::Tensor running(const at::Tensor& t, int64_t n) { return n == t.size(0) ? t : t.narrow(0, 0, n); }
+
+// x (T, B, I) in sorted batch order with every row past its sequence's end
+// zeroed: the weight gradient sums d_pre x over all rows, and d_pre = 0 there
+// does not cancel a NaN or Inf the caller padded with (0 * NaN = NaN).
+at::Tensor without_padding(const at::Tensor& x, const BatchOrder& batch) {
+  if (!batch.lengths.defined()) return x;
+  at::Tensor copy = x.clone();
+  for (const auto t : c10::irange(x.size(0))) {
+    const int64_t alive = batch.alive[t];
+    if (alive < x.size(1)) copy[t].narrow(0, alive, x.size(1) - alive).zero_();
+  }
+  return copy;
+}
 
 // Which slice of `states` / `cells` holds the state before the k-th processed
 // step (k = 0..T); see the layout at the top. Inference keeps two slices.
@@ -261,14 +218,82 @@ struct StateSlots {
   }
 };
 
-}  // namespace
+// ---- LayerOptions, checked and put in sorted batch order
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_forward(
-    c10::string_view mode_name, const at::Tensor& x_in, const c10::optional<at::Tensor>& h0_opt,
-    const c10::optional<at::Tensor>& c0_opt, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-    const c10::optional<at::Tensor>& b_ih_opt, const c10::optional<at::Tensor>& b_hh_opt,
-    const c10::optional<at::Tensor>& w_hr_opt, const c10::optional<at::Tensor>& lengths_opt, bool reverse,
-    bool training) {
+struct Extras {
+  at::Tensor ln_ih, ln_hh, ln_cell_w, ln_cell_b;  // contiguous gains and bias, or undefined
+  at::Tensor keep_h, keep_c;                      // (T, B, H) sorted, contiguous, or undefined
+  bool return_cells = false;
+  bool any() const {
+    return ln_ih.defined() || ln_hh.defined() || ln_cell_w.defined() || keep_h.defined() || keep_c.defined() ||
+           return_cells;
+  }
+  bool per_step() const {  // anything the step rows must do (LN of gi runs on all steps at once)
+    return ln_hh.defined() || ln_cell_w.defined() || keep_h.defined() || keep_c.defined() || return_cells;
+  }
+};
+
+Extras check_options(const LayerOptions& o, const LayerShape& s, const at::Tensor& x, bool projected,
+                     const BatchOrder& batch) {
+  Extras e;
+  if (!o.any()) return e;
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  TORCH_CHECK(!projected, "rnnkernels: LayerNorm, zoneout and return_cells do not take proj_size (w_hr)");
+  const bool layer_norm = o.ln_ih_weight.defined() || o.ln_hh_weight.defined();
+  TORCH_CHECK(!layer_norm || lstm || gru, "rnnkernels: LayerNorm is for lstm and gru, got ", s.mode == Mode::RnnTanh
+              ? "rnn_tanh" : "rnn_relu");
+  TORCH_CHECK(o.ln_ih_weight.defined() == o.ln_hh_weight.defined(),
+              "rnnkernels: ln_ih_weight and ln_hh_weight go together (a LayerNorm layer normalises both projections)");
+  TORCH_CHECK(!o.ln_cell_weight.defined() || lstm, "rnnkernels: ln_cell_weight is for lstm only");
+  TORCH_CHECK(o.ln_cell_weight.defined() == o.ln_cell_bias.defined(),
+              "rnnkernels: ln_cell_weight and ln_cell_bias go together");
+  TORCH_CHECK(!o.keep_c.defined() || lstm, "rnnkernels: zoneout of c (keep_c) is for lstm only");
+  TORCH_CHECK(!o.return_cells || lstm, "rnnkernels: return_cells is for lstm only (a ", s.mode == Mode::Gru ? "gru" :
+              "plain rnn", " has no cell state)");
+  if (o.ln_ih_weight.defined()) {
+    check_arg(o.ln_ih_weight, "ln_ih_weight", {s.G * s.H}, x, "(gates * hidden_size,)");
+    check_arg(o.ln_hh_weight, "ln_hh_weight", {s.G * s.H}, x, "(gates * hidden_size,)");
+    e.ln_ih = o.ln_ih_weight.contiguous();
+    e.ln_hh = o.ln_hh_weight.contiguous();
+  }
+  if (o.ln_cell_weight.defined()) {
+    check_arg(o.ln_cell_weight, "ln_cell_weight", {s.H}, x, "(hidden_size,)");
+    check_arg(o.ln_cell_bias, "ln_cell_bias", {s.H}, x, "(hidden_size,)");
+    e.ln_cell_w = o.ln_cell_weight.contiguous();
+    e.ln_cell_b = o.ln_cell_bias.contiguous();
+  }
+  if (o.keep_h.defined()) {
+    check_arg(o.keep_h, "keep_h", {s.T, s.B, s.H}, x, "(T, batch, hidden_size) zoneout keep factors");
+    e.keep_h = batch.sort(o.keep_h, 1).contiguous();
+  }
+  if (o.keep_c.defined()) {
+    check_arg(o.keep_c, "keep_c", {s.T, s.B, s.H}, x, "(T, batch, hidden_size) zoneout keep factors");
+    e.keep_c = batch.sort(o.keep_c, 1).contiguous();
+  }
+  e.return_cells = o.return_cells;
+  TORCH_CHECK(!e.per_step() || x.is_cpu(), "rnnkernels: LayerNorm of h W_hh^T and of c, zoneout and return_cells "
+              "run on the CPU kernels only; on ", x.device(), " use the reference backend");
+  return e;
+}
+
+// x_hat and rstd of LayerNorm over the last dim of gi (rows, G*H), all rows at once.
+std::tuple<at::Tensor, at::Tensor> normalise_rows(const at::Tensor& rows) {
+  auto [x_hat, mean, rstd] = at::native_layer_norm(rows, {rows.size(-1)}, c10::nullopt, c10::nullopt,
+                                                    cells::kLayerNormEps);
+  (void)mean;
+  return {x_hat, rstd.view({rows.size(0)})};
+}
+
+struct LayerForward {
+  at::Tensor out, h_n, c_n, cell_states, states, cells, gates, hidden_raw;
+  at::Tensor x_hat, row_stats, fresh;  // saved by the extras (see rnn_ops.cpp)
+};
+
+LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, const c10::optional<at::Tensor>& h0_opt,
+                          const c10::optional<at::Tensor>& c0_opt, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
+                          const c10::optional<at::Tensor>& b_ih_opt, const c10::optional<at::Tensor>& b_hh_opt,
+                          const c10::optional<at::Tensor>& w_hr_opt, const c10::optional<at::Tensor>& lengths_opt,
+                          bool reverse, bool training, const LayerOptions& options) {
   // ---- validate everything before any work
   at::Tensor w_hr = defined_or_empty(w_hr_opt);
   const LayerShape s = check_layer(mode_name, x_in, w_ih_in, w_hh_in, w_hr);
@@ -281,6 +306,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (b_ih.defined()) check_arg(b_ih, "b_ih", {s.G * s.H}, x_in, "(gates * hidden_size,)");
   if (b_hh.defined()) check_arg(b_hh, "b_hh", {s.G * s.H}, x_in, "(gates * hidden_size,)");
   const BatchOrder batch(check_lengths(defined_or_empty(lengths_opt), s), s, x_in);
+  const Extras extras = check_options(options, s, x_in, w_hr.defined(), batch);
   const at::Tensor& lengths = batch.lengths;
 
   const at::Tensor x = batch.sort(x_in, 1).contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -289,16 +315,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (w_hr.defined()) w_hr = w_hr.contiguous();
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, GH = s.G * s.H;
   const auto opts = x.options();
+  const bool steps_extended = extras.per_step();
 
-  // gi (T, B, G*H) = x W_ih^T for all steps in one GEMM. BLAS takes the
-  // transposed view as it is: a contiguous copy made it 1.04-1.8x slower
-  // (one big GEMM, unlike the per-step ones of StepWeight). Biases go to the
+  // gi (T, B, G*H) = x W_ih^T for all steps in one GEMM, on W_ih's
+  // transposed view: with MKL a contiguous copy made it 1.04-1.8x slower (one
+  // big GEMM, unlike the per-step ones of StepWeight). Biases go to the
   // pointwise step.
-  const StepWeight w_hh_t(w_hh, /*transpose=*/true, B);  // (P, G*H)
+  const gemm::StepWeight w_hh_t(w_hh, /*transpose=*/true, B, /*accumulate=*/false, T);  // (P, G*H)
   at::Tensor gi = at::empty({T, B, GH}, opts);
-  {
-    at::Tensor gi_2d = gi.view({T * B, GH});
-    at::mm_out(gi_2d, x.view({T * B, s.I}), w_ih.t());
+  // LN(gi) normalises every row, padding included: padding must be finite.
+  gemm::matmul(gi.view({T * B, GH}), (extras.ln_ih.defined() ? without_padding(x, batch) : x).view({T * B, s.I}),
+               w_ih.t());
+  // LayerNorm: x_hat (2, T, B, G*H) of gi and of h W_hh^T; row_stats
+  // (T, B, 4): rstd of LN(h W_hh^T), mean and rstd of LN(c), rstd of LN(gi).
+  const bool layer_norm = extras.ln_ih.defined();
+  at::Tensor x_hat = training && layer_norm ? at::empty({2, T, B, GH}, opts) : at::empty({0}, opts);
+  at::Tensor row_stats = training && (layer_norm || extras.ln_cell_w.defined()) ? at::zeros({T, B, 4}, opts)
+                                                                               : at::empty({0}, opts);
+  if (layer_norm) {  // gi <- gamma_ih * LN(gi), for all steps at once
+    auto [gi_hat, rstd] = normalise_rows(gi.view({T * B, GH}));
+    if (training) {
+      x_hat[0].copy_(gi_hat.view({T, B, GH}));
+      row_stats.select(2, 3).copy_(rstd.view({T, B}));
+    }
+    at::mul_out(gi, gi_hat.view({T, B, GH}), extras.ln_ih);
   }
   const at::Tensor zero_bias = (b_ih.defined() && b_hh.defined()) ? at::Tensor() : at::zeros({GH}, opts);
   const at::Tensor bias_ih = b_ih.defined() ? b_ih.contiguous() : zero_bias;
@@ -319,17 +359,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                      : at::empty({T, B, saved_gate_count(s.mode) * H}, opts);
   // h before projection: saved for backward, else one step's scratch.
   at::Tensor hidden_raw = w_hr.defined() ? at::empty({training ? T : 1, B, H}, opts) : at::empty({0}, opts);
-  const auto w_hr_t = w_hr.defined() ? std::make_unique<StepWeight>(w_hr, /*transpose=*/true, B) : nullptr;  // (H, P)
+  const auto w_hr_t = w_hr.defined() ? std::make_unique<gemm::StepWeight>(w_hr, /*transpose=*/true, B, false, T)
+                                      : nullptr;  // (H, P)
   at::Tensor gh = at::empty({B, GH}, opts);  // (B, G*H) h_prev W_hh^T of the current step
   at::Tensor out = at::empty({T, B, P}, opts);
+  // Zoneout: the fresh (pre-zoneout) c (lstm) or h (rnn) that backward needs.
+  const bool save_fresh = training && ((lstm && extras.keep_c.defined()) ||
+                                       (!lstm && s.mode != Mode::Gru && extras.keep_h.defined()));
+  at::Tensor fresh = save_fresh ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  at::Tensor cell_states = extras.return_cells ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
 
   if (h0.defined()) states[slot(0)].copy_(h0); else states[slot(0)].zero_();
   if (lstm) {
     if (c0.defined()) cells[slot(0)].copy_(c0); else cells[slot(0)].zero_();
   }
   const auto gi_at = steps_of(gi), state_at = steps_of(states), cell_at = steps_of(cells), out_at = steps_of(out);
-  const blas::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
+  const auto x_hat_hh_at = layer_norm && training ? steps_of(x_hat[1]) : std::vector<at::Tensor>();
+  const auto stats_at = steps_of(row_stats), fresh_at = steps_of(fresh), cell_out_at = steps_of(cell_states);
+  const auto keep_h_at = steps_of(extras.keep_h), keep_c_at = steps_of(extras.keep_c);
+  const gemm::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
   const auto saved_at = steps_of(gates), raw_at = steps_of(hidden_raw);
+  ForwardExtras step_extras;
+  step_extras.ln_hh_weight = extras.ln_hh;
+  step_extras.ln_cell_weight = extras.ln_cell_w;
+  step_extras.ln_cell_bias = extras.ln_cell_b;
   for (const auto k : c10::irange(T)) {
     const int64_t t = reverse ? T - 1 - k : k;
     ForwardStep step;
@@ -343,7 +396,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     step.h_prev = state_at[slot(k)];
     step.h_next = state_at[slot(k + 1)];
     const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
-    step_gemm(running(gh, n), running(step.h_prev, n), w_hh_t, /*accumulate=*/false);
+    w_hh_t.multiply(running(gh, n), running(step.h_prev, n));
     if (lstm) {
       step.c_prev = cell_at[slot(k)];
       step.c_next = cell_at[slot(k + 1)];
@@ -351,37 +404,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     step.out = out_at[t];
     if (w_hr.defined()) step.h_raw = raw_at[training ? t : 0];
     if (gates.numel() > 0) step.saved = saved_at[t];
+    if (steps_extended) {
+      step_extras.xhat_hh = x_hat_hh_at.empty() ? at::Tensor() : x_hat_hh_at[t];
+      step_extras.row_stats = stats_at.empty() ? at::Tensor() : stats_at[t];
+      step_extras.keep_h = keep_h_at.empty() ? at::Tensor() : keep_h_at[t];
+      step_extras.keep_c = keep_c_at.empty() ? at::Tensor() : keep_c_at[t];
+      step_extras.fresh = fresh_at.empty() ? at::Tensor() : fresh_at[t];
+      step_extras.cell_out = cell_out_at.empty() ? at::Tensor() : cell_out_at[t];
+      step.extras = &step_extras;
+    }
     forward_step(step, x);
     if (w_hr.defined()) {
-      step_gemm(running(step.out, n), running(step.h_raw, n), *w_hr_t, /*accumulate=*/false);
+      w_hr_t->multiply(running(step.out, n), running(step.h_raw, n));
       commit_projection({t, lengths, step.out, step.h_prev, step.h_next}, x);
     }
   }
-  at::Tensor h_n = batch.order.defined() ? batch.unsort(states[slot(T)], 0) : states[slot(T)].clone();
-  at::Tensor c_n = !lstm ? at::empty({0}, opts)
-                         : batch.order.defined() ? batch.unsort(cells[slot(T)], 0) : cells[slot(T)].clone();
-  out = batch.unsort(out, 1);
+  LayerForward result;
+  result.h_n = batch.order.defined() ? batch.unsort(states[slot(T)], 0) : states[slot(T)].clone();
+  result.c_n = !lstm ? at::empty({0}, opts)
+                     : batch.order.defined() ? batch.unsort(cells[slot(T)], 0) : cells[slot(T)].clone();
+  result.out = batch.unsort(out, 1);
+  result.cell_states = extras.return_cells ? batch.unsort(cell_states, 1) : cell_states;
   if (!training) {  // nothing to save
     states = at::empty({0}, opts);
     cells = at::empty({0}, opts);
     hidden_raw = at::empty({0}, opts);
   }
-  return {out, h_n, c_n, states, cells, gates, hidden_raw};
+  result.states = states;
+  result.cells = cells;
+  result.gates = gates;
+  result.hidden_raw = hidden_raw;
+  result.x_hat = x_hat;
+  result.row_stats = row_stats;
+  result.fresh = fresh;
+  return result;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& grad_output_opt,
-                   const c10::optional<at::Tensor>& grad_h_n_opt, const c10::optional<at::Tensor>& grad_c_n_opt,
-                   const at::Tensor& x_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-                   const c10::optional<at::Tensor>& w_hr_opt, const c10::optional<at::Tensor>& lengths_opt,
-                   bool reverse, const at::Tensor& states, const at::Tensor& cells, const at::Tensor& gates,
-                   const at::Tensor& hidden_raw, bool has_bias, bool input_grad, bool weight_grad) {
+struct LayerGrads {
+  at::Tensor x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_cell_w, ln_cell_b;
+};
+
+LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Tensor>& grad_output_opt,
+                         const c10::optional<at::Tensor>& grad_h_n_opt, const c10::optional<at::Tensor>& grad_c_n_opt,
+                         const c10::optional<at::Tensor>& grad_cells_opt, const at::Tensor& x_in,
+                         const at::Tensor& w_ih_in, const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& w_hr_opt,
+                         const c10::optional<at::Tensor>& lengths_opt, bool reverse, const at::Tensor& states,
+                         const at::Tensor& cells, const at::Tensor& gates, const at::Tensor& hidden_raw, bool has_bias,
+                         bool input_grad, bool weight_grad, const LayerOptions& options, const at::Tensor& x_hat,
+                         const at::Tensor& row_stats, const at::Tensor& fresh) {
   at::Tensor w_hr = defined_or_empty(w_hr_opt);
   const LayerShape s = check_layer(mode_name, x_in, w_ih_in, w_hh_in, w_hr);
   const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
   const int64_t T = s.T, B = s.B, I = s.I, H = s.H, P = s.P, GH = s.G * s.H;
   at::Tensor grad_output = defined_or_empty(grad_output_opt);
   at::Tensor grad_h_n = defined_or_empty(grad_h_n_opt), grad_c_n = defined_or_empty(grad_c_n_opt);
+  at::Tensor grad_cells = defined_or_empty(grad_cells_opt);
   if (grad_output.defined()) check_arg(grad_output, "grad_output", {T, B, P}, x_in, "(T, batch, out_size)");
   if (grad_h_n.defined()) check_arg(grad_h_n, "grad_h_n", {B, P}, x_in, "(batch, out_size)");
   TORCH_CHECK(lstm || !grad_c_n.defined() || grad_c_n.numel() == 0,
@@ -393,21 +470,33 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
   if (saved_gate_count(s.mode)) check_arg(gates, "gates", {T, B, saved_gate_count(s.mode) * H}, x_in, "(T, batch, 4 * hidden_size)");
   if (w_hr.defined()) check_arg(hidden_raw, "hidden_raw", {T, B, H}, x_in, "(T, batch, hidden_size)");
   const BatchOrder batch(check_lengths(defined_or_empty(lengths_opt), s), s, x_in);
+  const Extras extras = check_options(options, s, x_in, w_hr.defined(), batch);
+  const bool layer_norm = extras.ln_ih.defined(), ln_cell = extras.ln_cell_w.defined();
+  if (grad_cells.defined()) {
+    TORCH_CHECK(extras.return_cells, "rnnkernels: grad_cell_states is only for a forward with return_cells");
+    check_arg(grad_cells, "grad_cell_states", {T, B, H}, x_in, "(T, batch, hidden_size)");
+  }
+  if (layer_norm) check_arg(x_hat, "x_hat", {2, T, B, GH}, x_in, "(2, T, batch, gates * hidden_size) saved");
+  if (layer_norm || ln_cell) check_arg(row_stats, "row_stats", {T, B, 4}, x_in, "(T, batch, 4) saved");
   const at::Tensor& lengths = batch.lengths;
 
   // Into the forward's sorted batch order (see BatchOrder).
   const at::Tensor x = batch.sort(x_in, 1).contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   if (w_hr.defined()) w_hr = w_hr.contiguous();
   if (grad_output.defined()) grad_output = batch.sort(grad_output, 1).contiguous();
+  if (grad_cells.defined()) grad_cells = batch.sort(grad_cells, 1).contiguous();
   grad_h_n = batch.sort(grad_h_n, 0);
   grad_c_n = batch.sort(grad_c_n, 0);
   const auto opts = x.options();
   const StateSlots slot{T, reverse, /*training=*/true};
 
   // d_pre (T, B, G*H): gradient of the input-side pre-activations; gru also
-  // d_gh (T, B, 3H) for the recurrent side (they differ in the n part).
+  // d_gh (T, B, 3H) for the recurrent side (they differ in the n part). With
+  // LayerNorm, d_gh_raw (T, B, G*H): the gradient of h W_hh^T before it.
   at::Tensor d_pre = at::empty({T, B, GH}, opts);
   at::Tensor d_gh_all = gru ? at::empty({T, B, GH}, opts) : d_pre;
+  at::Tensor d_gh_raw = layer_norm ? at::empty({T, B, GH}, opts) : d_gh_all;
+  at::Tensor d_ln_cell = ln_cell ? at::empty({T, B, 2 * H}, opts) : at::Tensor();
   at::Tensor dh = grad_h_n.defined() ? grad_h_n.contiguous().clone() : at::zeros({B, P}, opts);  // (B, P) carry
   at::Tensor dh_prev = at::empty({B, P}, opts);
   at::Tensor dc;  // (B, H) lstm carry, updated in place
@@ -418,11 +507,21 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
 
   const auto state_at = steps_of(states), cell_at = steps_of(cells), saved_at = steps_of(gates);
   const auto d_pre_at = steps_of(d_pre), d_gh_at = steps_of(d_gh_all), d_proj_at = steps_of(d_proj);
+  const auto d_gh_raw_at = steps_of(d_gh_raw), d_ln_cell_at = steps_of(d_ln_cell);
+  const auto x_hat_hh_at = layer_norm ? steps_of(x_hat[1]) : std::vector<at::Tensor>();
+  const auto stats_at = steps_of(row_stats), fresh_at = steps_of(fresh), grad_cells_at = steps_of(grad_cells);
+  const auto keep_h_at = steps_of(extras.keep_h), keep_c_at = steps_of(extras.keep_c);
+  BackwardExtras step_extras;
+  step_extras.ln_hh_weight = extras.ln_hh;
+  step_extras.ln_cell_weight = extras.ln_cell_w;
+  step_extras.ln_cell_bias = extras.ln_cell_b;
   {  // The step loop; the GEMMs over all steps below use every thread.
-    const blas::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
-    const StepWeight w_hh_step(w_hh, /*transpose=*/false, B);  // (G*H, P)
-    const auto w_hr_step = w_hr.defined() ? std::make_unique<StepWeight>(w_hr, /*transpose=*/false, B) : nullptr;
+    const gemm::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
+    const gemm::StepWeight w_hh_step(w_hh, /*transpose=*/false, B, /*accumulate=*/true, T);  // (G*H, P)
+    const auto w_hr_step = w_hr.defined() ? std::make_unique<gemm::StepWeight>(w_hr, /*transpose=*/false, B, false, T)
+                                          : nullptr;  // (P, H)
     const auto grad_out_at = steps_of(grad_output);
+    auto at_or_none = [](const std::vector<at::Tensor>& v, int64_t t) { return v.empty() ? at::Tensor() : v[t]; };
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t t = reverse ? T - 1 - k : k;
       BackwardStep step;
@@ -433,7 +532,7 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
       const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
       if (w_hr.defined()) {
         gather_projected_grad({t, lengths, dh, grad_output.defined() ? grad_out_at[t] : at::Tensor(), d_proj_at[t]}, x);
-        step_gemm(running(dh_raw, n), running(d_proj_at[t], n), *w_hr_step, /*accumulate=*/false);
+        w_hr_step->multiply(running(dh_raw, n), running(d_proj_at[t], n));
         step.dh_raw = dh_raw;
       } else if (grad_output.defined()) {
         step.grad_out = grad_out_at[t];
@@ -449,33 +548,147 @@ rnn_layer_backward(c10::string_view mode_name, const c10::optional<at::Tensor>& 
       step.d_pre = d_pre_at[t];
       if (gru) step.d_gh = d_gh_at[t];
       step.dh_prev = dh_prev;
+      if (extras.any()) {
+        step_extras.xhat_hh = at_or_none(x_hat_hh_at, t);
+        step_extras.row_stats = at_or_none(stats_at, t);
+        step_extras.keep_h = at_or_none(keep_h_at, t);
+        step_extras.keep_c = at_or_none(keep_c_at, t);
+        step_extras.fresh = at_or_none(fresh_at, t);
+        step_extras.grad_cell_out = at_or_none(grad_cells_at, t);
+        step_extras.d_gh_raw = layer_norm ? d_gh_raw_at[t] : at::Tensor();
+        step_extras.d_ln_cell = at_or_none(d_ln_cell_at, t);
+        step.extras = &step_extras;
+      }
       backward_step(step, x);
-      step_gemm(running(dh_prev, n), running(d_gh_at[t], n), w_hh_step, /*accumulate=*/true);  // (n, G*H) @ (G*H, P)
+      w_hh_step.multiply(running(dh_prev, n), running(d_gh_raw_at[t], n));  // += (n, G*H) @ (G*H, P)
       std::swap(dh, dh_prev);
     }
   }
 
   // Everything below is one GEMM (or reduction) over all T*B rows.
   const at::Tensor d_pre_2d = d_pre.view({T * B, GH}), d_gh_2d = d_gh_all.view({T * B, GH});
-  at::Tensor grad_x = input_grad ? batch.unsort(at::mm(d_pre_2d, w_ih).view({T, B, I}), 1) : at::Tensor();
-  at::Tensor grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr;
+  LayerGrads grads;
+  if (weight_grad && has_bias) {
+    grads.b_ih = d_pre_2d.sum(0);
+    grads.b_hh = gru ? d_gh_2d.sum(0) : grads.b_ih.clone();
+  }
+  // gi = gamma_ih * LN(x W_ih^T): back through the LayerNorm, all rows at once.
+  at::Tensor d_gi_raw = d_pre_2d;
+  if (layer_norm) {
+    const at::Tensor gi_hat = x_hat[0].view({T * B, GH}), rstd = row_stats.select(2, 3).reshape({T * B, 1});
+    if (weight_grad) {
+      grads.ln_ih = (d_pre_2d * gi_hat).sum(0);
+      grads.ln_hh = (d_gh_2d * x_hat[1].view({T * B, GH})).sum(0);
+    }
+    const at::Tensor dyg = d_pre_2d * extras.ln_ih;
+    d_gi_raw = rstd * (dyg - dyg.mean(1, true) - gi_hat * (dyg * gi_hat).mean(1, true));
+  }
+  if (ln_cell && weight_grad) {
+    const at::Tensor sums = d_ln_cell.view({T * B, 2 * H}).sum(0);
+    grads.ln_cell_w = sums.narrow(0, 0, H);
+    grads.ln_cell_b = sums.narrow(0, H, H);
+  }
+  auto product = [&](const at::Tensor& a, const at::Tensor& b) {
+    at::Tensor out = at::empty({a.size(0), b.size(1)}, opts);
+    gemm::matmul(out, a, b);
+    return out;
+  };
+  if (input_grad) grads.x = batch.unsort(product(d_gi_raw, w_ih).view({T, B, I}), 1);
   if (weight_grad) {
-    grad_w_ih = at::mm(d_pre_2d.t(), x.view({T * B, I}));
+    grads.w_ih = product(d_gi_raw.t(), without_padding(x, batch).view({T * B, I}));
     // The state entering step t, for all t: states[0:T] forward, states[1:T+1] in reverse.
     const at::Tensor h_entering = states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, P});
-    grad_w_hh = at::mm(d_gh_2d.t(), h_entering);
-    if (has_bias) {
-      grad_b_ih = d_pre_2d.sum(0);
-      grad_b_hh = gru ? d_gh_2d.sum(0) : grad_b_ih.clone();
-    }
-    if (w_hr.defined()) grad_w_hr = at::mm(d_proj.view({T * B, P}).t(), hidden_raw.view({T * B, H}));
+    grads.w_hh = product(d_gh_raw.view({T * B, GH}).t(), h_entering);
+    if (w_hr.defined()) grads.w_hr = product(d_proj.view({T * B, P}).t(), hidden_raw.view({T * B, H}));
   }
-  // Gradients not asked for (or of absent arguments) are empty tensors.
-  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, opts); };
-  return {or_empty(grad_x),                  batch.unsort(dh, 0),
-          or_empty(batch.unsort(dc, 0)),     or_empty(grad_w_ih),
-          or_empty(grad_w_hh), or_empty(grad_b_ih),
-          or_empty(grad_b_hh), or_empty(grad_w_hr)};
+  grads.h0 = batch.unsort(dh, 0);
+  grads.c0 = batch.unsort(dc, 0);
+  return grads;
+}
+
+// Gradients not asked for (or of absent arguments) are empty tensors.
+at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_forward(
+    c10::string_view mode, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
+    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths, bool reverse, bool training) {
+  LayerForward r = forward_impl(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training, {});
+  return {r.out, r.h_n, r.c_n, r.states, r.cells, r.gates, r.hidden_raw};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+rnn_layer_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_output,
+                   const c10::optional<at::Tensor>& grad_h_n, const c10::optional<at::Tensor>& grad_c_n,
+                   const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                   const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths, bool reverse,
+                   const at::Tensor& states, const at::Tensor& cells, const at::Tensor& gates,
+                   const at::Tensor& hidden_raw, bool has_bias, bool input_grad, bool weight_grad) {
+  const at::Tensor none;
+  LayerGrads g = backward_impl(mode, grad_output, grad_h_n, grad_c_n, c10::nullopt, x, w_ih, w_hh, w_hr, lengths,
+                               reverse, states, cells, gates, hidden_raw, has_bias, input_grad, weight_grad, {}, none,
+                               none, none);
+  return {or_empty(g.x, x), g.h0, or_empty(g.c0, x), or_empty(g.w_ih, x), or_empty(g.w_hh, x),
+          or_empty(g.b_ih, x), or_empty(g.b_hh, x), or_empty(g.w_hr, x)};
+}
+
+namespace {
+
+LayerOptions options_of(const c10::optional<at::Tensor>& ln_ih, const c10::optional<at::Tensor>& ln_hh,
+                        const c10::optional<at::Tensor>& ln_cell_w, const c10::optional<at::Tensor>& ln_cell_b,
+                        const c10::optional<at::Tensor>& keep_h, const c10::optional<at::Tensor>& keep_c,
+                        bool return_cells) {
+  LayerOptions o;
+  o.ln_ih_weight = defined_or_empty(ln_ih);
+  o.ln_hh_weight = defined_or_empty(ln_hh);
+  o.ln_cell_weight = defined_or_empty(ln_cell_w);
+  o.ln_cell_bias = defined_or_empty(ln_cell_b);
+  o.keep_h = defined_or_empty(keep_h);
+  o.keep_c = defined_or_empty(keep_c);
+  o.return_cells = return_cells;
+  return o;
+}
+
+}  // namespace
+
+ExtendedForward rnn_layer_forward_ext(
+    c10::string_view mode, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
+    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& lengths, bool reverse, bool training, const c10::optional<at::Tensor>& ln_ih,
+    const c10::optional<at::Tensor>& ln_hh, const c10::optional<at::Tensor>& ln_cell_w,
+    const c10::optional<at::Tensor>& ln_cell_b, const c10::optional<at::Tensor>& keep_h,
+    const c10::optional<at::Tensor>& keep_c, bool return_cells) {
+  LayerForward r = forward_impl(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, c10::nullopt, lengths, reverse, training,
+                                options_of(ln_ih, ln_hh, ln_cell_w, ln_cell_b, keep_h, keep_c, return_cells));
+  return {r.out, r.h_n, r.c_n, r.cell_states, r.states, r.cells, r.gates, r.x_hat, r.row_stats, r.fresh};
+}
+
+ExtendedBackward rnn_layer_backward_ext(
+    c10::string_view mode, const c10::optional<at::Tensor>& grad_output, const c10::optional<at::Tensor>& grad_h_n,
+    const c10::optional<at::Tensor>& grad_c_n, const c10::optional<at::Tensor>& grad_cell_states, const at::Tensor& x,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& lengths, bool reverse,
+    const at::Tensor& states, const at::Tensor& cells, const at::Tensor& gates, const at::Tensor& x_hat,
+    const at::Tensor& row_stats, const at::Tensor& fresh, bool has_bias, bool input_grad, bool weight_grad,
+    const c10::optional<at::Tensor>& ln_ih, const c10::optional<at::Tensor>& ln_hh,
+    const c10::optional<at::Tensor>& ln_cell_w, const c10::optional<at::Tensor>& ln_cell_b,
+    const c10::optional<at::Tensor>& keep_h, const c10::optional<at::Tensor>& keep_c, bool return_cells) {
+  const at::Tensor none;
+  LayerGrads g = backward_impl(mode, grad_output, grad_h_n, grad_c_n, grad_cell_states, x, w_ih, w_hh, c10::nullopt,
+                               lengths, reverse, states, cells, gates, none, has_bias, input_grad, weight_grad,
+                               options_of(ln_ih, ln_hh, ln_cell_w, ln_cell_b, keep_h, keep_c, return_cells), x_hat,
+                               row_stats, fresh);
+  return {or_empty(g.x, x),         g.h0,
+          or_empty(g.c0, x),        or_empty(g.w_ih, x),
+          or_empty(g.w_hh, x),      or_empty(g.b_ih, x),
+          or_empty(g.b_hh, x),      or_empty(g.ln_ih, x),
+          or_empty(g.ln_hh, x),     or_empty(g.ln_cell_w, x),
+          or_empty(g.ln_cell_b, x)};
 }
 
 }  // namespace rnnkernels

@@ -15,6 +15,17 @@
 //   bias gradients (else empty); has_bias: whether biases were given.
 //   -> grad_x, grad_h0, grad_c0 (lstm; else empty), grad_w_ih, grad_w_hh,
 //      grad_b_ih, grad_b_hh, grad_w_hr (empty when absent or not asked for).
+// rnn_layer_forward_ext / rnn_layer_backward_ext: the same loop with what a
+// layer adds to torch.nn's cell (no projection):
+//   ln_ih_weight, ln_hh_weight (G*H,): gates from gamma_ih LN(x W_ih^T) +
+//     gamma_hh LN(h W_hh^T) + biases (lstm, gru; both or neither);
+//   ln_cell_weight, ln_cell_bias (H,): lstm h = o * tanh(LN(c));
+//   keep_h, keep_c (T, B, H): zoneout, state = keep * previous + (1 - keep) * fresh
+//     (Bernoulli draws in training, the probability itself in evaluation);
+//   return_cells: lstm, every step's c -> cell_states (T, B, H), zero past each end.
+//   Saved besides the plain op's: x_hat (2, T, B, G*H) LayerNorm's normalised
+//   projections, row_stats (T, B, 4) rstd of LN(h W_hh^T), mean and rstd of
+//   LN(c), rstd of LN(x W_ih^T); fresh (T, B, H) the pre-zoneout c (lstm) or h (rnn).
 // Autograd and fake kernels are registered in rnnkernels/rnn_ops.py.
 #include <torch/library.h>
 
@@ -31,9 +42,25 @@ TORCH_LIBRARY_FRAGMENT(rnnkernels, m) {
       "Tensor gates, Tensor hidden_raw, bool has_bias, bool input_grad, bool weight_grad) -> (Tensor grad_x, "
       "Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
       "Tensor grad_w_hr)");
+  m.def(
+      "rnn_layer_forward_ext(str mode, Tensor x, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? lengths, bool reverse, bool training, Tensor? ln_ih_weight, Tensor? ln_hh_weight, "
+      "Tensor? ln_cell_weight, Tensor? ln_cell_bias, Tensor? keep_h, Tensor? keep_c, bool return_cells) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor cell_states, Tensor states, Tensor cells, Tensor gates, "
+      "Tensor x_hat, Tensor row_stats, Tensor fresh)");
+  m.def(
+      "rnn_layer_backward_ext(str mode, Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
+      "Tensor? grad_cell_states, Tensor x, Tensor w_ih, Tensor w_hh, Tensor? lengths, bool reverse, Tensor states, "
+      "Tensor cells, Tensor gates, Tensor x_hat, Tensor row_stats, Tensor fresh, bool has_bias, bool input_grad, "
+      "bool weight_grad, Tensor? ln_ih_weight, Tensor? ln_hh_weight, Tensor? ln_cell_weight, Tensor? ln_cell_bias, "
+      "Tensor? keep_h, Tensor? keep_c, bool return_cells) -> (Tensor grad_x, Tensor grad_h0, Tensor grad_c0, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_ln_ih_weight, "
+      "Tensor grad_ln_hh_weight, Tensor grad_ln_cell_weight, Tensor grad_ln_cell_bias)");
 }
 
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
   m.impl("rnn_layer_forward", &rnnkernels::rnn_layer_forward);
   m.impl("rnn_layer_backward", &rnnkernels::rnn_layer_backward);
+  m.impl("rnn_layer_forward_ext", &rnnkernels::rnn_layer_forward_ext);
+  m.impl("rnn_layer_backward_ext", &rnnkernels::rnn_layer_backward_ext);
 }

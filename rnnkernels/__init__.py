@@ -5,6 +5,7 @@
     out, (h, c) = lstm(x, lengths=lengths)                      # padded + lengths
 """
 from . import backends, functional, reference
+from ._version import __version__
 from .attention import dot_product_attention
 from . import nn  # noqa: E402  (rk.nn.Attention, rk.nn.DotProductAttention)
 from .backends import BackendUnavailableError, use_backend
@@ -14,8 +15,6 @@ from .modules import GRU, LSTM, RNN, convert, unconvert
 # Import every backend now, not at the first call: torch.compile cannot trace
 # the import machinery inside a compiled model.
 backends.names()
-
-__version__ = "0.1.0"
 
 __all__ = [
     "LSTM",

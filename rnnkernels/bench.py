@@ -8,12 +8,10 @@ torch/ours (> 1: we are faster) and achieved GFLOP/s. attention: ours against
 scaled_dot_product_attention with the lengths' boolean mask and against
 matmul-softmax-matmul (with return_weights=True), forward and forward+backward.
 """
-import datetime
 import importlib
 import inspect
 import json
 import os
-import platform
 import sys
 from typing import Dict, List
 
@@ -24,33 +22,11 @@ _SUITES = {"rnn": "rnnkernels.benchmarks.rnn", "attention": "rnnkernels.benchmar
 
 
 def machine_info(device: torch.device) -> Dict[str, str]:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = str(torch.version.cuda)
-    try:
-        import triton
+    """CPU model, vendor, ISA, cores, threads, measured FMA peak, GEMM engine,
+    versions (rnnkernels.benchmarks.machine)."""
+    from rnnkernels.benchmarks.machine import describe
 
-        info["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return describe(device)
 
 
 def _fmt(value) -> str:
@@ -123,6 +99,8 @@ def _main(args) -> int:
             return 2
     for suite, module in modules.items():
         extra = {"tiny": True} if args.tiny else {}
+        if "peak_gflops" in inspect.signature(module.run).parameters and info["fma_peak_gflops"] != "unknown":
+            extra["peak_gflops"] = float(info["fma_peak_gflops"])
         rows = module.run(device=device, dtype=dtype, backends=args.backend, full=args.full, repeats=args.repeats,
                           progress=lambda items: tqdm(items, desc=f"bench {suite}", leave=False, file=sys.stderr),
                           **extra)

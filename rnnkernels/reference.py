@@ -25,7 +25,7 @@ Shapes (one layer, one direction; H hidden, P = proj_size or H, G gates):
     lengths  (B,) int64 on CPU, or None (all sequences have length T)
     returns  out (T, B, P), h_n (B, P), c_n (B, H) or None
 """
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -108,3 +108,109 @@ def rnn_layer(
     else:
         out = torch.stack(outputs, 0)
     return out, h, c
+
+
+class LayerExtras(NamedTuple):
+    """What a layer adds to torch.nn's cell (every field optional; no proj_size).
+
+    ln_ih_weight, ln_hh_weight  (G*H,)  LayerNorm gains of x W_ih^T and h W_hh^T
+                                        (lstm, gru; both or neither)
+    ln_cell_weight, ln_cell_bias (H,)   lstm: h = o * tanh(LN(c))
+    keep_h, keep_c  (T, B, H)           zoneout: state = keep * previous + (1 - keep) * fresh
+                                        (Bernoulli(p) draws in training, p in evaluation)
+    return_cells                        lstm: every step's c, zero past each sequence's end
+    """
+    ln_ih_weight: Optional[Tensor] = None
+    ln_hh_weight: Optional[Tensor] = None
+    ln_cell_weight: Optional[Tensor] = None
+    ln_cell_bias: Optional[Tensor] = None
+    keep_h: Optional[Tensor] = None
+    keep_c: Optional[Tensor] = None
+    return_cells: bool = False
+
+
+LAYER_NORM_EPS = 1e-5
+
+
+def _layer_norm(v: Tensor, weight: Optional[Tensor], bias: Optional[Tensor] = None) -> Tensor:
+    return F.layer_norm(v, v.shape[-1:], weight, bias, LAYER_NORM_EPS)
+
+
+def rnn_layer_extended(
+    mode: str,
+    x: Tensor,
+    h0: Optional[Tensor],
+    c0: Optional[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    lengths: Optional[Tensor],
+    reverse: bool,
+    extras: LayerExtras,
+) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """rnn_layer with `extras` (LayerNorm LSTM/GRU as Ba et al. 2016 and
+    Haste, zoneout, every step's cell state); returns (out, h_n, c_n,
+    cell_states or None). The semantics the cpu backend is checked against:
+
+    LayerNorm LSTM  gates = LN(x W_ih^T; g_ih) + LN(h W_hh^T; g_hh) + b_ih + b_hh
+                    c' = sig(f) c + sig(i) tanh(g);  h' = sig(o) tanh(LN(c'; g_c, b_c))
+    LayerNorm GRU   gi = LN(x W_ih^T; g_ih) + b_ih;  gh = LN(h W_hh^T; g_hh) + b_hh; then gru_cell
+    zoneout         c = k_c c_prev + (1 - k_c) c';  h = k_h h_prev + (1 - k_h) h'  (h' from c', not c)
+    Past a sequence's end the state stays frozen, outputs and cell states are
+    zero, and nothing there (padding included) reaches any gradient.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    T = x.shape[0]
+    if h0 is None:  # zeros, as the kernels take them
+        h0 = x.new_zeros(x.shape[1], w_hh.shape[1])
+    if c0 is None and mode == "lstm":
+        c0 = torch.zeros_like(h0)
+    alive = None
+    if lengths is not None:
+        steps = torch.arange(T, device=x.device).unsqueeze(1)
+        alive = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        x = x.masked_fill(~alive, 0)  # padding never reaches a gradient, whatever it holds
+    gi_all = F.linear(x, w_ih)
+    if extras.ln_ih_weight is not None:
+        gi_all = _layer_norm(gi_all, extras.ln_ih_weight)
+    if b_ih is not None:
+        gi_all = gi_all + b_ih
+    h, c = h0, c0
+    outputs, cell_outputs = [None] * T, [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        gh = F.linear(h, w_hh)
+        if extras.ln_hh_weight is not None:
+            gh = _layer_norm(gh, extras.ln_hh_weight)
+        if b_hh is not None:
+            gh = gh + b_hh
+        c_new = None
+        if mode == "lstm":
+            i, f, g, o = (gi_all[t] + gh).chunk(4, dim=-1)
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            y = c_new if extras.ln_cell_weight is None else _layer_norm(c_new, extras.ln_cell_weight,
+                                                                          extras.ln_cell_bias)
+            h_new = torch.sigmoid(o) * torch.tanh(y)
+            if extras.keep_c is not None:
+                c_new = extras.keep_c[t] * c + (1 - extras.keep_c[t]) * c_new
+        elif mode == "gru":
+            h_new = gru_cell(gi_all[t], gh, h)
+        elif mode == "rnn_tanh":
+            h_new = rnn_tanh_cell(gi_all[t], gh, h)
+        else:
+            h_new = rnn_relu_cell(gi_all[t], gh, h)
+        if extras.keep_h is not None:
+            h_new = extras.keep_h[t] * h + (1 - extras.keep_h[t]) * h_new
+        if alive is None:
+            h, c = h_new, c_new
+            outputs[t], cell_outputs[t] = h, c
+        else:
+            h = torch.where(alive[t], h_new, h)
+            if c is not None:
+                c = torch.where(alive[t], c_new, c)
+                cell_outputs[t] = torch.where(alive[t], c_new, torch.zeros_like(c_new))
+            outputs[t] = torch.where(alive[t], h_new, torch.zeros_like(h_new))
+    out = torch.stack(outputs, 0)
+    cell_states = torch.stack(cell_outputs, 0) if extras.return_cells else None
+    return out, h, c, cell_states

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from rnnkernels import cli, train
+from rnnkernels import cli
+from rnnkernels.app import checkpoints
 
 TINY = ["--hidden", "16", "--embed", "8", "--batch-size", "16", "--eval-every", "0", "--no-progress", "--device", "cpu"]
 DATES = ["train", "seq2seq", "--data", "builtin:dates", "--train-size", "400", "--eval-size", "40", *TINY]
@@ -40,7 +41,7 @@ def test_checkpoint_resume_continues_exactly(tmp_path, capsys):
 
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "ck.pt")
-    train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "step": 1})
+    checkpoints.save_checkpoint(path, {"format": checkpoints.CHECKPOINT_FORMAT, "step": 1})
 
     def broken_save(obj, f):
         with open(f, "wb") as handle:
@@ -49,7 +50,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "step": 2})
+        checkpoints.save_checkpoint(path, {"format": checkpoints.CHECKPOINT_FORMAT, "step": 2})
     assert torch.load(path, weights_only=True)["step"] == 1
     assert os.listdir(tmp_path) == ["ck.pt"]
 
@@ -122,32 +123,44 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     _fails_with(["train", "lm", "--data", str(text), "--embed", "8", "--hidden", "16", "--tie", "--steps", "1",
                  "--checkpoint", str(tmp_path / "tie.pt"), "--no-progress"], capsys, "tie_weights")
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["empty.txt", "bad.tsv", "garbage.pt", "lm.pt", "s2s.pt", "t.txt", "pairs.tsv"])  # nothing partial written
+        ["empty.txt", "bad.tsv", "garbage.pt", "t.txt", "pairs.tsv"]  # nothing partial written, only the two runs'
+        + [f"{run}{suffix}" for run in ("lm", "s2s") for suffix in (".pt", ".best.pt", ".metrics.jsonl")])
 
 
 def test_error_exit_from_a_real_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rnnkernels", "train", "seq2seq", "--data", str(tmp_path / "x.tsv")],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"rnnkernels train: error: data file {tmp_path / 'x.tsv'} does not exist"]
+    assert result.stderr.strip().splitlines() == [
+        f"rnnkernels train: error: data file {tmp_path / 'x.tsv'} does not exist"]
 
 
 def test_two_process_gloo_matches_one_process(tmp_path):
-    """torchrun, 2 CPU processes: replicas stay identical and the model and loss follow one process on the
-    same global batches (dates targets all have 11 tokens, so the mean of the ranks' means is the global mean)."""
-    common = [*DATES, "--steps", "5", "--batch-size", "8", "--device", "cpu"]
+    """torchrun, 2 CPU processes: replicas stay identical, and the logged loss and the model follow one
+    process on the same global batches. The targets differ in length, so the two ranks see different
+    token counts: the loss is the global batch's per-token mean and the gradient its gradient (each
+    rank's mean weighted by its share of the tokens), not the mean of the ranks' means."""
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    (tmp_path / "numbers.tsv").write_text("".join(f"{n}\t{' '.join(words[int(d)] for d in str(n))}\n"
+                                                  for n in range(0, 2000, 7)))
+    common = ["train", "seq2seq", "--data", str(tmp_path / "numbers.tsv"), "--tgt-level", "word", "--hidden", "16",
+              "--embed", "8", "--steps", "5", "--batch-size", "8", "--eval-every", "0", "--eval-size", "10",
+              "--log-every", "1", "--no-progress", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "rnnkernels", *common, "--checkpoint", str(tmp_path / "ddp.pt"),
-                          "--metrics-json", str(tmp_path / "ddp.json")], capture_output=True, text=True, cwd=ROOT,
-                         env=env, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, "-m", "rnnkernels", *common, "--checkpoint", str(tmp_path / "one.pt"),
-                             "--metrics-json", str(tmp_path / "one.json")], capture_output=True, text=True,
-                            cwd=ROOT, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp_metrics, one_metrics = (json.load(open(tmp_path / f"{n}.json")) for n in ("ddp", "one"))
+    runs = {"ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "rnnkernels"], "one": [sys.executable, "-m", "rnnkernels"]}
+    for name, launcher in runs.items():
+        result = subprocess.run([*launcher, *common, "--checkpoint", str(tmp_path / f"{name}.pt"),
+                                 "--metrics-json", str(tmp_path / f"{name}.json")], capture_output=True, text=True,
+                                cwd=ROOT, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    ddp_metrics, one_metrics = (json.load(open(tmp_path / f"{n}.json")) for n in runs)
     assert ddp_metrics["replica_max_abs_diff"] == 0.0
-    assert abs(ddp_metrics["last_loss"] - one_metrics["last_loss"]) < 1e-4 * one_metrics["last_loss"]
+    logged = {n: [json.loads(line)["loss"] for line in open(tmp_path / f"{n}.metrics.jsonl")
+                  if json.loads(line)["split"] == "train"] for n in runs}
+    assert len(logged["ddp"]) == len(logged["one"]) == 5
+    for a, b in zip(logged["ddp"], logged["one"]):
+        assert abs(a - b) < 1e-5 * b
+    assert abs(ddp_metrics["last_loss"] - one_metrics["last_loss"]) < 1e-5 * one_metrics["last_loss"]
     a, b = _weights(tmp_path / "ddp.pt"), _weights(tmp_path / "one.pt")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

@@ -15,6 +15,8 @@ import sys
 import pytest
 import torch
 
+pytest.importorskip("triton")  # an optional dependency: without it these tests skip (tests/without_triton)
+
 _previous = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 try:

@@ -19,7 +19,8 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
-// MKL's per-thread thread count (returns the previous one; 0 = the global setting).
+// MKL's per-thread thread count (returns the previous one; 0 = the global setting);
+// csrc/cpu/gemm.h's SingleThreaded sets it.
 int MKL_Set_Num_Threads_Local(int nthreads) __attribute__((weak));
 // MKL's packed GEMM (CBLAS enums as ints; MKL_INT is int in the LP64 MKL torch links).
 size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
@@ -54,25 +55,6 @@ inline bool gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T 
   fn(&ta, &tb, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
   return true;
 }
-
-// While alive, BLAS calls from this thread run on one thread (when the BLAS
-// is MKL; otherwise nothing changes). For GEMMs too small to split: with two
-// threads a batch-1 LSTM step's (1, 128) x (128, 512) product got slower.
-class SingleThreaded {
- public:
-  explicit SingleThreaded(bool active)
-      : active_(active && MKL_Set_Num_Threads_Local != nullptr),
-        previous_(active_ ? MKL_Set_Num_Threads_Local(1) : 0) {}
-  ~SingleThreaded() {
-    if (active_) MKL_Set_Num_Threads_Local(previous_);
-  }
-  SingleThreaded(const SingleThreaded&) = delete;
-  SingleThreaded& operator=(const SingleThreaded&) = delete;
-
- private:
-  bool active_;
-  int previous_;
-};
 
 // A float matrix B (k, n) packed once into MKL's GEMM-kernel layout, for
 // C (m, n) = A (m, k) B + beta C with m <= max_m: the recurrent weight is

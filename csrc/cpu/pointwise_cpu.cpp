@@ -22,11 +22,13 @@
 namespace rnnkernels {
 namespace {
 
-// float rows are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at
+// float and bfloat16 rows are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at
 // load time (GCC function multiversioning): the wheel stays portable and the
-// vectorised gate math runs at the machine's vector width.
+// vectorised gate math runs at the machine's vector width. `flatten` inlines
+// the gate math into each clone: past GCC's inlining budget (the bfloat16
+// rows) a call left in the loop kept it scalar.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define RK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #define RK_ALWAYS_INLINE __attribute__((always_inline)) inline
 #else
 #define RK_CPU_CLONES
@@ -68,11 +70,49 @@ void zero_row(scalar_t* dst, int64_t n) {
   if (dst != nullptr) std::fill(dst, dst + n, scalar_t(0));
 }
 
+// The rows hold bfloat16 as its raw bits (uint16_t) and convert with the
+// widen/narrow below, which the vectoriser sees through: with c10::BFloat16
+// itself, its struct copies and the NaN branch of its rounding kept the
+// bfloat16 rows scalar. narrow() rounds to nearest even, NaN stays NaN, like c10's.
+template <typename scalar_t>
+using storage_of = std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, uint16_t, scalar_t>;
+
+// Row b of a (B, n) tensor as storage, or nullptr for an undefined one.
+template <typename scalar_t>
+storage_of<scalar_t>* storage_row(const at::Tensor& tensor, int64_t b) {
+  return reinterpret_cast<storage_of<scalar_t>*>(row<scalar_t>(tensor, b));
+}
+
+template <typename acc_t, typename stored_t>
+RK_ALWAYS_INLINE acc_t widen(stored_t v) {
+  if constexpr (std::is_same_v<stored_t, uint16_t>) {  // bfloat16 bits
+    const uint32_t bits = uint32_t(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  } else {
+    return acc_t(v);
+  }
+}
+
+template <typename stored_t, typename acc_t>
+RK_ALWAYS_INLINE stored_t narrow(acc_t v) {
+  if constexpr (std::is_same_v<stored_t, uint16_t>) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return v != v ? uint16_t(0x7FC0) : uint16_t(rounded);
+  } else {
+    return stored_t(v);
+  }
+}
+
 // ------------------------------------------------------------------ forward
 
 template <typename scalar_t>
 RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
+  using stored_t = storage_of<scalar_t>;
   using Math = CpuMath<acc_t>;
   const int64_t* lengths = lengths_ptr(s.lengths);
   const int64_t P = s.h_prev.size(1);
@@ -82,21 +122,21 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
   // Inference writes the activations to a throw-away row: a branch-free inner
   // loop is one the compiler vectorises. The row is kept per thread, so that
   // steps do not allocate (B = 1: malloc was 5% of the step).
-  thread_local std::vector<scalar_t> scratch;
+  thread_local std::vector<stored_t> scratch;
   if (!s.saved.defined()) scratch.resize(std::max<size_t>(scratch.size(), saved_gate_count(s.mode) * H));
-  const scalar_t* b_ih = s.b_ih.data_ptr<scalar_t>();
-  const scalar_t* b_hh = s.b_hh.data_ptr<scalar_t>();
+  const stored_t* b_ih = reinterpret_cast<const stored_t*>(s.b_ih.data_ptr<scalar_t>());
+  const stored_t* b_hh = reinterpret_cast<const stored_t*>(s.b_hh.data_ptr<scalar_t>());
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const scalar_t* gi = row<scalar_t>(s.gi, b);
-    const scalar_t* gh = row<scalar_t>(s.gh, b);
-    const scalar_t* h_prev = row<scalar_t>(s.h_prev, b);
-    scalar_t* h_next = row<scalar_t>(s.h_next, b);
-    scalar_t* out = row<scalar_t>(s.out, b);
-    scalar_t* saved = s.saved.defined() ? row<scalar_t>(s.saved, b) : scratch.data();
+    const stored_t* gi = storage_row<scalar_t>(s.gi, b);
+    const stored_t* gh = storage_row<scalar_t>(s.gh, b);
+    const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
+    stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
+    stored_t* out = storage_row<scalar_t>(s.out, b);
+    stored_t* saved = s.saved.defined() ? storage_row<scalar_t>(s.saved, b) : scratch.data();
     if (!alive(lengths, b, s.t)) {  // frozen state, zero output
-      if (lstm) copy_row(row<scalar_t>(s.c_next, b), row<scalar_t>(s.c_prev, b), H);
+      if (lstm) copy_row(storage_row<scalar_t>(s.c_next, b), storage_row<scalar_t>(s.c_prev, b), H);
       if (projected) {
-        zero_row(row<scalar_t>(s.h_raw, b), H);  // projected and then discarded by commit_projection
+        zero_row(storage_row<scalar_t>(s.h_raw, b), H);  // projected and then discarded by commit_projection
       } else {
         copy_row(h_next, h_prev, P);
         zero_row(out, P);
@@ -105,48 +145,60 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       continue;
     }
     // Pre-activation of gate unit k: both GEMM outputs plus both biases.
-    auto pre = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]) + acc_t(gh[k]) + acc_t(b_hh[k]); };
+    auto pre = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]) + widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
     // h goes to h_raw (to be projected) or straight into the next state and
     // the output; projected, the second store repeats the first (the GEMM
     // writes out), which keeps the loop branch-free.
-    scalar_t* h_dst = projected ? row<scalar_t>(s.h_raw, b) : h_next;
-    scalar_t* out_dst = projected ? h_dst : out;
+    stored_t* h_dst = projected ? storage_row<scalar_t>(s.h_raw, b) : h_next;
+    stored_t* out_dst = projected ? h_dst : out;
     if (lstm) {
-      const scalar_t* c_prev = row<scalar_t>(s.c_prev, b);
-      scalar_t* c_next = row<scalar_t>(s.c_next, b);
+      const stored_t* c_prev = storage_row<scalar_t>(s.c_prev, b);
+      stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         cells::LstmActivations<acc_t> act;
         acc_t c, h;
-        cells::lstm_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), acc_t(c_prev[j]), act,
+        cells::lstm_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j), widen<acc_t>(c_prev[j]), act,
                                          c, h);
-        c_next[j] = scalar_t(c);
-        h_dst[j] = out_dst[j] = scalar_t(h);
-        saved[j] = scalar_t(act.i);
-        saved[H + j] = scalar_t(act.f);
-        saved[2 * H + j] = scalar_t(act.g);
-        saved[3 * H + j] = scalar_t(act.o);
+        c_next[j] = narrow<stored_t>(c);
+        const stored_t h_stored = narrow<stored_t>(h);  // one value, two stores: a chained store of a
+        h_dst[j] = h_stored;                           // struct (BFloat16) re-reads memory, unvectorised
+        out_dst[j] = h_stored;
+        saved[j] = narrow<stored_t>(act.i);
+        saved[H + j] = narrow<stored_t>(act.f);
+        saved[2 * H + j] = narrow<stored_t>(act.g);
+        saved[3 * H + j] = narrow<stored_t>(act.o);
       }
     } else if (gru) {
-      auto in = [&](int64_t k) { return acc_t(gi[k]) + acc_t(b_ih[k]); };
-      auto rec = [&](int64_t k) { return acc_t(gh[k]) + acc_t(b_hh[k]); };
+      auto in = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]); };
+      auto rec = [&](int64_t k) { return widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         cells::GruActivations<acc_t> act;
         const acc_t h = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
-                                                        rec(2 * H + j), acc_t(h_prev[j]), act);
-        h_dst[j] = out_dst[j] = scalar_t(h);
-        saved[j] = scalar_t(act.r);
-        saved[H + j] = scalar_t(act.z);
-        saved[2 * H + j] = scalar_t(act.n);
-        saved[3 * H + j] = scalar_t(act.gh_n);
+                                                        rec(2 * H + j), widen<acc_t>(h_prev[j]), act);
+        const stored_t h_stored = narrow<stored_t>(h);
+        h_dst[j] = h_stored;
+        out_dst[j] = h_stored;
+        saved[j] = narrow<stored_t>(act.r);
+        saved[H + j] = narrow<stored_t>(act.z);
+        saved[2 * H + j] = narrow<stored_t>(act.n);
+        saved[3 * H + j] = narrow<stored_t>(act.gh_n);
       }
     } else if (s.mode == Mode::RnnTanh) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = out_dst[j] = scalar_t(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
+      for (int64_t j = 0; j < H; ++j) {
+        const stored_t h_stored = narrow<stored_t>(cells::rnn_tanh_forward<acc_t, Math>(pre(j)));
+        h_dst[j] = h_stored;
+        out_dst[j] = h_stored;
+      }
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) h_dst[j] = out_dst[j] = scalar_t(cells::rnn_relu_forward<acc_t>(pre(j)));
+      for (int64_t j = 0; j < H; ++j) {
+        const stored_t h_stored = narrow<stored_t>(cells::rnn_relu_forward<acc_t>(pre(j)));
+        h_dst[j] = h_stored;
+        out_dst[j] = h_stored;
+      }
     }
   }
 }
@@ -156,6 +208,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
 template <typename scalar_t>
 RK_ALWAYS_INLINE void backward_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
+  using stored_t = storage_of<scalar_t>;
   using Math = CpuMath<acc_t>;
   const int64_t* lengths = lengths_ptr(s.lengths);
   const int64_t P = s.dh.size(1);
@@ -164,95 +217,414 @@ RK_ALWAYS_INLINE void backward_rows(const BackwardStep& s, int64_t b_begin, int6
   const int64_t GH = s.d_pre.size(1);
   std::vector<acc_t> dh_row(H);  // gradient of this step's h (before projection)
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const scalar_t* dh_carry = row<scalar_t>(s.dh, b);
-    scalar_t* dh_prev = row<scalar_t>(s.dh_prev, b);
-    scalar_t* d_pre = row<scalar_t>(s.d_pre, b);
+    const stored_t* dh_carry = storage_row<scalar_t>(s.dh, b);
+    stored_t* dh_prev = storage_row<scalar_t>(s.dh_prev, b);
+    stored_t* d_pre = storage_row<scalar_t>(s.d_pre, b);
     if (!alive(lengths, b, s.t)) {  // the state passed through unchanged: so does its gradient
       copy_row(dh_prev, dh_carry, P);
       zero_row(d_pre, GH);
-      zero_row(row<scalar_t>(s.d_gh, b), GH);
+      zero_row(storage_row<scalar_t>(s.d_gh, b), GH);
       continue;  // dc (lstm) stays as it is
     }
     // The gradient of this step's h: through the projection, or carry + output.
-    const scalar_t* dh_raw = row<scalar_t>(s.dh_raw, b);
-    const scalar_t* grad_out = row<scalar_t>(s.grad_out, b);
-    const scalar_t* saved = row<scalar_t>(s.saved, b);
+    const stored_t* dh_raw = storage_row<scalar_t>(s.dh_raw, b);
+    const stored_t* grad_out = storage_row<scalar_t>(s.grad_out, b);
+    const stored_t* saved = storage_row<scalar_t>(s.saved, b);
     if (dh_raw != nullptr) {
-      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_raw[j]);
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = widen<acc_t>(dh_raw[j]);
     } else if (grad_out != nullptr) {
-      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_carry[j]) + acc_t(grad_out[j]);
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = widen<acc_t>(dh_carry[j]) + widen<acc_t>(grad_out[j]);
     } else {
-      for (int64_t j = 0; j < H; ++j) dh_row[j] = acc_t(dh_carry[j]);
+      for (int64_t j = 0; j < H; ++j) dh_row[j] = widen<acc_t>(dh_carry[j]);
     }
     const acc_t* dh = dh_row.data();
     if (lstm) {
-      const scalar_t* c_prev = row<scalar_t>(s.c_prev, b);
-      const scalar_t* c_next = row<scalar_t>(s.c_next, b);
-      scalar_t* dc = row<scalar_t>(s.dc, b);
+      const stored_t* c_prev = storage_row<scalar_t>(s.c_prev, b);
+      const stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
+      stored_t* dc = storage_row<scalar_t>(s.dc, b);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const cells::LstmActivations<acc_t> act{acc_t(saved[j]), acc_t(saved[H + j]), acc_t(saved[2 * H + j]),
-                                                acc_t(saved[3 * H + j])};
+        const cells::LstmActivations<acc_t> act{widen<acc_t>(saved[j]), widen<acc_t>(saved[H + j]), widen<acc_t>(saved[2 * H + j]),
+                                                widen<acc_t>(saved[3 * H + j])};
         acc_t d_i, d_f, d_g, d_o, dc_prev;
-        cells::lstm_backward<acc_t, Math>(dh[j], acc_t(dc[j]), act, acc_t(c_prev[j]), acc_t(c_next[j]), d_i,
+        cells::lstm_backward<acc_t, Math>(dh[j], widen<acc_t>(dc[j]), act, widen<acc_t>(c_prev[j]), widen<acc_t>(c_next[j]), d_i,
                                           d_f, d_g, d_o, dc_prev);
-        d_pre[j] = scalar_t(d_i);
-        d_pre[H + j] = scalar_t(d_f);
-        d_pre[2 * H + j] = scalar_t(d_g);
-        d_pre[3 * H + j] = scalar_t(d_o);
-        dc[j] = scalar_t(dc_prev);
+        d_pre[j] = narrow<stored_t>(d_i);
+        d_pre[H + j] = narrow<stored_t>(d_f);
+        d_pre[2 * H + j] = narrow<stored_t>(d_g);
+        d_pre[3 * H + j] = narrow<stored_t>(d_o);
+        dc[j] = narrow<stored_t>(dc_prev);
       }
       zero_row(dh_prev, P);  // h_prev reaches the loss only through W_hh
     } else if (gru) {
-      const scalar_t* h_prev = row<scalar_t>(s.h_prev, b);
-      scalar_t* d_gh = row<scalar_t>(s.d_gh, b);
+      const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
+      stored_t* d_gh = storage_row<scalar_t>(s.d_gh, b);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const cells::GruActivations<acc_t> act{acc_t(saved[j]), acc_t(saved[H + j]), acc_t(saved[2 * H + j]),
-                                               acc_t(saved[3 * H + j])};
+        const cells::GruActivations<acc_t> act{widen<acc_t>(saved[j]), widen<acc_t>(saved[H + j]), widen<acc_t>(saved[2 * H + j]),
+                                               widen<acc_t>(saved[3 * H + j])};
         acc_t d_r, d_z, d_n, d_hn, dh_direct;
-        cells::gru_backward<acc_t>(dh[j], act, acc_t(h_prev[j]), d_r, d_z, d_n, d_hn, dh_direct);
-        d_pre[j] = d_gh[j] = scalar_t(d_r);
-        d_pre[H + j] = d_gh[H + j] = scalar_t(d_z);
-        d_pre[2 * H + j] = scalar_t(d_n);
-        d_gh[2 * H + j] = scalar_t(d_hn);
-        dh_prev[j] = scalar_t(dh_direct);
+        cells::gru_backward<acc_t>(dh[j], act, widen<acc_t>(h_prev[j]), d_r, d_z, d_n, d_hn, dh_direct);
+        const stored_t d_r_stored = narrow<stored_t>(d_r), d_z_stored = narrow<stored_t>(d_z);
+        d_pre[j] = d_r_stored;
+        d_gh[j] = d_r_stored;
+        d_pre[H + j] = d_z_stored;
+        d_gh[H + j] = d_z_stored;
+        d_pre[2 * H + j] = narrow<stored_t>(d_n);
+        d_gh[2 * H + j] = narrow<stored_t>(d_hn);
+        dh_prev[j] = narrow<stored_t>(dh_direct);
       }
     } else {
-      const scalar_t* h_next = row<scalar_t>(s.h_next, b);
+      const stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
       const bool tanh_mode = s.mode == Mode::RnnTanh;
       if (tanh_mode) {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_tanh_backward<acc_t>(dh[j], acc_t(h_next[j])));
+        for (int64_t j = 0; j < H; ++j) d_pre[j] = narrow<stored_t>(cells::rnn_tanh_backward<acc_t>(dh[j], widen<acc_t>(h_next[j])));
       } else {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) d_pre[j] = scalar_t(cells::rnn_relu_backward<acc_t>(dh[j], acc_t(h_next[j])));
+        for (int64_t j = 0; j < H; ++j) d_pre[j] = narrow<stored_t>(cells::rnn_relu_backward<acc_t>(dh[j], widen<acc_t>(h_next[j])));
       }
       zero_row(dh_prev, P);
     }
   }
 }
 
-// rows<scalar_t>(step, b0, b1): the forward or backward rows of one block;
-// float goes through the multiversioned clones.
-RK_CPU_CLONES void float_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
-  forward_rows<float>(s, b_begin, b_end);
+// ------------------------------------------------- extended rows (extras set)
+//
+// LayerNorm of h W_hh^T and of c, zoneout and per-step cell outputs: each row
+// runs its reductions between element-wise passes over the same cache-hot row.
+// Separate from the plain rows above so that those stay as they are (measured:
+// the plain layers did not slow down).
+
+// A 1-D tensor's data as storage, or nullptr for an undefined one.
+template <typename scalar_t>
+const storage_of<scalar_t>* storage_data(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<const storage_of<scalar_t>*>(t.data_ptr<scalar_t>()) : nullptr;
 }
 
-RK_CPU_CLONES void float_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
-  backward_rows<float>(s, b_begin, b_end);
+// The mean and the rstd of a row of n values (two passes, see cells.h).
+template <typename acc_t, typename Load>
+RK_ALWAYS_INLINE void row_moments(int64_t n, const Load& load, acc_t& mean, acc_t& rstd) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < n; ++k) sum += load(k);
+  mean = sum / acc_t(n);
+  acc_t squares = 0;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t k = 0; k < n; ++k) {
+    const acc_t d = load(k) - mean;
+    squares += d * d;
+  }
+  rstd = cells::layer_norm_rstd<acc_t>(squares / acc_t(n));
+}
+
+// The two row means LayerNorm's backward needs: of dyg and of dyg * x_hat.
+template <typename acc_t, typename DygLoad, typename XhatLoad>
+RK_ALWAYS_INLINE void backward_means(int64_t n, const DygLoad& dyg, const XhatLoad& x_hat, acc_t& mean_dyg,
+                                     acc_t& mean_dyg_x_hat) {
+  acc_t a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+  for (int64_t k = 0; k < n; ++k) {
+    a += dyg(k);
+    b += dyg(k) * x_hat(k);
+  }
+  mean_dyg = a / acc_t(n);
+  mean_dyg_x_hat = b / acc_t(n);
 }
 
 template <typename scalar_t>
-void rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
-  if constexpr (std::is_same_v<scalar_t, float>) float_rows(s, b_begin, b_end);
-  else forward_rows<scalar_t>(s, b_begin, b_end);
+RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using stored_t = storage_of<scalar_t>;
+  using Math = CpuMath<acc_t>;
+  const ForwardExtras& e = *s.extras;
+  const int64_t* lengths = lengths_ptr(s.lengths);
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  const int64_t H = s.h_prev.size(1), GH = s.gi.size(1), n_saved = saved_gate_count(s.mode) * H;
+  const stored_t* b_ih = reinterpret_cast<const stored_t*>(s.b_ih.data_ptr<scalar_t>());
+  const stored_t* b_hh = reinterpret_cast<const stored_t*>(s.b_hh.data_ptr<scalar_t>());
+  const stored_t* ln_hh = storage_data<scalar_t>(e.ln_hh_weight);
+  const stored_t* ln_c_w = storage_data<scalar_t>(e.ln_cell_weight);
+  const stored_t* ln_c_b = storage_data<scalar_t>(e.ln_cell_bias);
+  // Per-thread rows: the inference copy of the activations, and the fresh
+  // (pre-zoneout) state and output gate in the compute type.
+  thread_local std::vector<stored_t> scratch;
+  thread_local std::vector<acc_t> fresh_row, gate_o;
+  scratch.resize(std::max<size_t>(scratch.size(), n_saved));
+  fresh_row.resize(std::max<size_t>(fresh_row.size(), H));
+  gate_o.resize(std::max<size_t>(gate_o.size(), H));
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const stored_t* gi = storage_row<scalar_t>(s.gi, b);
+    stored_t* gh = storage_row<scalar_t>(s.gh, b);
+    const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
+    stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
+    stored_t* out = storage_row<scalar_t>(s.out, b);
+    stored_t* saved = s.saved.defined() ? storage_row<scalar_t>(s.saved, b) : scratch.data();
+    stored_t* xhat_hh = storage_row<scalar_t>(e.xhat_hh, b);
+    stored_t* stats = storage_row<scalar_t>(e.row_stats, b);
+    stored_t* fresh = storage_row<scalar_t>(e.fresh, b);
+    stored_t* cell_out = storage_row<scalar_t>(e.cell_out, b);
+    const stored_t* keep_h = storage_row<scalar_t>(e.keep_h, b);
+    const stored_t* keep_c = storage_row<scalar_t>(e.keep_c, b);
+    const stored_t* c_prev = lstm ? storage_row<scalar_t>(s.c_prev, b) : nullptr;
+    stored_t* c_next = lstm ? storage_row<scalar_t>(s.c_next, b) : nullptr;
+    if (!alive(lengths, b, s.t)) {  // frozen state, zero outputs and saved rows
+      if (lstm) copy_row(c_next, c_prev, H);
+      copy_row(h_next, h_prev, H);
+      zero_row(out, H);
+      zero_row(cell_out, H);
+      if (s.saved.defined()) zero_row(saved, n_saved);
+      zero_row(xhat_hh, GH);
+      zero_row(fresh, H);
+      zero_row(stats, 3);
+      continue;
+    }
+    if (ln_hh != nullptr) {  // gh <- gamma_hh * LN(gh), the normalised row saved
+      acc_t mean, rstd;
+      row_moments<acc_t>(GH, [&](int64_t k) { return widen<acc_t>(gh[k]); }, mean, rstd);
+#pragma omp simd
+      for (int64_t k = 0; k < GH; ++k) {
+        const acc_t x_hat = (widen<acc_t>(gh[k]) - mean) * rstd;
+        if (xhat_hh != nullptr) xhat_hh[k] = narrow<stored_t>(x_hat);
+        gh[k] = narrow<stored_t>(widen<acc_t>(ln_hh[k]) * x_hat);
+      }
+      if (stats != nullptr) stats[0] = narrow<stored_t>(rstd);
+    }
+    auto pre = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]) + widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
+    auto keep = [](const stored_t* k, int64_t j) { return k != nullptr ? widen<acc_t>(k[j]) : acc_t(0); };
+    acc_t* c_fresh = fresh_row.data();
+    if (lstm) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        cells::LstmActivations<acc_t> act;
+        c_fresh[j] = cells::lstm_cell_forward<acc_t, Math>(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j),
+                                                           widen<acc_t>(c_prev[j]), act);
+        gate_o[j] = act.o;
+        saved[j] = narrow<stored_t>(act.i);
+        saved[H + j] = narrow<stored_t>(act.f);
+        saved[2 * H + j] = narrow<stored_t>(act.g);
+        saved[3 * H + j] = narrow<stored_t>(act.o);
+      }
+      acc_t mean = 0, rstd = 1;
+      if (ln_c_w != nullptr) {
+        row_moments<acc_t>(H, [&](int64_t j) { return c_fresh[j]; }, mean, rstd);
+        if (stats != nullptr) {
+          stats[1] = narrow<stored_t>(mean);
+          stats[2] = narrow<stored_t>(rstd);
+        }
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const acc_t y = ln_c_w != nullptr ? widen<acc_t>(ln_c_w[j]) * (c_fresh[j] - mean) * rstd + widen<acc_t>(ln_c_b[j])
+                                          : c_fresh[j];
+        const acc_t h_fresh = gate_o[j] * Math::tanh(y);
+        const acc_t c = keep_c != nullptr ? cells::zoneout(keep(keep_c, j), widen<acc_t>(c_prev[j]), c_fresh[j]) : c_fresh[j];
+        const acc_t h = keep_h != nullptr ? cells::zoneout(keep(keep_h, j), widen<acc_t>(h_prev[j]), h_fresh) : h_fresh;
+        const stored_t c_stored = narrow<stored_t>(c), h_stored = narrow<stored_t>(h);
+        c_next[j] = c_stored;
+        if (cell_out != nullptr) cell_out[j] = c_stored;
+        if (fresh != nullptr) fresh[j] = narrow<stored_t>(c_fresh[j]);
+        h_next[j] = h_stored;
+        out[j] = h_stored;
+      }
+    } else if (gru) {
+      auto in = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]); };
+      auto rec = [&](int64_t k) { return widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        cells::GruActivations<acc_t> act;
+        const acc_t h_fresh = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
+                                                              rec(2 * H + j), widen<acc_t>(h_prev[j]), act);
+        const acc_t h = keep_h != nullptr ? cells::zoneout(keep(keep_h, j), widen<acc_t>(h_prev[j]), h_fresh) : h_fresh;
+        const stored_t h_stored = narrow<stored_t>(h);
+        h_next[j] = h_stored;
+        out[j] = h_stored;
+        saved[j] = narrow<stored_t>(act.r);
+        saved[H + j] = narrow<stored_t>(act.z);
+        saved[2 * H + j] = narrow<stored_t>(act.n);
+        saved[3 * H + j] = narrow<stored_t>(act.gh_n);
+      }
+    } else {
+      const bool tanh_mode = s.mode == Mode::RnnTanh;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const acc_t h_fresh = tanh_mode ? cells::rnn_tanh_forward<acc_t, Math>(pre(j)) : cells::rnn_relu_forward<acc_t>(pre(j));
+        const acc_t h = keep_h != nullptr ? cells::zoneout(keep(keep_h, j), widen<acc_t>(h_prev[j]), h_fresh) : h_fresh;
+        const stored_t h_stored = narrow<stored_t>(h);
+        h_next[j] = h_stored;
+        out[j] = h_stored;
+        if (fresh != nullptr) fresh[j] = narrow<stored_t>(h_fresh);
+      }
+    }
+  }
 }
 
 template <typename scalar_t>
-void rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
-  if constexpr (std::is_same_v<scalar_t, float>) float_rows(s, b_begin, b_end);
-  else backward_rows<scalar_t>(s, b_begin, b_end);
+RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using stored_t = storage_of<scalar_t>;
+  using Math = CpuMath<acc_t>;
+  const BackwardExtras& e = *s.extras;
+  const int64_t* lengths = lengths_ptr(s.lengths);
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  const int64_t H = s.dh.size(1), GH = s.d_pre.size(1);
+  const stored_t* ln_hh = storage_data<scalar_t>(e.ln_hh_weight);
+  const stored_t* ln_c_w = storage_data<scalar_t>(e.ln_cell_weight);
+  const stored_t* ln_c_b = storage_data<scalar_t>(e.ln_cell_bias);
+  // Per-thread rows in the compute type: the gradient of the fresh h, the
+  // part of d h_prev that skips the cell, and (lstm) the gradient of tanh's
+  // argument and LN(c)'s normalised row.
+  thread_local std::vector<acc_t> dh_fresh, dh_skip, dy_row, c_hat;
+  for (auto* v : {&dh_fresh, &dh_skip, &dy_row, &c_hat}) v->resize(std::max<size_t>(v->size(), H));
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const stored_t* dh_carry = storage_row<scalar_t>(s.dh, b);
+    stored_t* dh_prev = storage_row<scalar_t>(s.dh_prev, b);
+    stored_t* d_pre = storage_row<scalar_t>(s.d_pre, b);
+    stored_t* d_gh = gru ? storage_row<scalar_t>(s.d_gh, b) : d_pre;  // gradient of the (normalised) h W_hh^T
+    stored_t* d_gh_raw = storage_row<scalar_t>(e.d_gh_raw, b);
+    stored_t* d_ln_cell = storage_row<scalar_t>(e.d_ln_cell, b);
+    if (!alive(lengths, b, s.t)) {  // the state passed through unchanged: so does its gradient
+      copy_row(dh_prev, dh_carry, H);
+      zero_row(d_pre, GH);
+      if (gru) zero_row(d_gh, GH);
+      zero_row(d_gh_raw, GH);
+      zero_row(d_ln_cell, 2 * H);
+      continue;  // dc (lstm) stays as it is
+    }
+    const stored_t* grad_out = storage_row<scalar_t>(s.grad_out, b);
+    const stored_t* saved = storage_row<scalar_t>(s.saved, b);
+    const stored_t* stats = storage_row<scalar_t>(e.row_stats, b);
+    const stored_t* fresh = storage_row<scalar_t>(e.fresh, b);
+    const stored_t* keep_h = storage_row<scalar_t>(e.keep_h, b);
+    const stored_t* keep_c = storage_row<scalar_t>(e.keep_c, b);
+    const stored_t* grad_cell_out = storage_row<scalar_t>(e.grad_cell_out, b);
+    auto keep = [](const stored_t* k, int64_t j) { return k != nullptr ? widen<acc_t>(k[j]) : acc_t(0); };
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const acc_t dh = widen<acc_t>(dh_carry[j]) + (grad_out != nullptr ? widen<acc_t>(grad_out[j]) : acc_t(0));
+      const acc_t k = keep(keep_h, j);
+      dh_fresh[j] = (acc_t(1) - k) * dh;
+      dh_skip[j] = k * dh;
+    }
+    if (lstm) {
+      const stored_t* c_prev = storage_row<scalar_t>(s.c_prev, b);
+      const stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
+      stored_t* dc = storage_row<scalar_t>(s.dc, b);
+      const acc_t mean_c = ln_c_w != nullptr ? widen<acc_t>(stats[1]) : acc_t(0);
+      const acc_t rstd_c = ln_c_w != nullptr ? widen<acc_t>(stats[2]) : acc_t(1);
+      // h_fresh = o * tanh(y), y = c_fresh or LN(c_fresh): d_o and dy.
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const acc_t c_fresh = fresh != nullptr ? widen<acc_t>(fresh[j]) : widen<acc_t>(c_next[j]);
+        c_hat[j] = (c_fresh - mean_c) * rstd_c;
+        const acc_t y = ln_c_w != nullptr ? widen<acc_t>(ln_c_w[j]) * c_hat[j] + widen<acc_t>(ln_c_b[j]) : c_fresh;
+        acc_t d_o, dy;
+        cells::lstm_output_backward<acc_t>(dh_fresh[j], widen<acc_t>(saved[3 * H + j]), Math::tanh(y), d_o, dy);
+        d_pre[3 * H + j] = narrow<stored_t>(d_o);
+        dy_row[j] = dy;
+      }
+      acc_t mean_dyg = 0, mean_dyg_c_hat = 0;
+      if (ln_c_w != nullptr) {
+        backward_means<acc_t>(H, [&](int64_t j) { return dy_row[j] * widen<acc_t>(ln_c_w[j]); },
+                              [&](int64_t j) { return c_hat[j]; }, mean_dyg, mean_dyg_c_hat);
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const cells::LstmActivations<acc_t> act{widen<acc_t>(saved[j]), widen<acc_t>(saved[H + j]),
+                                                widen<acc_t>(saved[2 * H + j]), widen<acc_t>(saved[3 * H + j])};
+        const acc_t dc_from_h =
+            ln_c_w != nullptr ? cells::layer_norm_backward<acc_t>(dy_row[j] * widen<acc_t>(ln_c_w[j]), c_hat[j],
+                                                                 rstd_c, mean_dyg, mean_dyg_c_hat)
+                              : dy_row[j];
+        if (d_ln_cell != nullptr) {
+          d_ln_cell[j] = narrow<stored_t>(dy_row[j] * c_hat[j]);
+          d_ln_cell[H + j] = narrow<stored_t>(dy_row[j]);
+        }
+        // c = keep * c_prev + (1 - keep) * c_fresh; the cell output's gradient joins c's.
+        const acc_t dc_total = widen<acc_t>(dc[j]) + (grad_cell_out != nullptr ? widen<acc_t>(grad_cell_out[j]) : acc_t(0));
+        const acc_t k = keep(keep_c, j);
+        acc_t d_i, d_f, d_g, dc_prev;
+        cells::lstm_cell_backward<acc_t>((acc_t(1) - k) * dc_total + dc_from_h, act, widen<acc_t>(c_prev[j]), d_i, d_f,
+                                         d_g, dc_prev);
+        d_pre[j] = narrow<stored_t>(d_i);
+        d_pre[H + j] = narrow<stored_t>(d_f);
+        d_pre[2 * H + j] = narrow<stored_t>(d_g);
+        dc[j] = narrow<stored_t>(dc_prev + k * dc_total);
+        dh_prev[j] = narrow<stored_t>(dh_skip[j]);
+      }
+    } else if (gru) {
+      const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const cells::GruActivations<acc_t> act{widen<acc_t>(saved[j]), widen<acc_t>(saved[H + j]),
+                                               widen<acc_t>(saved[2 * H + j]), widen<acc_t>(saved[3 * H + j])};
+        acc_t d_r, d_z, d_n, d_hn, dh_direct;
+        cells::gru_backward<acc_t>(dh_fresh[j], act, widen<acc_t>(h_prev[j]), d_r, d_z, d_n, d_hn, dh_direct);
+        const stored_t d_r_stored = narrow<stored_t>(d_r), d_z_stored = narrow<stored_t>(d_z);
+        d_pre[j] = d_r_stored;
+        d_gh[j] = d_r_stored;
+        d_pre[H + j] = d_z_stored;
+        d_gh[H + j] = d_z_stored;
+        d_pre[2 * H + j] = narrow<stored_t>(d_n);
+        d_gh[2 * H + j] = narrow<stored_t>(d_hn);
+        dh_prev[j] = narrow<stored_t>(dh_direct + dh_skip[j]);
+      }
+    } else {
+      const stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
+      const bool tanh_mode = s.mode == Mode::RnnTanh;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const acc_t h_fresh = fresh != nullptr ? widen<acc_t>(fresh[j]) : widen<acc_t>(h_next[j]);
+        d_pre[j] = narrow<stored_t>(tanh_mode ? cells::rnn_tanh_backward<acc_t>(dh_fresh[j], h_fresh)
+                                              : cells::rnn_relu_backward<acc_t>(dh_fresh[j], h_fresh));
+        dh_prev[j] = narrow<stored_t>(dh_skip[j]);
+      }
+    }
+    if (ln_hh != nullptr) {  // back through gh = gamma_hh * LN(h W_hh^T)
+      const stored_t* xhat = storage_row<scalar_t>(e.xhat_hh, b);
+      const acc_t rstd = widen<acc_t>(stats[0]);
+      acc_t mean_dyg, mean_dyg_x_hat;
+      backward_means<acc_t>(GH, [&](int64_t k) { return widen<acc_t>(d_gh[k]) * widen<acc_t>(ln_hh[k]); },
+                            [&](int64_t k) { return widen<acc_t>(xhat[k]); }, mean_dyg, mean_dyg_x_hat);
+#pragma omp simd
+      for (int64_t k = 0; k < GH; ++k) {
+        d_gh_raw[k] = narrow<stored_t>(cells::layer_norm_backward<acc_t>(
+            widen<acc_t>(d_gh[k]) * widen<acc_t>(ln_hh[k]), widen<acc_t>(xhat[k]), rstd, mean_dyg, mean_dyg_x_hat));
+      }
+    }
+  }
+}
+
+// rows<scalar_t>(step, b0, b1): the forward or backward rows of one block.
+// float and bfloat16 go through the multiversioned clones: compiled for
+// baseline x86-64 alone, the bfloat16 rows ran unvectorised and took half of
+// a bfloat16 LSTM forward once its GEMMs ran on AMX.
+#define RK_CLONED_ROWS(scalar_t, name)                                                                   \
+  RK_CPU_CLONES void name(const ForwardStep& s, int64_t b_begin, int64_t b_end) {                        \
+    if (s.extras != nullptr) forward_rows_extended<scalar_t>(s, b_begin, b_end);                         \
+    else forward_rows<scalar_t>(s, b_begin, b_end);                                                      \
+  }                                                                                                      \
+  RK_CPU_CLONES void name(const BackwardStep& s, int64_t b_begin, int64_t b_end) {                       \
+    if (s.extras != nullptr) backward_rows_extended<scalar_t>(s, b_begin, b_end);                        \
+    else backward_rows<scalar_t>(s, b_begin, b_end);                                                     \
+  }
+RK_CLONED_ROWS(float, float_rows)
+RK_CLONED_ROWS(c10::BFloat16, bfloat16_rows)
+#undef RK_CLONED_ROWS
+
+template <typename scalar_t, typename Step>
+void rows(const Step& s, int64_t b_begin, int64_t b_end) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    float_rows(s, b_begin, b_end);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    bfloat16_rows(s, b_begin, b_end);
+  } else if constexpr (std::is_same_v<Step, ForwardStep>) {
+    if (s.extras != nullptr) forward_rows_extended<scalar_t>(s, b_begin, b_end);
+    else forward_rows<scalar_t>(s, b_begin, b_end);
+  } else {
+    if (s.extras != nullptr) backward_rows_extended<scalar_t>(s, b_begin, b_end);
+    else backward_rows<scalar_t>(s, b_begin, b_end);
+  }
 }
 
 // One step over the batch: `gates` is the step's (B, G*H) gate buffer, whose

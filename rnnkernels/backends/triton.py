@@ -49,8 +49,6 @@ def _on_device(x: Tensor):
 def _triton_missing() -> Optional[str]:
     """Why Triton cannot be imported, or None, found without importing it
     (which would cost every `import rnnkernels` half a second)."""
-    if "triton" in sys.modules and sys.modules["triton"] is None:
-        return "Triton cannot be imported (sys.modules['triton'] is None)"
     try:
         spec = importlib.util.find_spec("triton")
     except (ImportError, ValueError) as exc:

@@ -30,6 +30,10 @@ class Vocab:
         itos = list(itos)
         if tuple(itos[: len(SPECIALS)]) != SPECIALS:
             raise DataError(f"a vocabulary must start with {SPECIALS}")
+        if not all(isinstance(token, str) for token in itos):
+            raise DataError("a vocabulary must hold strings only")
+        if len(set(itos)) != len(itos):
+            raise DataError("a vocabulary must not repeat a token")
         self.itos = itos
         self.stoi = {token: i for i, token in enumerate(itos)}
         assert (self.stoi["<pad>"], self.stoi["<unk>"], self.stoi["<bos>"], self.stoi["<eos>"]) == (PAD, UNK, BOS, EOS)

@@ -128,12 +128,20 @@ def greedy_search(decoder: Decoder, state, memory: Optional[Tensor], memory_leng
 
 @torch.no_grad()
 def beam_search(decoder: Decoder, state, memory: Optional[Tensor], memory_lengths: Optional[Tensor],
-                max_len: int, beam_size: int = 5, length_penalty: float = 1.0) -> Hypotheses:
+                max_len: int, beam_size: int = 5, length_penalty: float = 1.0,
+                n_best: Optional[int] = None) -> Hypotheses:
     """Batched beam search. Hypotheses are ranked by log_prob / length ** length_penalty
     (length counts EOS); a finished hypothesis stays in its beam, extended by PAD at
-    no cost and with its length frozen, until all beams of all inputs finished."""
+    no cost and with its length frozen, until all beams of all inputs finished.
+
+    n_best None: the best hypothesis per input, shapes as in Hypotheses. n_best N
+    (1 <= N <= beam_size): the N best per input, best first, each field with an
+    extra dimension after the batch: tokens (B, N, L), lengths (B, N), ... A beam
+    that never held a hypothesis (fewer candidates than beams) scores -inf."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if n_best is not None and not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must lie in [1, beam_size = {beam_size}], got {n_best}")
     h = state[0] if isinstance(state, tuple) else state
     batch, device, K = h.shape[1], h.device, beam_size
     flat = torch.arange(batch, device=device).repeat_interleave(K)  # (B*K,) input of each beam row
@@ -180,11 +188,14 @@ def beam_search(decoder: Decoder, state, memory: Optional[Tensor], memory_length
         if bool(finished.all()):
             break
     scores = log_probs / lengths.clamp(min=1).float() ** length_penalty
-    best = scores.argmax(1)  # (B,)
-    pick = lambda t: t[torch.arange(batch, device=device), best]  # noqa: E731
+    order = scores.sort(dim=1, descending=True, stable=True).indices[:, : 1 if n_best is None else n_best]  # (B, N)
+    pick = lambda t: t[torch.arange(batch, device=device)[:, None], order]  # noqa: E731  (B, N, ...)
     tokens = pick(history)
-    steps = tokens.shape[1]
-    alive = torch.arange(steps, device=device)[None] < pick(lengths)[:, None]
+    steps = tokens.shape[2]
+    alive = torch.arange(steps, device=device) < pick(lengths)[..., None]  # (B, N, L)
     tokens = tokens.masked_fill(~alive, PAD)
     alignments = pick(align_history).masked_fill(~alive[..., None], 0.0) if width else None
-    return Hypotheses(tokens, pick(lengths), pick(log_probs), pick(scores), alignments)
+    best = Hypotheses(tokens, pick(lengths), pick(log_probs), pick(scores), alignments)
+    if n_best is None:
+        best = Hypotheses(*(None if t is None else t[:, 0] for t in best))
+    return best

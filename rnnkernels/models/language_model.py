@@ -1,5 +1,5 @@
 """Recurrent language model: embedding -> rnnkernels LSTM/GRU/RNN stack -> vocabulary logits."""
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import math
 
@@ -51,6 +51,13 @@ class RNNLanguageModel(nn.Module):
     def perplexity(self, data: Tensor, batch_size: int = 16, bptt: int = 128) -> float:
         """exp(mean next-token loss) over a 1-D token stream, cut into batch_size
         parallel streams and read bptt steps at a time with the state carried over."""
+        loss_sum, _, count = self.stream_statistics(data, batch_size, bptt)
+        return math.exp(loss_sum / count)
+
+    @torch.no_grad()
+    def stream_statistics(self, data: Tensor, batch_size: int = 16, bptt: int = 128) -> Tuple[float, int, int]:
+        """(summed next-token loss, correctly predicted tokens (argmax), predicted tokens) over a
+        1-D token stream read as in `perplexity`."""
         data = torch.as_tensor(data).reshape(-1)
         columns = (data.numel() - 1) // batch_size
         if columns < 1:
@@ -60,13 +67,14 @@ class RNNLanguageModel(nn.Module):
         targets = data[1 : batch_size * columns + 1].view(batch_size, columns).to(device)
         was_training = self.training
         self.eval()
-        total, state = 0.0, None
+        total, correct, state = 0.0, 0, None
         for start in range(0, columns, bptt):
             logits, state = self(inputs[:, start : start + bptt], state)
-            total += F.cross_entropy(wide(logits).flatten(0, 1), targets[:, start : start + bptt].reshape(-1),
-                                     reduction="sum").item()
+            chunk = targets[:, start : start + bptt]
+            total += F.cross_entropy(wide(logits).flatten(0, 1), chunk.reshape(-1), reduction="sum").item()
+            correct += int((logits.argmax(-1) == chunk).sum())
         self.train(was_training)
-        return math.exp(total / targets.numel())
+        return total, correct, targets.numel()
 
     @torch.no_grad()
     def generate(self, prompt: Union[Sequence[int], Tensor], max_tokens: int, temperature: float = 1.0,

@@ -91,10 +91,11 @@ class Seq2Seq(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, src: Tensor, src_lengths: Tensor, beam_size: int = 5, max_len: int = 100,
-                    length_penalty: float = 1.0) -> Hypotheses:
+                    length_penalty: float = 1.0, n_best: Optional[int] = None) -> Hypotheses:
+        """The best hypothesis per source, or the n_best best (see models.common.beam_search)."""
         memory, state = self.encode(src, src_lengths)
         return beam_search(self.decoder, state, memory, src_lengths.to(memory.device), max_len, beam_size,
-                           length_penalty)
+                           length_penalty, n_best)
 
 
 class VectorToSequence(nn.Module):
@@ -127,6 +128,6 @@ class VectorToSequence(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, features: Tensor, beam_size: int = 5, max_len: int = 50,
-                    length_penalty: float = 1.0) -> Hypotheses:
+                    length_penalty: float = 1.0, n_best: Optional[int] = None) -> Hypotheses:
         return beam_search(self.decoder, self.initial_state(features), None, None, max_len, beam_size,
-                           length_penalty)
+                           length_penalty, n_best)

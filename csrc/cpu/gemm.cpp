@@ -1,0 +1,314 @@
+// The CPU GEMM engines of the recurrent loop and how one is chosen (gemm.h).
+#include "cpu/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <mutex>
+#include <sstream>
+
+#include <ATen/Dispatch.h>
+
+#include "cpu/blas.h"
+#include "cpu/onednn.h"
+
+namespace rnnkernels {
+namespace gemm {
+namespace {
+
+// Below this many multiply-adds per step (rows x weight size) MKL's packed
+// copy does not pay for itself, and a plain sgemm on a (k, n) copy runs
+// (measured on the 2-core Xeon: B = 1, H = 128 is below; B = 8, H = 256 is not).
+constexpr int64_t kPackMacs = 1 << 18;
+
+// A step weight used fewer times than this is multiplied as stored (see StepWeight).
+constexpr int64_t kMinUsesToPrepare = 4;
+
+struct Choice {
+  bool made = false;
+  GemmEngine float32 = GemmEngine::Blas;  // the engine of float32 products
+  bool pinned_blas = false;               // "blas" asked for: no oneDNN at all
+  std::string how;
+};
+
+std::mutex choice_mutex;
+Choice choice;
+
+bool built_onednn() {
+#ifdef RNNKERNELS_WITH_ONEDNN
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Whether products of this dtype run on oneDNN under the current choice:
+// float32 as measured, bfloat16 whenever it is built (BLAS has no bfloat16
+// GEMM here; ATen's would repack the weight every step).
+bool onednn_runs(at::ScalarType dtype, const Choice& c) {
+#ifdef RNNKERNELS_WITH_ONEDNN
+  if (!onednn::takes(dtype) || c.pinned_blas) return false;
+  return dtype == at::kBFloat16 || c.float32 == GemmEngine::OneDnn;
+#else
+  (void)dtype;
+  (void)c;
+  return false;
+#endif
+}
+
+const Choice& current_choice();
+
+}  // namespace
+
+struct StepWeight::Prepared {
+  std::unique_ptr<blas::PackedMatrix> packed;
+#ifdef RNNKERNELS_WITH_ONEDNN
+  std::unique_ptr<onednn::RepeatedMatmul> onednn;
+#endif
+};
+
+namespace {
+
+// StepWeight's set-up on an explicit choice (the measurement below runs both).
+std::unique_ptr<StepWeight::Prepared> prepare(const at::Tensor& stored, bool transpose, int64_t max_m,
+                                              bool accumulate, const Choice& c) {
+  if (!stored.is_cpu() || !stored.is_contiguous() || max_m <= 0 || stored.numel() == 0) return nullptr;
+  auto prepared = std::make_unique<StepWeight::Prepared>();
+#ifdef RNNKERNELS_WITH_ONEDNN
+  if (onednn_runs(stored.scalar_type(), c)) {
+    try {
+      prepared->onednn = std::make_unique<onednn::RepeatedMatmul>(stored, transpose, max_m, accumulate);
+      return prepared;
+    } catch (const c10::Error&) {  // no oneDNN primitive for these sizes: BLAS or ATen below
+    }
+  }
+#endif
+  (void)accumulate;
+  if (stored.scalar_type() == at::kFloat && max_m * stored.numel() > kPackMacs) {
+    const int64_t k = transpose ? stored.size(1) : stored.size(0), n = transpose ? stored.size(0) : stored.size(1);
+    prepared->packed = std::make_unique<blas::PackedMatrix>(stored.data_ptr<float>(), transpose, k, n, max_m);
+    if (prepared->packed->ok()) return prepared;
+  }
+  return nullptr;
+}
+
+// The BLAS leading dimension of a row-major 2-D tensor, or -1 when its
+// layout is not one (size-1 dims may carry any stride).
+int64_t leading_dim(const at::Tensor& t) {
+  if (t.size(1) > 1 && t.stride(1) != 1) return -1;
+  if (t.size(0) == 1) return std::max<int64_t>(t.size(1), 1);
+  return t.stride(0) >= t.size(1) ? t.stride(0) : -1;
+}
+
+void multiply_prepared(const StepWeight::Prepared& w, const at::Tensor& out, const at::Tensor& a, bool accumulate) {
+#ifdef RNNKERNELS_WITH_ONEDNN
+  if (w.onednn) return w.onednn->multiply(out, a);
+#endif
+  const int64_t lda = leading_dim(a), ldc = leading_dim(out);
+  TORCH_INTERNAL_ASSERT(lda > 0 && ldc > 0, "rnnkernels: step GEMM operands must be row-major");
+  w.packed->multiply(a.size(0), a.data_ptr<float>(), lda, accumulate ? 1.0f : 0.0f, out.data_ptr<float>(), ldc);
+}
+
+// ---- choosing the float32 engine by measurement
+//
+// Both engines multiply step-shaped products, (m, k) x (k, n) with the weight
+// prepared as the loop prepares it, interleaved, best of a few rounds; the
+// faster (geometric mean over the shapes) runs every float32 product of the
+// process. About 10 ms, once per process.
+
+double seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Measured {
+  double onednn_gflops = 0, blas_gflops = 0;
+};
+
+Measured measure_float32() {
+  struct Shape {
+    int64_t m, k, n, repeats;
+  };
+  // A small and a medium step: (B, H) x (H, 4H) at B = 16, H = 256 and B = 64, H = 512.
+  const Shape shapes[] = {{16, 256, 1024, 8}, {64, 512, 2048, 2}};
+  Choice as_onednn, as_blas;
+  as_onednn.float32 = GemmEngine::OneDnn;
+  as_blas.float32 = GemmEngine::Blas;
+  Measured result;
+  double log_onednn = 0, log_blas = 0;
+  at::AutoDispatchBelowAutograd no_autograd;
+  for (const Shape& s : shapes) {
+    const auto opts = at::TensorOptions().dtype(at::kFloat);
+    const at::Tensor a = at::rand({s.m, s.k}, opts), w = at::rand({s.n, s.k}, opts), out = at::empty({s.m, s.n}, opts);
+    const auto w_onednn = prepare(w, /*transpose=*/true, s.m, false, as_onednn);
+    const auto w_blas = prepare(w, /*transpose=*/true, s.m, false, as_blas);
+    const at::Tensor w_plain = w.t().contiguous();
+    auto run = [&](const std::unique_ptr<StepWeight::Prepared>& p) {
+      for (int64_t i = 0; i < s.repeats; ++i) {
+        if (p) multiply_prepared(*p, out, a, false);
+        else at::mm_out(const_cast<at::Tensor&>(out), a, w_plain);
+      }
+    };
+    double best_onednn = 1e30, best_blas = 1e30;
+    run(w_onednn);  // first calls: JIT and page faults
+    run(w_blas);
+    for (int round = 0; round < 4; ++round) {
+      double t0 = seconds_now();
+      run(w_onednn);
+      double t1 = seconds_now();
+      run(w_blas);
+      double t2 = seconds_now();
+      best_onednn = std::min(best_onednn, t1 - t0);
+      best_blas = std::min(best_blas, t2 - t1);
+    }
+    const double flop = 2.0 * s.m * s.k * s.n * s.repeats;
+    log_onednn += std::log(flop / best_onednn / 1e9);
+    log_blas += std::log(flop / best_blas / 1e9);
+  }
+  result.onednn_gflops = std::exp(log_onednn / 2);
+  result.blas_gflops = std::exp(log_blas / 2);
+  return result;
+}
+
+std::string fixed(double v) {
+  std::ostringstream s;
+  s.setf(std::ios::fixed);
+  s.precision(0);
+  s << v;
+  return s.str();
+}
+
+Choice make_choice(const std::string& requested) {
+  Choice c;
+  c.made = true;
+  if (requested == "blas") {
+    c.pinned_blas = true;
+    c.how = "blas (pinned)";
+  } else if (requested == "onednn") {
+    c.float32 = GemmEngine::OneDnn;
+    c.how = "onednn (pinned)";
+  } else if (!built_onednn()) {
+    c.how = "blas (this build has no oneDNN)";
+  } else {
+    const Measured m = measure_float32();
+    c.float32 = m.onednn_gflops >= m.blas_gflops ? GemmEngine::OneDnn : GemmEngine::Blas;
+    c.how = std::string(c.float32 == GemmEngine::OneDnn ? "onednn" : "blas") + " (measured on float32 steps: onednn " +
+            fixed(m.onednn_gflops) + " GFLOP/s, blas " + fixed(m.blas_gflops) + " GFLOP/s)";
+  }
+  return c;
+}
+
+void check_engine_name(const std::string& name) {
+  TORCH_CHECK(name == "auto" || name == "onednn" || name == "blas",
+              "rnnkernels: the CPU GEMM engine must be 'auto', 'onednn' or 'blas', got '", name, "'");
+  TORCH_CHECK(name != "onednn" || built_onednn(),
+              "rnnkernels: the CPU GEMM engine 'onednn' is not in this build (setup.py found no oneDNN; "
+              "pip install onednn-cpu-gomp onednn-devel-cpu-gomp, then rebuild)");
+}
+
+const Choice& current_choice() {
+  std::lock_guard<std::mutex> lock(choice_mutex);
+  if (!choice.made) {
+    const char* env = std::getenv("RNNKERNELS_CPU_GEMM");
+    const std::string requested = env != nullptr && *env != '\0' ? env : "auto";
+    check_engine_name(requested);
+    choice = make_choice(requested);
+  }
+  return choice;
+}
+
+}  // namespace
+
+GemmEngine gemm_engine() { return current_choice().float32; }
+
+std::string gemm_engine_info() {
+  const Choice& c = current_choice();
+  std::string info = "float32: " + c.how + "; bfloat16: " +
+                     (onednn_runs(at::kBFloat16, c) ? "onednn" : "aten") + "; float64: blas";
+#ifdef RNNKERNELS_WITH_ONEDNN
+  info += "; " + onednn::version();
+#endif
+  return info;
+}
+
+void set_gemm_engine(const std::string& name) {
+  check_engine_name(name);
+  Choice made = make_choice(name);
+  std::lock_guard<std::mutex> lock(choice_mutex);
+  choice = std::move(made);
+}
+
+bool onednn_built() { return built_onednn(); }
+
+StepWeight::StepWeight(const at::Tensor& stored, bool transpose, int64_t max_m, bool accumulate, int64_t uses)
+    : accumulate_(accumulate) {
+  // Preparing (oneDNN's reorder, MKL's pack, or a contiguous (k, n) copy, on
+  // which MKL ran these GEMMs 1.2-1.8x faster than on a transposed view) costs
+  // about one pass over W; a layer of a few steps (a cell: one) multiplies
+  // the stored weight as it is.
+  if (uses >= kMinUsesToPrepare) {
+    prepared_ = prepare(stored, transpose, max_m, accumulate, current_choice());
+    if (!prepared_ && transpose) {
+      matrix_ = stored.t().contiguous();
+      return;
+    }
+  }
+  if (!prepared_) matrix_ = transpose ? stored.t() : stored;
+}
+
+StepWeight::~StepWeight() = default;
+
+void StepWeight::multiply(const at::Tensor& out, const at::Tensor& a) const {
+  if (out.size(0) == 0) return;
+  if (prepared_) return multiply_prepared(*prepared_, out, a, accumulate_);
+  const at::Tensor& b = matrix_;  // (k, n), row-major or a transposed view
+  const bool b_transposed = b.size(1) > 1 && b.stride(1) != 1;
+  const int64_t lda = leading_dim(a), ldb = b_transposed ? leading_dim(b.t()) : leading_dim(b), ldc = leading_dim(out);
+  if (out.is_cpu() && (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) && lda > 0 &&
+      ldb > 0 && ldc > 0) {
+    bool done = false;
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_step_gemm", [&] {
+      done = blas::gemm<scalar_t>(false, b_transposed, a.size(0), b.size(1), a.size(1), scalar_t(1),
+                                  a.data_ptr<scalar_t>(), lda, b.data_ptr<scalar_t>(), ldb,
+                                  scalar_t(accumulate_ ? 1 : 0), out.data_ptr<scalar_t>(), ldc);
+    });
+    if (done) return;
+  }
+  at::Tensor result = out;
+  if (accumulate_) result.addmm_(a, b); else at::mm_out(result, a, b);
+}
+
+void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (out.numel() == 0) return;
+  at::Tensor result = out;
+  if (a.size(1) == 0) {  // an empty sum
+    if (!accumulate) result.zero_();
+    return;
+  }
+#ifdef RNNKERNELS_WITH_ONEDNN
+  if (out.is_cpu() && onednn_runs(out.scalar_type(), current_choice()) && onednn::matmul(out, a, b, accumulate))
+    return;
+#endif
+  if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);
+}
+
+SingleThreaded::SingleThreaded(bool active) : active_(active) {
+  current_choice();  // a first-call measurement must see the caller's threads, not one
+  if (!active_) return;
+  omp_threads_ = omp_get_max_threads();
+  omp_set_num_threads(1);
+  if (MKL_Set_Num_Threads_Local != nullptr) mkl_threads_ = MKL_Set_Num_Threads_Local(1);
+}
+
+SingleThreaded::~SingleThreaded() {
+  if (!active_) return;
+  // MKL's setter may touch OpenMP's count too (with MKL's GNU-OpenMP layer it
+  // left torch.get_num_threads() at 1): OpenMP's is restored last.
+  if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(mkl_threads_);
+  omp_set_num_threads(omp_threads_);
+}
+
+}  // namespace gemm
+}  // namespace rnnkernels

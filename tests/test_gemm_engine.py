@@ -1,0 +1,169 @@
+"""The CPU GEMM engines under the recurrent loop (csrc/cpu/gemm.h): oneDNN and
+the BLAS inside libtorch_cpu give the reference's numbers on every path that
+prepares a weight, the choice is reported and switchable, thread settings
+survive every call, padding never reaches a gradient, and the build without
+oneDNN still compiles."""
+import contextlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkernels as rk
+from rnnkernels import _ext
+from rnnkernels.check import TOLERANCE, RNNCase, run_rnn_case
+
+pytestmark = pytest.mark.skipif(_ext.load_error() is not None, reason="needs the compiled extension")
+
+ENGINES = ["blas"] + (["onednn"] if _ext.built_with("onednn") else [])
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def gemm_engine(name):
+    torch.ops.rnnkernels.set_cpu_gemm_engine(name)
+    try:
+        yield
+    finally:  # back to what the process chose (or the environment pinned)
+        torch.ops.rnnkernels.set_cpu_gemm_engine(os.environ.get("RNNKERNELS_CPU_GEMM") or "auto")
+
+
+def test_engine_choice_is_reported():
+    info = torch.ops.rnnkernels.cpu_gemm_engine()
+    assert info.startswith("float32: ")
+    if _ext.built_with("onednn") and not os.environ.get("RNNKERNELS_CPU_GEMM"):
+        assert "measured on float32 steps: onednn" in info and "oneDNN 3." in info
+    if not _ext.built_with("onednn"):
+        assert "no oneDNN" in info
+    with gemm_engine("blas"):
+        assert torch.ops.rnnkernels.cpu_gemm_engine().startswith("float32: blas (pinned); bfloat16: aten")
+
+
+def test_bad_engine_names_are_refused():
+    with pytest.raises(RuntimeError, match="must be 'auto', 'onednn' or 'blas', got 'mkl'"):
+        torch.ops.rnnkernels.set_cpu_gemm_engine("mkl")
+    if not _ext.built_with("onednn"):
+        with pytest.raises(RuntimeError, match="'onednn' is not in this build"):
+            torch.ops.rnnkernels.set_cpu_gemm_engine("onednn")
+
+
+# Cases that reach each way a step weight is multiplied: prepared (oneDNN's
+# reorder or MKL's pack: T >= 4 and B * 4H * H above 2^18), row counts that
+# shrink with uneven lengths (one oneDNN primitive per count), projection,
+# the unprepared path of a few steps, and the transposed weight there.
+ENGINE_CASES = [
+    RNNCase(mode="lstm", steps=6, batch=20, input_size=24, hidden_size=64, lengths=[6, 2, 5, 1] * 5, with_h0=True),
+    RNNCase(mode="gru", steps=5, batch=24, input_size=16, hidden_size=64, bidirectional=True, num_layers=2),
+    RNNCase(mode="rnn_tanh", steps=7, batch=40, input_size=32, hidden_size=128, lengths=list(range(7, 0, -1)) * 5
+            + [7] * 5),
+    RNNCase(mode="lstm", steps=5, batch=18, input_size=20, hidden_size=64, proj_size=48),
+    RNNCase(mode="lstm", steps=2, batch=3, input_size=5, hidden_size=7),
+    RNNCase(mode="gru", steps=3, batch=40, input_size=16, hidden_size=64, lengths=[3, 1] * 20),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", ENGINE_CASES, ids=lambda c: f"{c.mode}-T{c.steps}-B{c.batch}-H{c.hidden_size}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_engine_matches_float64_reference(engine, case, dtype, seed):
+    if dtype == torch.bfloat16 and case.mode == "rnn_tanh" and case.hidden_size > 64:
+        case = RNNCase(**{**case.__dict__, "hidden_size": 64})  # bfloat16 rounding grows with the fan-in
+    case = RNNCase(**{**case.__dict__, "dtype": dtype})
+    with gemm_engine(engine):
+        errors = run_rnn_case(case, backend="cpu", seed=seed)
+    assert max(errors.values()) < TOLERANCE[dtype], errors
+
+
+def layer_grads(engine, threads, module, x, lengths):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with gemm_engine(engine):
+            module.zero_grad()
+            x = x.detach().requires_grad_()
+            out, _ = module(x, lengths=lengths)
+            out.backward(torch.ones_like(out))
+            return [out.detach(), x.grad] + [p.grad.clone() for p in module.parameters()]
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engine_threads_agree_and_repeats_are_bit_identical(engine, seed):
+    module = rk.LSTM(32, 96, backend="cpu")
+    x = torch.randn(6, 48, 32)
+    lengths = torch.randint(1, 7, (48,))
+    one = layer_grads(engine, 1, module, x, lengths)
+    two = layer_grads(engine, 2, module, x, lengths)
+    again = layer_grads(engine, 2, module, x, lengths)
+    for a, b, c in zip(one, two, again):
+        assert (a - b).abs().max() <= 1e-6 * a.abs().max()
+        assert torch.equal(b, c)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_calls_leave_the_thread_count_alone(threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tiny = rk.LSTM(4, 8, backend="cpu")  # a tiny layer runs its steps on one thread
+        tiny(torch.randn(3, 1, 4))[0].sum().backward()
+        assert torch.get_num_threads() == threads
+        with pytest.raises(RuntimeError):  # an error inside the kernel: w_hh of the wrong shape
+            torch.ops.rnnkernels.rnn_layer_forward("lstm", torch.randn(3, 1, 4), None, None, torch.randn(32, 4),
+                                                   torch.randn(32, 7), None, None, None, None, False, False)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_padding_never_reaches_an_output_or_gradient(engine, mode, poison):
+    """Padded input with NaN/Inf past each sequence's end gives torch.nn's
+    PackedSequence numbers on the same data, gradients included."""
+    torch.manual_seed(0)
+    kwargs = dict(proj_size=3) if mode == "lstm" else {}
+    cls = {"lstm": (torch.nn.LSTM, rk.LSTM), "gru": (torch.nn.GRU, rk.GRU), "rnn_tanh": (torch.nn.RNN, rk.RNN)}[mode]
+    ref = cls[0](4, 6, bidirectional=True, **kwargs).double()
+    ours = cls[1](4, 6, bidirectional=True, backend="cpu", **kwargs).double()
+    ours.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([2, 5, 4])
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    for b, n in enumerate(lengths.tolist()):
+        x[n:, b] = poison
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with gemm_engine(engine):
+        out_ref, _ = ref(pack_padded_sequence(x_ref, lengths, enforce_sorted=False))
+        out_ref.data.sum().backward()
+        out_ours, _ = ours(x_ours, lengths=lengths)
+        out_ours.sum().backward()
+    assert torch.isfinite(out_ours).all()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.isfinite(p.grad).all(), name
+        assert torch.allclose(p.grad, q.grad, rtol=1e-10, atol=1e-12), name
+    assert torch.allclose(torch.nan_to_num(x_ours.grad), torch.nan_to_num(x_ref.grad), rtol=1e-10, atol=1e-12)
+
+
+def test_fma_peak_is_measured():
+    peak = torch.ops.rnnkernels.fma_peak_gflops(1)
+    assert 1.0 < peak < 1e5
+
+
+def test_the_build_without_onednn_compiles():
+    """setup.py builds without oneDNN where it finds none (the GPU machine):
+    the sources that mention it must compile with RNNKERNELS_WITH_ONEDNN unset."""
+    from torch.utils.cpp_extension import include_paths
+    import sysconfig
+
+    flags = ["-std=c++17", "-fopenmp", "-fsyntax-only", "-I", os.path.join(REPO, "csrc"),
+             "-I", sysconfig.get_paths()["include"]]
+    for path in include_paths():
+        flags += ["-isystem", path]
+    for source in ("csrc/cpu/gemm.cpp", "csrc/cpu/onednn.cpp"):
+        result = subprocess.run(["g++", *flags, os.path.join(REPO, source)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{source}:\n{result.stderr[-3000:]}"

@@ -1,0 +1,193 @@
+"""The extended layer op (LayerNorm LSTM/GRU, zoneout, every step's cell
+state; csrc/rnn_layer.cpp with LayerOptions) against the float64 reference
+(rnnkernels.reference.rnn_layer_extended): outputs, states, cell states and the
+gradients of every input, with lengths, reverse and h0; gradcheck and
+gradgradcheck; float32 and bfloat16; bad options; padding that holds NaN."""
+import pytest
+import torch
+
+from rnnkernels import _ext
+from rnnkernels.check import TOLERANCE, relative_error
+from rnnkernels.reference import GATES, LayerExtras, rnn_layer_extended as reference_layer
+
+pytestmark = pytest.mark.skipif(_ext.load_error() is not None, reason="needs the compiled extension")
+if _ext.load_error() is None:
+    from rnnkernels.rnn_ext_ops import rnn_layer_extended as kernel_layer
+
+OPTIONS = {  # mode -> option sets (ln: LayerNorm of both projections; ln_c: of c; zh/zc: zoneout p)
+    "lstm": [dict(ln=True), dict(ln=True, ln_c=True), dict(ln_c=True), dict(zh=0.3), dict(zc=0.4),
+             dict(cells=True), dict(ln=True, ln_c=True, zh=0.2, zc=0.4, cells=True)],
+    "gru": [dict(ln=True), dict(zh=0.3), dict(ln=True, zh=0.5)],
+    "rnn_tanh": [dict(zh=0.3)],
+    "rnn_relu": [dict(zh=0.3)],
+}
+CASES = [(mode, options) for mode, sets in OPTIONS.items() for options in sets]
+LAYOUTS = [dict(), dict(lengths=[5, 2, 4, 1]), dict(lengths=[3, 5, 0, 2], reverse=True), dict(with_h0=False),
+           dict(bias=False, reverse=True)]
+
+
+def make_args(mode, ln=False, ln_c=False, zh=None, zc=None, cells=False, lengths=None, reverse=False, with_h0=True,
+              bias=True, T=5, B=4, I=3, H=6, dtype=torch.float64, eval_zoneout=False, generator=None):
+    """Fresh random arguments: (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras)."""
+    gen = generator or torch.Generator().manual_seed(0)
+    G = GATES[mode]
+
+    def rand(*shape, offset=0.0):
+        return (torch.randn(*shape, dtype=torch.float64, generator=gen) * 0.5 + offset).to(dtype).requires_grad_()
+
+    def keep(p):
+        if p is None:
+            return None
+        if eval_zoneout:
+            return torch.full((T, B, H), p, dtype=dtype)
+        return torch.bernoulli(torch.full((T, B, H), p, dtype=torch.float64), generator=gen).to(dtype)
+
+    x = rand(T, B, I)
+    h0 = rand(B, H) if with_h0 else None
+    c0 = rand(B, H) if with_h0 and mode == "lstm" else None
+    w_ih, w_hh = rand(G * H, I), rand(G * H, H)
+    b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
+    extras = LayerExtras(rand(G * H, offset=1.0) if ln else None, rand(G * H, offset=1.0) if ln else None,
+                         rand(H, offset=1.0) if ln_c else None, rand(H) if ln_c else None, keep(zh), keep(zc), cells)
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    return [mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras]
+
+
+def leaves(args):
+    extras = args[-1]
+    return [t for t in args[1:8] + [extras.ln_ih_weight, extras.ln_hh_weight, extras.ln_cell_weight,
+                                    extras.ln_cell_bias] if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def outputs_and_grads(layer, args, seed=0):
+    outputs = [o for o in layer(*args) if o is not None]
+    gen = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(o.shape, dtype=torch.float64, generator=gen).to(o.dtype) for o in outputs]
+    loss = sum((o * w).sum() for o, w in zip(outputs, weights))
+    inputs = leaves(args)
+    return outputs, list(torch.autograd.grad(loss, inputs))
+
+
+@pytest.mark.parametrize("mode,options", CASES, ids=[f"{m}-{','.join(o)}" for m, o in CASES])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+def test_matches_the_float64_reference(mode, options, layout, seed):
+    args = make_args(mode, **options, **layout, generator=torch.Generator().manual_seed(seed))
+    expected, expected_grads = outputs_and_grads(reference_layer, args, seed)
+    actual, actual_grads = outputs_and_grads(kernel_layer, args, seed)
+    assert len(actual) == len(expected)
+    for a, e in zip(actual + actual_grads, expected + expected_grads):
+        assert relative_error(a, e) < TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode,options", [("lstm", dict(ln=True, ln_c=True, zh=0.2, zc=0.3, cells=True)),
+                                          ("gru", dict(ln=True, zh=0.3)), ("rnn_tanh", dict(zh=0.4))],
+                         ids=["lstm", "gru", "rnn_tanh"])
+def test_low_precision_is_close_to_float64(dtype, mode, options, seed):
+    """Against the float64 reference on the same (rounded) inputs, so that the
+    kernel's own arithmetic is what is measured. bfloat16 stores every
+    intermediate (gates, states, gradients) in 8 bits of mantissa, and LayerNorm's
+    backward cancels: there the kernel's error may also reach 3x torch's own
+    error computing the reference's math in bfloat16 on the same inputs (the
+    kernel stores the carried state gradients in bfloat16 between steps; over
+    120 configurations the worst ratio was 2.2x, at the gradients of the biases)."""
+    gen = torch.Generator().manual_seed(seed)
+    made = make_args(mode, **options, lengths=[5, 3, 4, 1], T=5, B=4, I=8, H=16, generator=gen)
+
+    def cast(value, to):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.detach().to(dtype).to(to).requires_grad_(value.requires_grad)
+        if isinstance(value, LayerExtras):
+            return LayerExtras(*[cast(t, to) for t in value])
+        return value
+
+    low, high = [cast(a, dtype) for a in made], [cast(a, torch.float64) for a in made]
+    expected = sum(outputs_and_grads(reference_layer, high, seed), [])
+    actual = sum(outputs_and_grads(kernel_layer, low, seed), [])
+    bound = TOLERANCE[dtype]
+    if dtype == torch.bfloat16:
+        torch_low = sum(outputs_and_grads(reference_layer, [cast(a, dtype) for a in made], seed), [])
+        bound = max(bound, 3 * max(relative_error(t, e) for t, e in zip(torch_low, expected)))
+    for a, e in zip(actual, expected):
+        assert relative_error(a, e) < bound
+
+
+GRADCHECK_CASES = [("lstm", dict(ln=True, ln_c=True, zh=0.3, zc=0.3, cells=True, lengths=[3, 1])),
+                   ("gru", dict(ln=True, zh=0.4, lengths=[2, 3], reverse=True)),
+                   ("rnn_tanh", dict(zh=0.5, reverse=True))]
+
+
+@pytest.mark.parametrize("mode,options", GRADCHECK_CASES, ids=[c[0] for c in GRADCHECK_CASES])
+@pytest.mark.parametrize("second_order", [False, True], ids=["gradcheck", "gradgradcheck"])
+def test_gradcheck(mode, options, second_order):
+    args = make_args(mode, **options, T=3, B=2, I=2, H=2 if second_order else 3)
+    inputs = leaves(args)
+    extras = args[-1]
+
+    def fn(*tensors):
+        it = iter(tensors)
+        take = lambda t: next(it) if isinstance(t, torch.Tensor) and t.requires_grad else t  # noqa: E731
+        positional = [take(t) for t in args[1:8]]
+        ex = LayerExtras(*[take(t) for t in extras[:4]], extras.keep_h, extras.keep_c, extras.return_cells)
+        return tuple(o for o in kernel_layer(args[0], *positional, args[8], args[9], ex) if o is not None)
+
+    check = torch.autograd.gradgradcheck if second_order else torch.autograd.gradcheck
+    assert check(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_evaluation_zoneout_is_the_expectation():
+    """keep = p everywhere (evaluation) gives E[state] under the Bernoulli draws
+    for a linear map of the fresh state: h = p h_prev + (1 - p) h_fresh."""
+    args = make_args("gru", zh=0.3, eval_zoneout=True)
+    out, h_n, _, _ = kernel_layer(*args)
+    expected, h_expected, _, _ = reference_layer(*args)
+    assert relative_error(out, expected) < 1e-10 and relative_error(h_n, h_expected) < 1e-10
+    assert torch.allclose(args[-1].keep_h, torch.full_like(args[-1].keep_h, 0.3))
+
+
+def test_padding_with_nan_reaches_nothing():
+    args = make_args("lstm", ln=True, ln_c=True, zh=0.2, zc=0.2, cells=True, lengths=[5, 2, 4, 1])
+    with torch.no_grad():
+        for b, n in enumerate(args[8].tolist()):
+            args[1][n:, b] = float("nan")
+    outputs, grads = outputs_and_grads(kernel_layer, args)
+    for t in outputs + grads:
+        assert torch.isfinite(torch.nan_to_num(t, nan=0.0) if t is args[1] else t).all()
+
+
+BAD = [
+    ("rnn_tanh", dict(ln=True), "LayerNorm is for lstm and gru"),
+    ("gru", dict(cells=True), "return_cells is for lstm only"),
+    ("gru", dict(zc=0.3), r"keep_c\) is for lstm only"),
+]
+
+
+@pytest.mark.parametrize("mode,options,message", BAD, ids=[b[2][:20] for b in BAD])
+def test_bad_options_are_clear_errors(mode, options, message):
+    args = make_args(mode, **options)
+    with pytest.raises(RuntimeError, match=message):
+        kernel_layer(*args)
+
+
+def test_mismatched_gains_are_clear_errors():
+    args = make_args("lstm", ln=True)
+    extras = args[-1]
+    args[-1] = extras._replace(ln_hh_weight=extras.ln_hh_weight[:-1].detach())
+    with pytest.raises(RuntimeError, match=r"ln_hh_weight must have shape \(gates \* hidden_size,\) = \(24,\)"):
+        kernel_layer(*args)
+    args[-1] = extras._replace(keep_h=torch.ones(5, 4, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="keep_h must have shape"):
+        kernel_layer(*args)
+
+
+@pytest.mark.parametrize("mode,options", [("lstm", dict(ln=True, ln_c=True, zh=0.2, zc=0.3, cells=True)),
+                                          ("gru", dict(ln=True, zh=0.3)), ("rnn_relu", dict(zh=0.3))],
+                         ids=["lstm", "gru", "rnn_relu"])
+def test_opcheck(mode, options):
+    """Schemas, fake kernels and autograd registration agree with the kernels
+    (what torch.compile relies on)."""
+    args = make_args(mode, **options, lengths=[5, 2, 4, 1])
+    mode_, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, e = args
+    op_args = (mode_, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, True, e.ln_ih_weight, e.ln_hh_weight,
+               e.ln_cell_weight, e.ln_cell_bias, e.keep_h, e.keep_c, e.return_cells)
+    torch.library.opcheck(torch.ops.rnnkernels.rnn_layer_forward_ext.default, op_args)
