@@ -4,6 +4,14 @@ They subclass torch.nn.LSTM / GRU / RNN, so constructor arguments, parameter
 names and shapes, initialisation, state_dict, repr and isinstance are torch's
 own; only forward changes: it runs on an rnnkernels backend and also takes
 padded input with per-sequence `lengths`.
+
+What else torch.nn's modules do, these do too (tests/test_dropin.py,
+tests/test_upstream_rnn.py): double backward, forward-mode AD and torch.func
+(rnnkernels.interop), autocast (float32 runs in autocast's dtype),
+per-sample gradients (ExpandedWeights go to torch.nn's own forward),
+torch.ao.quantization.quantize_dynamic (quantized like torch.nn's modules,
+see the end of this file), torch.jit.trace and torch.compile / torch.export.
+torch.jit.script is a clear error that names torch.compile and torch.export.
 """
 import contextlib
 import functools

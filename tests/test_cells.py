@@ -180,3 +180,12 @@ def test_convert_and_unconvert_swap_cells(seed):
     rk.unconvert(model)
     assert [type(m) for m in model.values()] == [nn.LSTMCell, nn.GRUCell, nn.RNNCell]
     assert all("backend" not in m.__dict__ for m in model.values())
+
+
+def test_decoder_loop_benchmark_rows():
+    """`rnnkernels bench --suite cells` rows (a tiny shape; the times mean nothing)."""
+    from rnnkernels.benchmarks import cells as cells_bench
+
+    rows = cells_bench.bench_cell("lstm", 2, 8, ["cpu"], torch.device("cpu"), torch.float32, repeats=1)
+    assert [r["pass"] for r in rows] == ["fwd", "fwd+bwd"]
+    assert all(r["steps"] == cells_bench.STEPS and r["cpu_speedup"] > 0 and r["torch_ms"] > 0 for r in rows)
