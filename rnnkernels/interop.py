@@ -35,21 +35,13 @@ from . import backends, reference
 _EXPANDED_WEIGHTS_MODULE = "torch.nn.utils._expanded_weights.expanded_weights_impl"
 
 
-def _functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if active is not None:
-        return active()
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)  # torch < 2.1
-    return peek is not None and peek() is not None
-
-
 def needs_reference(tensors: Sequence[Optional[Tensor]]) -> bool:
     """Whether a layer call must run the reference: inside a functorch
     transform, or with forward-mode tangents on some input. Never while
     torch.compile traces (it supports neither; the op must be traced)."""
     if torch.compiler.is_compiling():
         return False
-    if _functorch_active():
+    if torch._C._are_functorch_transforms_active():
         return True
     if forward_ad._current_level < 0:  # outside every forward_ad.dual_level()
         return False
@@ -126,18 +118,18 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
 def autocast_plan(requested_backend: Optional[str], x: Tensor, op: str = "rnn") -> Optional[AutocastPlan]:
     """None outside autocast (or for float64 input); else how to run the call.
 
-    The backend is the one the call would run on without autocast. When it has
-    no kernel for the autocast dtype (the C++ kernels have none for float16),
-    it computes in x's dtype and the outputs are cast: the caller sees
-    autocast's dtype either way, never a silent switch to a slower backend."""
+    The backend is the one a float32 call would run on. When it has no kernel
+    for the autocast dtype (the C++ kernels have none for float16), it computes
+    in float32 and the outputs are cast: the caller sees autocast's dtype either
+    way, never a silent switch to a slower backend."""
     if not _any_autocast() or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return None
     target = _autocast_dtype(x.device.type)
     if target is None:
         return None
-    name, _ = backends.resolve(requested_backend, x.device, op, x.dtype)
+    name, _ = backends.resolve(requested_backend, x.device, op, torch.float32)
     runs_in_target = backends.unavailable_reason(name, x.device, op, target) is None
-    return AutocastPlan(target if runs_in_target else x.dtype, target, name)
+    return AutocastPlan(target if runs_in_target else torch.float32, target, name)
 
 
 def autocast_cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
