@@ -9,6 +9,7 @@ step's output), torch.nn and each backend interleaved, median of repeats.
     rnnkernels bench --suite cells [--full]                                              # hidden 256 only
 """
 import argparse
+import sys
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     info = machine_info(device)
     rows = run(device=device, full=True, repeats=args.repeats)
     text = (f"# Decoder loop: {STEPS} steps of a cell, torch.nn against rnnkernels\n\n"
-            f"`python -m rnnkernels.benchmarks.cells {' '.join(argv or [])}`\n\n"
+            f"`python -m rnnkernels.benchmarks.cells {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
             + "".join(f"- {k}: {v}\n" for k, v in info.items())
             + "\nspeedup = torch time / rnnkernels time (> 1: faster); median of interleaved repeats\n\n"
             + markdown_table(rows) + "\n```\n" + "\n".join(summary(rows)) + "\n```\n")
