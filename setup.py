@@ -110,7 +110,7 @@ EXTRAS = {
     "bleu": ["sacrebleu>=2.0"],
     "tensorboard": ["tensorboard"],
 }
-EXTRAS["dev"] = sorted(set(EXTRAS["triton"] + EXTRAS["plot"] + ["pytest", "hypothesis", "ninja", "pybind11"]))
+EXTRAS["dev"] = sorted(set(EXTRAS["triton"] + EXTRAS["plot"] + ["pytest", "hypothesis", "expecttest", "ninja", "pybind11"]))
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "dev" for req in reqs})
 
 setup(

@@ -9,6 +9,7 @@ from ._version import __version__
 from .attention import dot_product_attention
 from . import nn  # noqa: E402  (rk.nn.Attention, rk.nn.DotProductAttention)
 from .backends import BackendUnavailableError, use_backend
+from .cells import GRUCell, LSTMCell, RNNCell
 from .modules import GRU, LSTM, RNN, convert, unconvert
 
 # Import every backend now, not at the first call: torch.compile cannot trace
@@ -19,6 +20,9 @@ __all__ = [
     "LSTM",
     "GRU",
     "RNN",
+    "LSTMCell",
+    "GRUCell",
+    "RNNCell",
     "convert",
     "unconvert",
     "use_backend",

@@ -71,8 +71,8 @@ def register() -> None:
 
 
 def cpu_attention(query, key, value, key_lengths, causal, scale, return_weights):
-    """The `cpu` backend's attention (contract: rnnkernels.attention.reference_attention)."""
-    register()
+    """The `cpu` backend's attention (contract: rnnkernels.attention.reference_attention);
+    rnnkernels.backends.cpu_attention has registered the op's Python side at import."""
     context, _, weights = torch.ops.rnnkernels.attention_forward(query, key, value, key_lengths, causal, scale,
                                                                  return_weights)
     return context, (weights if return_weights else None)

@@ -17,7 +17,8 @@ from typing import Dict, List
 
 import torch
 
-_SUITES = {"rnn": "rnnkernels.benchmarks.rnn", "attention": "rnnkernels.benchmarks.attention"}
+_SUITES = {"rnn": "rnnkernels.benchmarks.rnn", "attention": "rnnkernels.benchmarks.attention",
+           "cells": "rnnkernels.benchmarks.cells"}
 
 
 def machine_info(device: torch.device) -> Dict[str, str]:

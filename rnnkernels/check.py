@@ -239,14 +239,26 @@ def device_dtypes(device: str) -> List[torch.dtype]:
 
 
 def run_checks(cases: int = 20, seed: int = 0, only: Optional[List[str]] = None, ops=("rnn", "attention"),
-               out=sys.stdout) -> bool:
-    """Prints one row per (op, device, backend, dtype); returns True when all pass."""
+               out=None) -> bool:
+    """Prints one row per (op, device, backend, dtype); returns True when all pass.
+
+    `only`: check just these backends. Each must be known and able to run at
+    least one of `ops` here (else a line with the reason, and False): a check
+    that checks nothing must not pass."""
+    out = out if out is not None else sys.stdout  # looked up per call: pytest's capsys replaces it
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     makers = {"rnn": (random_rnn_case, run_rnn_case), "attention": (random_attention_case, run_attention_case)}
+    if only:
+        unknown = [name for name in only if name not in backends.names()]
+        if unknown:
+            print(f"error: unknown backend {', '.join(map(repr, unknown))}; known backends: "
+                  f"{', '.join(backends.names())}", file=out)
+            return False
     header = f"{'op':<10} {'device':<6} {'backend':<10} {'dtype':<9} {'cases':>5}  {'worst relative error':>20}  {'tolerance':>9}  result"
     print(header, file=out)
     print("-" * len(header), file=out)
     all_ok = True
+    checked = set()
     for op in ops:
         make_case, run_case = makers[op]
         for device in devices:
@@ -254,6 +266,7 @@ def run_checks(cases: int = 20, seed: int = 0, only: Optional[List[str]] = None,
                 for name in backends.available(device, op, dtype):
                     if only and name not in only:
                         continue
+                    checked.add(name)
                     rng = random.Random(seed)
                     worst, worst_case, failure = 0.0, "", None
                     for i in range(cases):
@@ -272,6 +285,15 @@ def run_checks(cases: int = 20, seed: int = 0, only: Optional[List[str]] = None,
                           f"{worst:>20.3e}  {TOLERANCE[dtype]:>9.0e}  {'ok' if ok else 'FAIL'}", file=out)
                     if not ok:
                         print(f"    worst: {failure or worst_case}", file=out)
+    for name in only or ():
+        if name not in checked:
+            all_ok = False
+            reasons = sorted({f"{op} on {device} in {str(dtype).replace('torch.', '')}: "
+                              f"{backends.unavailable_reason(name, device, op, dtype)}"
+                              for op in ops for device in devices for dtype in device_dtypes(device)})
+            print(f"error: backend {name!r} checked nothing: it cannot run here", file=out)
+            for reason in reasons:
+                print(f"    {reason}", file=out)
     return all_ok
 
 

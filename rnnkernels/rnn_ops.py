@@ -3,16 +3,25 @@
 `torch.ops.rnnkernels.rnn_layer_forward` / `rnn_layer_backward` are defined in
 csrc/rnn_ops.cpp (schemas and the saved-activation layout are documented
 there and in csrc/rnn_layer.cpp). Importing this module registers, for them,
-the autograd formula (forward saves activations, backward is the second op)
-and the fake kernels that let torch.compile trace them without running them.
+the autograd formula (forward saves activations, backward is the second op;
+with create_graph=True a differentiable recompute, see interop) and the
+fake kernels that let torch.compile trace them without running them.
+
+Eager calls skip the registered (Python) autograd kernel, which a one-step
+cell call notices: torch's fill_defaults rebuilds the schema's argument list
+per call, ~3x the kernel of a small step. Calls that need gradients go through
+`_LayerFunction`, an autograd.Function with the very same setup_context and
+backward; the others dispatch below autograd. Traced calls (torch.compile,
+torch.jit.trace, export) use the op and its registration.
 Import it only when the extension is loaded (rnnkernels._ext.load_error() is None).
 """
+import contextlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import _ext
+from . import _ext, interop, reference
 from .reference import GATES
 
 if _ext.load_error() is not None:  # pragma: no cover - guarded by the callers
@@ -73,7 +82,8 @@ def _setup_context(ctx, inputs, output):
     ctx.mode, ctx.reverse, ctx.training = mode, reverse, training
     ctx.given = (h0 is not None, c0 is not None, b_ih is not None, b_hh is not None)
     # save_for_backward takes None, but torch.compile's runtime wants only tensors.
-    saved = (x, w_ih, w_hh, w_hr, lengths, states, cells, gates, hidden_raw)
+    # h0, c0 and the biases only serve a double backward's recompute.
+    saved = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, states, cells, gates, hidden_raw)
     ctx.saved_present = tuple(t is not None for t in saved)
     ctx.save_for_backward(*(t for t in saved if t is not None))
     ctx.mark_non_differentiable(states, cells, gates, hidden_raw)
@@ -83,15 +93,20 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
+    tensors = iter(ctx.saved_tensors)
+    saved = [next(tensors) if present else None for present in ctx.saved_present]
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, states, cells, gates, hidden_raw = saved
+    needs = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training
+    if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable too
+        grads = interop.differentiable_grads(
+            ctx.mode, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths), needs[1:10],
+            (grad_output, grad_h_n, grad_c_n if ctx.mode == "lstm" else None), ctx.reverse)
+        return (None, *grads[:8], None, None, None)
     if not ctx.training:
         raise RuntimeError(
             "rnnkernels.rnn_layer_forward was called with training=False, so it saved nothing for "
             "backward; call it with training=True when gradients are needed"
         )
-    tensors = iter(ctx.saved_tensors)
-    saved = [next(tensors) if present else None for present in ctx.saved_present]
-    x, w_ih, w_hh, w_hr, lengths, states, cells, gates, hidden_raw = saved
-    needs = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training
     has_h0, has_c0, has_b_ih, has_b_hh = ctx.given
     weight_grad = any(needs[4:9])
     grads = torch.ops.rnnkernels.rnn_layer_backward(
@@ -121,11 +136,44 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
 torch.library.register_autograd("rnnkernels::rnn_layer_forward", _backward, setup_context=_setup_context)
 
 
+_OP = torch.ops.rnnkernels.rnn_layer_forward.default
+# Calls below the Autograd dispatch key go straight to the device kernel.
+_below_autograd = getattr(torch._C, "_AutoDispatchBelowAutograd", contextlib.nullcontext)
+
+
+class _LayerFunction(torch.autograd.Function):
+    """The op with its registered autograd formula (the same _setup_context and
+    _backward), minus torch's per-call Python overhead. The ctx-style forward
+    matters too: a separate setup_context makes apply() run inspect.signature
+    per call (functorch, which needs that style, runs the reference instead)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        with _below_autograd():
+            output = _OP(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
 def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     """The backend contract (rnnkernels.reference.rnn_layer) on the compiled op:
     saves activations only when some input requires grad."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, h_n, c_n, *_ = torch.ops.rnnkernels.rnn_layer_forward(
-        mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training)
+    interop.check_no_expanded_weights(tensors)
+    if interop.needs_reference(tensors):
+        return reference.rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    tracing = torch.jit.is_tracing()
+    # A trace bakes `training` in as a constant and its check re-runs under
+    # no_grad: traced graphs always save activations, so that both runs agree.
+    training = tracing or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training)
+    if tracing or torch.compiler.is_compiling():
+        out, h_n, c_n, *_ = torch.ops.rnnkernels.rnn_layer_forward(*args)
+    elif training:
+        out, h_n, c_n, *_ = _LayerFunction.apply(*args)
+    else:
+        with _below_autograd():
+            out, h_n, c_n, *_ = _OP(*args)
     return out, h_n, (c_n if mode == "lstm" else None)

@@ -19,6 +19,7 @@ forces one ("step" / "sequence") for tests and benchmarks.
 """
 import contextlib
 import importlib
+import importlib.util
 import os
 import sys
 from typing import Optional, Tuple
@@ -26,6 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .. import interop, reference
 from ..reference import GATES, MODES
 from . import register
 
@@ -45,15 +47,18 @@ def _on_device(x: Tensor):
 
 
 def _triton_missing() -> Optional[str]:
+    """Why Triton cannot be imported, or None, found without importing it
+    (which would cost every `import rnnkernels` half a second)."""
     try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        return f"Triton is not installed ({exc}); install it with `pip install triton`"
-    return None
+        spec = importlib.util.find_spec("triton")
+    except (ImportError, ValueError) as exc:
+        return f"Triton cannot be imported ({exc})"
+    return None if spec is not None else "Triton is not installed; install it with `pip install triton`"
 
 
-# Checked once, when rnnkernels imports its backends: torch.compile cannot trace a failing import.
-_MISSING = _triton_missing()
+# Decided once, here: backend selection runs inside code that torch.compile
+# traces, and an import there fails the trace.
+TRITON_MISSING = _triton_missing()
 
 
 def _interpreted() -> Optional[bool]:
@@ -65,9 +70,8 @@ def _interpreted() -> Optional[bool]:
 
 
 def unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
-    missing = _MISSING
-    if missing is not None:
-        return missing
+    if TRITON_MISSING is not None:
+        return TRITON_MISSING
     if dtype is not None and dtype not in DTYPES:
         return f"the triton backend supports float32, float16 and bfloat16, not {dtype}"
     if device.type == "cuda":
@@ -182,11 +186,17 @@ def _setup_context(ctx, inputs, output):
     _, _, _, saved, h_prev, c_prev, h_raw = output
     ctx.mode, ctx.reverse, ctx.path = mode, reverse, path
     ctx.has_c0, ctx.has_bias = c0 is not None, b_ih is not None
-    ctx.save_for_backward(x, w_ih, w_hh, w_hr, lengths, saved, h_prev, c_prev, h_raw)
+    # h0, c0 and the biases only serve a double backward's recompute.
+    ctx.save_for_backward(x, h0, c0, b_ih, b_hh, w_ih, w_hh, w_hr, lengths, saved, h_prev, c_prev, h_raw)
 
 
 def _backward(ctx, grad_out, grad_h_n, grad_c_n, *unused_grads):
-    x, w_ih, w_hh, w_hr, lengths, saved, h_prev, c_prev, h_raw = ctx.saved_tensors
+    x, h0, c0, b_ih, b_hh, w_ih, w_hh, w_hr, lengths, saved, h_prev, c_prev, h_raw = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable too
+        grads = interop.differentiable_grads(
+            ctx.mode, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths), ctx.needs_input_grad[1:10],
+            (grad_out, grad_h_n, grad_c_n if ctx.mode == "lstm" else None), ctx.reverse)
+        return (None, *grads[:8], None, None, None)
     T, B, _ = x.shape
     H, P = w_hh.shape[0] // GATES[ctx.mode], w_hh.shape[1]
     grad_out = grad_out if grad_out is not None else x.new_zeros(T, B, P)
@@ -209,6 +219,10 @@ layer_forward_op.register_autograd(_backward, setup_context=_setup_context)
 def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     """The backend entry point (contract: rnnkernels.reference.rnn_layer)."""
     check_layer_args(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    interop.check_no_expanded_weights(tensors)
+    if interop.needs_reference(tensors):  # forward-mode AD, functorch: see rnnkernels.interop
+        return reference.rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     if PATH not in ("auto", "step", "sequence"):
         raise ValueError(f"rnnkernels.backends.triton.PATH must be 'auto', 'step' or 'sequence', got {PATH!r}")
     out, h_n, c_n = layer_forward_op(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, PATH)[:3]

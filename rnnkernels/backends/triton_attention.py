@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..attention_ops import backward_formula, setup_context
 from . import register
+from .triton import TRITON_MISSING
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KERNELS = "rnnkernels.triton_kernels.attention"
@@ -28,22 +29,9 @@ def kernels():
     return importlib.import_module(_KERNELS)
 
 
-def _triton_error() -> Optional[str]:
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        return f"triton is not installed ({exc})"
-    return None
-
-
-# Checked once, when rnnkernels imports its backends: torch.compile cannot trace a failing import.
-_ERROR = _triton_error()
-
-
 def _unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
-    error = _ERROR
-    if error is not None:
-        return error
+    if TRITON_MISSING is not None:  # decided at import: never an import inside traced code
+        return TRITON_MISSING
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return "the triton kernels run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1, for tests)"
     if device.type not in ("cuda", "cpu"):

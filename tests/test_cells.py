@@ -1,0 +1,191 @@
+"""rnnkernels.LSTMCell / GRUCell / RNNCell against torch.nn's cells with
+identical weights: outputs, gradients of input, state and every parameter,
+second derivatives, forward-mode AD, compile, autocast, convert, and one
+layer-op call per step. (PyTorch's own cell tests run in test_upstream_rnn.)"""
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import rnnkernels as rk
+from rnnkernels.check import relative_error
+
+CELLS = [(nn.LSTMCell, rk.LSTMCell, {}), (nn.GRUCell, rk.GRUCell, {}),
+         (nn.RNNCell, rk.RNNCell, {"nonlinearity": "tanh"}), (nn.RNNCell, rk.RNNCell, {"nonlinearity": "relu"})]
+IDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+CPU_BACKENDS = rk.backends.available("cpu")
+
+
+def twins(torch_cls, rk_cls, kwargs, dtype=torch.float64, backend="auto", input_size=3, hidden_size=5, bias=True):
+    reference = torch_cls(input_size, hidden_size, bias=bias, **kwargs).to(dtype)
+    ours = rk_cls(input_size, hidden_size, bias=bias, **kwargs, backend=backend).to(dtype)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def state_like(torch_cls, shape, dtype):
+    if torch_cls is nn.LSTMCell:
+        return tuple(torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(2))
+    return torch.randn(shape, dtype=dtype, requires_grad=True)
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def run_steps(cell, xs, state):
+    """A decoder loop: the state of each step feeds the next."""
+    outputs = []
+    for x in xs:
+        state = cell(x, state)
+        outputs.append(as_tuple(state)[0])
+    return torch.stack(outputs), as_tuple(state)
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batched, with_state", [(True, True), (True, False), (False, True)],
+                         ids=["batched", "zero-state", "unbatched"])
+def test_parity_float64(torch_cls, rk_cls, kwargs, backend, bias, batched, with_state, seed):
+    reference, ours = twins(torch_cls, rk_cls, kwargs, backend=backend, bias=bias)
+    shape = (4, 3, 3) if batched else (4, 3)
+    xs = torch.randn(shape, dtype=torch.double)
+    state = state_like(torch_cls, (3, 5) if batched else (5,), torch.double) if with_state else None
+    results = []
+    for cell in (reference, ours):
+        x = xs.clone().requires_grad_()
+        out, final = run_steps(cell, x, state)
+        upstream = [torch.ones_like(t) * torch.linspace(-1, 1, t.numel()).view_as(t) for t in (out, *final)]
+        leaves = [x, *(as_tuple(state) if state is not None else ()), *cell.parameters()]
+        grads = torch.autograd.grad([out, *final], leaves, upstream)
+        results.append((out, final, grads))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+def test_parity_float32(torch_cls, rk_cls, kwargs, seed):
+    reference, ours = twins(torch_cls, rk_cls, kwargs, dtype=torch.float32, input_size=16, hidden_size=32)
+    xs, state = torch.randn(6, 8, 16), state_like(torch_cls, (8, 32), torch.float32)
+    (out_ref, final_ref), (out, final) = run_steps(reference, xs, state), run_steps(ours, xs, state)
+    assert relative_error(out, out_ref) < 1e-5
+    grads_ref = torch.autograd.grad(out_ref.sum(), list(reference.parameters()))
+    grads = torch.autograd.grad(out.sum(), list(ours.parameters()))
+    assert max(relative_error(a, b) for a, b in zip(grads, grads_ref)) < 1e-5
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+def test_looks_like_torch(torch_cls, rk_cls, kwargs):
+    reference, ours = twins(torch_cls, rk_cls, kwargs, dtype=torch.float32)
+    assert isinstance(ours, torch_cls)
+    assert repr(ours) == repr(reference)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in reference.named_parameters()]
+    with pytest.raises(ValueError, match="input dtype .* does not match weight dtype"):
+        ours(torch.randn(2, 3, dtype=torch.double))
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+def test_one_fused_op_per_step(torch_cls, rk_cls, kwargs, grad):
+    """A step is one call of the layer op (its GEMMs and the cells.h pointwise
+    pass inside), not a chain of matmuls and pointwise ops."""
+    cell = rk_cls(3, 5, **kwargs, backend="cpu")
+    x, state = torch.randn(2, 3), state_like(torch_cls, (2, 5), torch.float32)
+    with torch.set_grad_enabled(grad), _CountOps() as counter:
+        cell(x, state)
+    heavy = [op for op in counter.ops if "mm" in op or "linear" in op or "sigmoid" in op or "tanh" in op]
+    assert counter.ops.count("rnnkernels.rnn_layer_forward") == 1 and not heavy, counter.ops
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+def test_gradgradcheck(torch_cls, rk_cls, kwargs, seed):
+    _, cell = twins(torch_cls, rk_cls, kwargs, input_size=2, hidden_size=2, backend="cpu")
+    x = torch.randn(2, 2, dtype=torch.double, requires_grad=True)
+    state = as_tuple(state_like(torch_cls, (2, 2), torch.double))
+    lstm = torch_cls is nn.LSTMCell
+
+    def step(x, *tensors):
+        state, params = tensors[: len(tensors) - 4], tensors[-4:]
+        out = torch.func.functional_call(cell, dict(zip(dict(cell.named_parameters()), params)),
+                                         (x, state if lstm else state[0]))
+        return as_tuple(out)
+
+    assert torch.autograd.gradgradcheck(step, (x, *state, *cell.parameters()), check_batched_grad=False)
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+def test_forward_mode_ad_matches_torch(torch_cls, rk_cls, kwargs, seed):
+    reference, ours = twins(torch_cls, rk_cls, kwargs)
+    x, v = torch.randn(3, 3, dtype=torch.double), torch.randn(3, 3, dtype=torch.double)
+    state = tuple(t.detach() for t in as_tuple(state_like(torch_cls, (3, 5), torch.double)))
+    state = state if torch_cls is nn.LSTMCell else state[0]
+    expected = torch.func.jvp(lambda t: as_tuple(reference(t, state)), (x,), (v,))
+    torch.testing.assert_close(torch.func.jvp(lambda t: as_tuple(ours(t, state)), (x,), (v,)), expected)
+
+
+def test_compile_decoder_loop_fullgraph(seed):
+    cell = rk.LSTMCell(3, 4)
+    head = nn.Linear(4, 3)
+
+    def decode(x, state):
+        outputs = []
+        for _ in range(3):
+            state = cell(x, state)
+            x = head(state[0])
+            outputs.append(x)
+        return torch.stack(outputs)
+
+    x, state = torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 4))
+    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
+    out, expected = compiled(x, state), decode(x, state)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), list(cell.parameters()))
+    torch.testing.assert_close(grads, torch.autograd.grad(expected.sum(), list(cell.parameters())))
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+def test_autocast_cpu_bfloat16(torch_cls, rk_cls, kwargs, seed):
+    _, cell = twins(torch_cls, rk_cls, kwargs, dtype=torch.float32)
+    x, state = torch.randn(4, 3), as_tuple(state_like(torch_cls, (4, 5), torch.float32))
+    state = state if torch_cls is nn.LSTMCell else state[0]
+    expected = as_tuple(cell(x, state))
+    with torch.autocast("cpu", torch.bfloat16):
+        got = as_tuple(cell(x, state))
+    assert all(t.dtype == torch.bfloat16 for t in got)
+    torch.testing.assert_close([t.float() for t in got], list(expected), rtol=0.05, atol=0.03)
+
+
+def test_convert_and_unconvert_swap_cells(seed):
+    model = nn.ModuleDict({"lstm": nn.LSTMCell(3, 4), "gru": nn.GRUCell(3, 4), "rnn": nn.RNNCell(3, 4, nonlinearity="relu")})
+    before = {name: m for name, m in model.items()}
+    x = torch.randn(2, 3)
+    expected = {name: as_tuple(m(x))[0] for name, m in model.items()}
+    rk.convert(model, backend="reference")
+    for name, m in model.items():
+        assert m is before[name] and type(m) is {"lstm": rk.LSTMCell, "gru": rk.GRUCell, "rnn": rk.RNNCell}[name]
+        assert m.backend == "reference"
+        torch.testing.assert_close(as_tuple(m(x))[0], expected[name])
+    rk.unconvert(model)
+    assert [type(m) for m in model.values()] == [nn.LSTMCell, nn.GRUCell, nn.RNNCell]
+    assert all("backend" not in m.__dict__ for m in model.values())
+
+
+def test_decoder_loop_benchmark_rows():
+    """`rnnkernels bench --suite cells` rows (a tiny shape; the times mean nothing)."""
+    from rnnkernels.benchmarks import cells as cells_bench
+
+    rows = cells_bench.bench_cell("lstm", 2, 8, ["cpu"], torch.device("cpu"), torch.float32, repeats=1)
+    assert [r["pass"] for r in rows] == ["fwd", "fwd+bwd"]
+    assert all(r["steps"] == cells_bench.STEPS and r["cpu_speedup"] > 0 and r["torch_ms"] > 0 for r in rows)
