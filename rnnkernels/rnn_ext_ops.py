@@ -8,12 +8,13 @@ path; with create_graph (double backward) the gradients are taken through the
 reference's math instead, so that they are differentiable again.
 Import only when the extension is loaded.
 """
+import contextlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import _ext
+from . import _ext, interop
 from .reference import GATES, LayerExtras, rnn_layer_extended as reference_layer
 
 if _ext.load_error() is not None:  # pragma: no cover - guarded by the callers
@@ -144,16 +145,46 @@ def _reference_gradients(ctx, inputs, needs, grads_out, lengths, keep_h, keep_c)
 torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
 
 
+_OP = torch.ops.rnnkernels.rnn_layer_forward_ext.default
+_below_autograd = getattr(torch._C, "_AutoDispatchBelowAutograd", contextlib.nullcontext)
+
+
+class _LayerFunction(torch.autograd.Function):
+    """The op with its registered formula minus torch's per-call Python
+    overhead (see rnnkernels.rnn_ops._LayerFunction)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        with _below_autograd():
+            output = _OP(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
 def rnn_layer_extended(mode: str, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                        b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
                        extras: LayerExtras):
     """The backend contract of rnnkernels.reference.rnn_layer_extended on the
-    compiled op: (out, h_n, c_n or None, cell_states or None)."""
+    compiled op: (out, h_n, c_n or None, cell_states or None). Forward-mode AD
+    and functorch transforms run the reference (rnnkernels.interop)."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, extras.ln_ih_weight, extras.ln_hh_weight, extras.ln_cell_weight,
                extras.ln_cell_bias)
-    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, h_n, c_n, cell_states, *_ = torch.ops.rnnkernels.rnn_layer_forward_ext(
-        mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, extras.ln_ih_weight,
-        extras.ln_hh_weight, extras.ln_cell_weight, extras.ln_cell_bias, extras.keep_h, extras.keep_c,
-        extras.return_cells)
+    interop.check_no_expanded_weights(tensors)
+    if interop.needs_reference(tensors):
+        return reference_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras)
+    tracing = torch.jit.is_tracing()
+    # A trace bakes `training` in and re-runs under no_grad for its check: always save.
+    training = tracing or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, extras.ln_ih_weight,
+            extras.ln_hh_weight, extras.ln_cell_weight, extras.ln_cell_bias, extras.keep_h, extras.keep_c,
+            extras.return_cells)
+    if tracing or torch.compiler.is_compiling():
+        out, h_n, c_n, cell_states, *_ = torch.ops.rnnkernels.rnn_layer_forward_ext(*args)
+    elif training:
+        out, h_n, c_n, cell_states, *_ = _LayerFunction.apply(*args)
+    else:
+        with _below_autograd():
+            out, h_n, c_n, cell_states, *_ = _OP(*args)
     return out, h_n, (c_n if mode == "lstm" else None), (cell_states if extras.return_cells else None)

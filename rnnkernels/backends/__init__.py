@@ -7,6 +7,10 @@ implementations of ops register themselves:
 
 op "rnn"        fn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
                 -> (out, h_n, c_n); the contract of rnnkernels.reference.rnn_layer
+op "rnn_ext"    fn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras)
+                -> (out, h_n, c_n, cell_states); what a layer adds to torch.nn's cell
+                (LayerNorm, zoneout, every step's c: rnnkernels.reference.LayerExtras),
+                the contract of rnnkernels.reference.rnn_layer_extended
 op "attention"  fn(query, key, value, key_lengths, causal, scale, return_weights)
                 -> (context, weights or None); 4-D inputs, the contract of
                 rnnkernels.attention.reference_attention
@@ -32,7 +36,7 @@ import torch
 # kernel issue adds its module here; nothing else in the package changes.
 _BACKEND_MODULES = ("reference", "cpu", "cuda", "triton", "cpu_attention", "triton_attention")
 
-OPS = ("rnn", "attention")
+OPS = ("rnn", "rnn_ext", "attention")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -144,7 +148,12 @@ def resolve(requested: Optional[str], device, op: str = "rnn", dtype: Optional[t
     return requested, _impls[(op, requested)].fn
 
 
-def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend=None):
-    """One layer, one direction on the chosen backend (contract: rnnkernels.reference.rnn_layer)."""
+def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend=None, extras=None):
+    """One layer, one direction on the chosen backend (contract: rnnkernels.reference.rnn_layer).
+    With `extras` (a LayerExtras; no w_hr) it runs op "rnn_ext" and returns
+    (out, h_n, c_n, cell_states)."""
+    if extras is not None:
+        _, fn = resolve(backend, x.device, "rnn_ext", x.dtype)
+        return fn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras)
     _, fn = resolve(backend, x.device, "rnn", x.dtype)
     return fn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)

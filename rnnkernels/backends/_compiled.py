@@ -14,17 +14,22 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 LOAD_ERROR = _ext.load_error()
 
 if LOAD_ERROR is None:
-    from .. import rnn_ops  # registers the ops' autograd formulas and fake kernels
+    from .. import rnn_ext_ops, rnn_ops  # register the ops' autograd formulas and fake kernels
 
 
 def _rnn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     return rnn_ops.rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
 
 
-def register_rnn(device_type: str, priority: int, build_error: Optional[str] = None) -> None:
+def _rnn_ext(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras):
+    return rnn_ext_ops.rnn_layer_extended(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras)
+
+
+def register_rnn(device_type: str, priority: int, build_error: Optional[str] = None, extended: bool = False) -> None:
     """Registers the compiled op as backend `device_type` ("cpu" or "cuda"),
-    for tensors of that device type. `build_error`: why this build of the
-    extension cannot run on that device, or None."""
+    for tensors of that device type; with `extended`, the extended op too
+    (op "rnn_ext": LayerNorm, zoneout, cell states; CPU kernels only so far).
+    `build_error`: why this build of the extension cannot run on that device, or None."""
 
     def unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
         if LOAD_ERROR is not None:
@@ -38,3 +43,6 @@ def register_rnn(device_type: str, priority: int, build_error: Optional[str] = N
         return None
 
     register("rnn", device_type, _rnn, priority={device_type: priority}, unavailable_reason=unavailable_reason)
+    if extended:
+        register("rnn_ext", device_type, _rnn_ext, priority={device_type: priority},
+                 unavailable_reason=unavailable_reason)

@@ -2,4 +2,4 @@
 csrc/cpu/) for CPU tensors in float32, float64 and bfloat16."""
 from ._compiled import register_rnn
 
-register_rnn("cpu", priority=10)
+register_rnn("cpu", priority=10, extended=True)
