@@ -10,7 +10,7 @@ from .attention import dot_product_attention
 from . import nn  # noqa: E402  (rk.nn.Attention, rk.nn.DotProductAttention)
 from .backends import BackendUnavailableError, use_backend
 from .cells import GRUCell, LSTMCell, RNNCell
-from .modules import GRU, LSTM, RNN, convert, unconvert
+from .modules import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, convert, unconvert
 
 # Import every backend now, not at the first call: torch.compile cannot trace
 # the import machinery inside a compiled model.
@@ -20,6 +20,8 @@ __all__ = [
     "LSTM",
     "GRU",
     "RNN",
+    "LayerNormLSTM",
+    "LayerNormGRU",
     "LSTMCell",
     "GRUCell",
     "RNNCell",

@@ -34,9 +34,39 @@ def _map_state(state, fn):
 class _RecurrentMixin:
     """forward() shared by the three modules; torch.nn's checks and messages."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", zoneout: float = 0.0, cell_zoneout: float = 0.0,
+                 weight_drop: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
+        self.zoneout = _probability("zoneout", zoneout)
+        self.cell_zoneout = _probability("cell_zoneout", cell_zoneout)
+        self.weight_drop = _probability("weight_drop", weight_drop)
+        if self.cell_zoneout and self.mode != "LSTM":
+            raise ValueError(f"cell_zoneout is for LSTM layers (a {type(self).__name__} has no cell state); "
+                             "use zoneout for its hidden state")
+        if (self.zoneout or self.cell_zoneout) and self.proj_size > 0:
+            raise ValueError("zoneout and cell_zoneout do not combine with proj_size (the zoned-out state would "
+                             "be the projected one)")
+
+    # What a layer adds to torch.nn's (rnnkernels.functional.LayerOptions);
+    # getattr: modules pickled before these options existed have none.
+    _layer_norm = False
+
+    def _layer_options(self, return_cells: bool) -> Optional["functional.LayerOptions"]:
+        zoneout, cell_zoneout = getattr(self, "zoneout", 0.0), getattr(self, "cell_zoneout", 0.0)
+        weight_drop = getattr(self, "weight_drop", 0.0)
+        if not (self._layer_norm or zoneout or cell_zoneout or weight_drop or return_cells):
+            return None
+        return functional.LayerOptions(layer_norm=self._layer_norm_weights() if self._layer_norm else None,
+                                       zoneout=zoneout, cell_zoneout=cell_zoneout, weight_drop=weight_drop,
+                                       return_cells=return_cells)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        for name in ("zoneout", "cell_zoneout", "weight_drop"):
+            if getattr(self, name, 0.0):
+                text += f", {name}={getattr(self, name)}"
+        return text
 
     # torch.jit.script calls this first: a clear error before anything is compiled or swapped.
     __prepare_scriptable__ = cells.refuse_torchscript
@@ -66,17 +96,22 @@ class _RecurrentMixin:
                 f"input is on {data.device} but the module's weights are on {self._flat_weights[0].device}"
             )
 
-    def _run(self, input: Tensor, hx, lengths, backend, batch_first: bool):
+    def _run(self, input: Tensor, hx, lengths, backend, batch_first: bool, return_cells: bool = False):
+        """(output, state), and the cell states with return_cells."""
         backend = backend if backend is not None else getattr(self, "backend", "auto")
         weights = self._flat_weights
-        plan = interop.autocast_plan(backend, input)
+        options = self._layer_options(return_cells)
+        plan = interop.autocast_plan(backend, input, op="rnn_ext" if options and options.extended() else "rnn")
         if plan is not None:  # autocast: see rnnkernels.interop
             input = interop.autocast_cast(input, plan.compute)
             hx = _map_state(hx, lambda h: interop.autocast_cast(h, plan.compute))
             weights = [interop.autocast_cast(w, plan.compute) for w in weights]
+            if options is not None and options.layer_norm is not None:
+                options = options._replace(layer_norm=[tuple(interop.autocast_cast(w, plan.compute) for w in ln)
+                                                       for ln in options.layer_norm])
             backend = plan.backend
         with _autocast_off(input) if plan is not None else contextlib.nullcontext():
-            output, state = functional.rnn_forward(
+            result = functional.rnn_forward(
                 self._rk_mode,
                 input,
                 hx,
@@ -90,15 +125,19 @@ class _RecurrentMixin:
                 batch_first=batch_first,
                 lengths=lengths,
                 backend=backend,
+                options=options,
             )
         if plan is not None and plan.output != plan.compute:
-            output = output.to(plan.output)
-            state = _map_state(state, lambda s: s.to(plan.output))
-        return output, state
+            result = tuple(_map_state(r, lambda s: s.to(plan.output)) for r in result)
+        return result
 
     def _forward_per_sample(self, input, hx, lengths):
         """ExpandedWeights (per-sample gradients): torch.nn's forward, whose
         decomposition computes them; `lengths` run as a PackedSequence."""
+        if self._layer_options(False) is not None:
+            raise RuntimeError(f"per-sample gradients (ExpandedWeights) run torch.nn's own {type(self).__name__} "
+                               "forward, which has no LayerNorm, zoneout or weight drop; use torch.func.vmap over "
+                               "torch.func.grad for this layer")
         torch_forward = super().forward  # torch.nn.LSTM / GRU / RNN's
         if lengths is None:
             return torch_forward(input, hx)
@@ -114,13 +153,21 @@ class _RecurrentMixin:
         output, state = torch_forward(packed, hx)
         return pad_packed_sequence(output, batch_first=self.batch_first, total_length=steps)[0], state
 
-    def forward(self, input, hx=None, lengths: Optional[Tensor] = None, *, backend: Optional[str] = None):
+    def forward(self, input, hx=None, lengths: Optional[Tensor] = None, *, backend: Optional[str] = None,
+                return_cell_states: bool = False):
         """Like torch.nn's forward; additionally
         lengths: int64 CPU tensor (batch,), for padded input: output is zero
             past each sequence's end and the final state is the one at its end;
-        backend: overrides the module's backend for this call."""
+        backend: overrides the module's backend for this call;
+        return_cell_states (LSTM): also return c at every step of the last
+            layer, shaped like the output (both directions), zero past each
+            sequence's end: (output, (h_n, c_n), cell_states)."""
+        if return_cell_states and self.mode != "LSTM":
+            raise ValueError(f"return_cell_states is for LSTM layers; a {type(self).__name__} has no cell state")
         self._update_flat_weights()
         if interop.expanded_weights_in(self._flat_weights):
+            if return_cell_states:
+                raise RuntimeError("return_cell_states does not combine with per-sample gradients (ExpandedWeights)")
             return self._forward_per_sample(input, hx, lengths)
         name = type(self).__name__
         if isinstance(input, PackedSequence):
@@ -132,10 +179,15 @@ class _RecurrentMixin:
             else:
                 self._check_state(data, _map_state(hx, lambda h: self.permute_hidden_one(h, sorted_indices)), batch_sizes)
             padded, seq_lengths = pad_packed_sequence(input)  # (T, B, I) in the caller's order
-            output, state = self._run(padded, hx, seq_lengths, backend, batch_first=False)
+            output, state, *cell_states = self._run(padded, hx, seq_lengths, backend, batch_first=False,
+                                                    return_cells=return_cell_states)
             order = sorted_indices if sorted_indices is not None else torch.arange(len(seq_lengths))
-            packed = pack_padded_sequence(output[:, order.to(output.device)], seq_lengths[order.cpu()])
-            return PackedSequence(packed.data, batch_sizes, sorted_indices, unsorted_indices), state
+
+            def repack(padded_output):
+                packed = pack_padded_sequence(padded_output[:, order.to(padded_output.device)], seq_lengths[order.cpu()])
+                return PackedSequence(packed.data, batch_sizes, sorted_indices, unsorted_indices)
+
+            return (repack(output), state, *[repack(c) for c in cell_states])
 
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -158,15 +210,23 @@ class _RecurrentMixin:
         if hx is None:
             hx = self._zero_state(batch, input)
         self._check_state(input, hx, None)
-        output, state = self._run(input, hx, lengths, backend, batch_first=self.batch_first)
+        output, state, *cell_states = self._run(input, hx, lengths, backend, batch_first=self.batch_first,
+                                                return_cells=return_cell_states)
         if not is_batched:
             output = output.squeeze(batch_dim)
             state = _map_state(state, lambda s: s.squeeze(1))
-        return output, state
+            cell_states = [c.squeeze(batch_dim) for c in cell_states]
+        return (output, state, *cell_states)
 
     @staticmethod
     def permute_hidden_one(h: Tensor, permutation: Optional[Tensor]) -> Tensor:
         return h if permutation is None else h.index_select(1, permutation)
+
+
+def _probability(name: str, p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
+    return float(p)
 
 
 def _autocast_off(x: Tensor):
@@ -183,6 +243,81 @@ class GRU(_RecurrentMixin, nn.GRU):
 
 class RNN(_RecurrentMixin, nn.RNN):
     """torch.nn.RNN (tanh or relu) on rnnkernels backends."""
+
+
+class _LayerNormMixin:
+    """Parameters of the LayerNorm layers, per layer k and direction (suffix
+    `_reverse` for the second): `layer_norm_ih_weight_l{k}` and
+    `layer_norm_hh_weight_l{k}` (gates * hidden_size,), the gains of
+    LN(x W_ih^T) and LN(h W_hh^T), starting at 1; an LSTM also has
+    `layer_norm_cell_weight_l{k}` and `layer_norm_cell_bias_l{k}`
+    (hidden_size,), LN(c) before tanh, starting at 1 and 0."""
+
+    _layer_norm = True
+
+    def _layer_norm_shapes(self):
+        """(name, size, initial value) of every LayerNorm parameter, in layer-direction order."""
+        gates = 4 if self.mode == "LSTM" else 3
+        for layer in range(self.num_layers):
+            for direction in range(2 if self.bidirectional else 1):
+                suffix = f"_l{layer}{'_reverse' if direction else ''}"
+                yield f"layer_norm_ih_weight{suffix}", gates * self.hidden_size, 1.0
+                yield f"layer_norm_hh_weight{suffix}", gates * self.hidden_size, 1.0
+                if self.mode == "LSTM":
+                    yield f"layer_norm_cell_weight{suffix}", self.hidden_size, 1.0
+                    yield f"layer_norm_cell_bias{suffix}", self.hidden_size, 0.0
+
+    def _add_layer_norms(self, device, dtype):
+        for name, size, value in self._layer_norm_shapes():
+            self.register_parameter(name, nn.Parameter(torch.full((size,), value, device=device, dtype=dtype)))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # torch.nn's uniform init of every parameter, then LayerNorm's own
+        with torch.no_grad():
+            for name, _, value in self._layer_norm_shapes():
+                if hasattr(self, name):
+                    getattr(self, name).fill_(value)
+
+    def _layer_norm_weights(self):
+        """Per layer-direction (ln_ih, ln_hh, ln_cell_weight or None, ln_cell_bias or None)."""
+        names = [name for name, _, _ in self._layer_norm_shapes()]
+        per = 4 if self.mode == "LSTM" else 2
+        groups = [[getattr(self, n) for n in names[i:i + per]] for i in range(0, len(names), per)]
+        return [tuple(g) + (None,) * (4 - per) for g in groups]
+
+
+class LayerNormLSTM(_LayerNormMixin, LSTM):
+    """LayerNorm LSTM (Ba et al. 2016; Haste's LayerNormLSTM), fused, with
+    everything rk.LSTM has except proj_size:
+
+        gates = LN(x W_ih^T; g_ih) + LN(h W_hh^T; g_hh) + b_ih + b_hh   (i, f, g, o)
+        c' = sig(f) c + sig(i) tanh(g);   h' = sig(o) tanh(LN(c'; g_c, b_c))
+
+    LN over each row's whole gate vector, biased variance, eps 1e-5. The
+    parameters are torch.nn.LSTM's plus the LayerNorm ones (_LayerNormMixin)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None, **options):
+        if "proj_size" in options:
+            raise TypeError("LayerNormLSTM has no proj_size")
+        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype, **options)
+        self._add_layer_norms(device, dtype)
+
+
+class LayerNormGRU(_LayerNormMixin, GRU):
+    """LayerNorm GRU, fused, with everything rk.GRU has:
+
+        gi = LN(x W_ih^T; g_ih) + b_ih;  gh = LN(h W_hh^T; g_hh) + b_hh;  then torch.nn's GRU cell
+        r = sig(gi_r + gh_r), z = sig(gi_z + gh_z), n = tanh(gi_n + r gh_n), h' = (1 - z) n + z h
+
+    Parameters: torch.nn.GRU's plus layer_norm_ih_weight_l{k}, layer_norm_hh_weight_l{k}."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None, **options):
+        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype, **options)
+        self._add_layer_norms(device, dtype)
 
 
 # torch.compile: Dynamo refuses every torch.nn.RNN/GRU/LSTM instance unless
@@ -256,7 +391,13 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
 
 
 def unconvert(model: nn.Module) -> nn.Module:
-    """The inverse of convert: rnnkernels modules become torch.nn ones again."""
+    """The inverse of convert: rnnkernels modules become torch.nn ones again.
+    A module with an option torch.nn lacks (zoneout, weight drop) is refused
+    before anything changes: torch.nn's module would silently drop it."""
+    for module in model.modules():
+        if type(module) in _TO_TORCH and isinstance(module, _RecurrentMixin) and module._layer_options(False):
+            raise ValueError(f"unconvert: {type(module).__name__}({module.extra_repr()}) has options torch.nn's "
+                             f"{_TO_TORCH[type(module)].__name__} lacks (zoneout, weight_drop)")
     for module in model.modules():
         if type(module) in _TO_TORCH:
             module.__class__ = _TO_TORCH[type(module)]
@@ -281,8 +422,10 @@ _QUANTIZE_NAMESPACES = ("torch.ao.quantization.quantize", "torch.ao.quantization
 def _quantize_dynamic_seeing_torch_classes(quantize_dynamic):
     @functools.wraps(quantize_dynamic)
     def wrapper(model, *args, **kwargs):
+        # Modules with zoneout or weight drop stay float: torch's quantized LSTM would drop them.
         ours = [(name, module, type(module), module.__dict__.get("backend", "auto"))
-                for name, module in model.named_modules() if type(module) in _TO_TORCH]
+                for name, module in model.named_modules() if type(module) in _TO_TORCH
+                and not (isinstance(module, _RecurrentMixin) and module._layer_options(False))]
         for _, module, rk_class, _ in ours:
             module.__class__ = _TO_TORCH[rk_class]
         try:
