@@ -76,12 +76,17 @@ def rnn_layer(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     T = x.shape[0]
-    gi_all = F.linear(x, w_ih, b_ih)  # (T, B, G*H): input projection of all steps at once
-    h, c = h0, c0
     alive = None
     if lengths is not None:
         steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
         alive = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        # Padding may hold anything (NaN, Inf, torch.empty's garbage). Zeroed
+        # before the projection, it never reaches an output or a gradient: the
+        # torch.where below passes no gradient to the dead steps' h_new, but
+        # the projection's weight gradient would still be 0 * NaN = NaN.
+        x = x.masked_fill(~alive, 0)
+    gi_all = F.linear(x, w_ih, b_ih)  # (T, B, G*H): input projection of all steps at once
+    h, c = h0, c0
     outputs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         gh = F.linear(h, w_hh, b_hh)
