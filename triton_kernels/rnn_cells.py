@@ -102,7 +102,8 @@ def cell_forward(MODE: tl.constexpr, gi0, gi1, gi2, gi3, gh0, gh1, gh2, gh3, h, 
         c_new = c
         s0, s1, s2, s3 = h_new, h_new, h_new, h_new
     else:
-        h_new = tl.maximum(gi0 + gh0, 0.0)
+        pre = gi0 + gh0
+        h_new = tl.where(pre < 0.0, 0.0, pre)  # NaN stays NaN, as in torch.relu (tl.maximum may drop it)
         c_new = c
         s0, s1, s2, s3 = h_new, h_new, h_new, h_new
     return h_new, c_new, s0, s1, s2, s3
