@@ -100,7 +100,7 @@ def _alive(lengths: Optional[Tensor], T: int, device) -> Optional[Tensor]:
 
 
 def _without_padding(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
-    """x (T, B, I) with the steps past each sequence's end zeroed: padding may
+    """x (T, B, F) with the steps past each sequence's end zeroed: padding may
     hold NaN, and the weight gradients multiply x (and h_raw, computed from it)
     by the zero gate gradients of those steps (0 * NaN = NaN)."""
     alive = _alive(lengths, x.shape[0], x.device)
@@ -239,6 +239,9 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
     dgi_2d, dgh_2d = dgi.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
     dx = torch.matmul(dgi, w_ih)                                   # (T, B, I)
     dw_ih = dgi_2d.t().mm(x.reshape(T * B, I))                     # (G*H, I)
+    # The state entering a dead step is the frozen final one, which may be
+    # legitimately Inf: masked like x, so that 0 * Inf = NaN reaches no weight.
+    h_prev, h_raw = _without_padding(h_prev, lengths), _without_padding(h_raw, lengths) if has_proj else h_raw
     dw_hh = dgh_2d.t().mm(h_prev.reshape(T * B, P))                # (G*H, P)
     db_ih = dgi_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
     db_hh = dgh_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
