@@ -293,6 +293,18 @@ def rnn_forward(
     return (output, (h_stack, c_stack)) if mode == "lstm" else (output, h_stack)
 
 
+def single_length(lengths) -> Optional[Tensor]:
+    """The lengths of an unbatched (2-D) input as a (1,) tensor: one length,
+    of shape () or (1,); a clear error otherwise (not reshape's)."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths)
+    if lengths.numel() != 1 or lengths.dim() > 1:
+        raise ValueError(f"lengths must be a single length (shape () or (1,)) for unbatched 2-D input, "
+                         f"got shape {tuple(lengths.shape)}")
+    return lengths.reshape(1)
+
+
 def _unbatched(fn):
     """Lets the functional API take a 2-D (seq, feature) input like torch.nn,
     with 2-D states and a single length; torch.nn's checks and messages."""
@@ -318,12 +330,7 @@ def _unbatched(fn):
         if input.dim() == 3:
             return fn(input, hx, *args, batch_first=batch_first, lengths=lengths, **kwargs)
         batch_dim = 0 if batch_first else 1
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths)
-            if lengths.numel() != 1 or lengths.dim() > 1:
-                raise ValueError(f"lengths must be a single length (shape () or (1,)) for unbatched 2-D input, "
-                                 f"got shape {tuple(lengths.shape)}")
-            lengths = lengths.reshape(1)
+        lengths = single_length(lengths)
         if hx is not None:
             hx = type(hx)(h.unsqueeze(1) for h in hx) if isinstance(hx, (tuple, list)) else hx.unsqueeze(1)
         out, state = fn(input.unsqueeze(batch_dim), hx, *args, batch_first=batch_first, lengths=lengths, **kwargs)
