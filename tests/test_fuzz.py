@@ -61,12 +61,11 @@ DTYPES = {"reference": [torch.float64, torch.float32], "cpu": [torch.float64, to
           "triton": [torch.float32]}
 PADDINGS = ["zeros", "nan", "inf", "-inf", "huge"]
 FILL = {"zeros": 0.0, "nan": math.nan, "inf": math.inf, "-inf": -math.inf, "huge": 3e38}
-# Conditioning yardstick: where a result misses TOLERANCE, a second torch
-# computation of the same problem measures how ill-conditioned it is, and the
-# backend may err 16 times that much: in float32, torch's own float32 result;
-# in float64 (no higher precision at hand), a second float64 formula (the
-# reference against torch.nn, or rnnkernels' reference attention against the
-# softmax written out here).
+# Conditioning yardstick: where a result misses TOLERANCE, torch's own error
+# on the same problem measures how ill-conditioned it is, and the backend may
+# err 16 times that much. Recurrent layers: torch.nn in float32; in float64
+# (no higher precision at hand) the reference, a second float64 formula.
+# Attention: autograd's softmax in the dtype, against the truth's stable one.
 CONDITIONING = 16
 # One bad argument: what changes and the message the error must carry.
 CORRUPTIONS = {
@@ -387,8 +386,27 @@ def attention_configs(draw, backend: str):
     )
 
 
-def attention_truth(c, q, k, v, lengths):
-    """float64 softmax attention written out here (not rnnkernels' reference):
+class StableSoftmax(torch.autograd.Function):
+    """softmax over the last dim whose backward takes no difference of large
+    numbers: dS_j = sum_k P_j P_k (dP_j - dP_k), where autograd's
+    P_j (dP_j - sum_k P_k dP_k) cancels for a near one-hot row (relative
+    error eps e^gap): the truth for attention's gradients."""
+
+    @staticmethod
+    def forward(ctx, scores):
+        weights = torch.softmax(scores, -1).nan_to_num(0.0)  # a row with no visible key: zeros
+        ctx.save_for_backward(weights)
+        return weights
+
+    @staticmethod
+    def backward(ctx, grad):
+        (p,) = ctx.saved_tensors
+        return (p[..., :, None] * p[..., None, :] * (grad[..., :, None] - grad[..., None, :])).sum(-1)
+
+
+def attention_truth(c, q, k, v, lengths, stable=True):
+    """Softmax attention written out here (not rnnkernels' reference), with
+    StableSoftmax's backward or (stable=False) autograd's, as torch users get:
     visible[i, j] = j < length and (not causal or j <= i + Tk - Tq)."""
     scale = c["scale"] if c["scale"] is not None else 1.0 / math.sqrt(c["d"])
     rows, cols = torch.arange(c["tq"])[:, None], torch.arange(c["tk"])[None, :]
@@ -402,7 +420,7 @@ def attention_truth(c, q, k, v, lengths):
         visible = visible[:, None]
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~visible, -math.inf)
-    weights = torch.softmax(scores, -1).nan_to_num(0.0)  # a row with no visible key: zeros
+    weights = StableSoftmax.apply(scores) if stable else torch.softmax(scores, -1).nan_to_num(0.0)
     return weights @ v, weights
 
 
@@ -430,15 +448,9 @@ def check_attention_config(c, backend, counts):
     error = worst_error(ours + gradients(ours, our_leaves, upstream), truth_all)
     tolerance = TOLERANCE[c["dtype"]]
     if error > tolerance:  # ill-conditioned? (CONDITIONING)
-        if c["dtype"] == torch.float32:
-            leaves = [t.float().requires_grad_() for t in (q, k_clean, v_clean)]
-            theirs = attention_truth(c, *leaves, lengths)
-            theirs = list(theirs) if c["return_weights"] else [theirs[0]]
-        else:
-            leaves = [t.clone().requires_grad_() for t in (q, k_clean, v_clean)]
-            theirs = rk.dot_product_attention(*leaves, key_lengths=lengths, causal=c["causal"], scale=c["scale"],
-                                              return_weights=c["return_weights"], backend="reference")
-            theirs = list(theirs) if c["return_weights"] else [theirs]
+        leaves = [t.to(c["dtype"]).requires_grad_() for t in (q, k_clean, v_clean)]
+        theirs = attention_truth(c, *leaves, lengths, stable=False)
+        theirs = list(theirs) if c["return_weights"] else [theirs[0]]
         torch_error = worst_error(theirs + gradients(theirs, leaves, upstream), truth_all)
         tolerance = max(tolerance, CONDITIONING * torch_error)
     if not error <= tolerance:
