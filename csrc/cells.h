@@ -55,12 +55,12 @@ RK_HOST_DEVICE T rnn_tanh_backward(T dh, T h_new) {  // -> d pre
 
 template <typename T>
 RK_HOST_DEVICE T rnn_relu_forward(T pre) {
-  return pre > T(0) ? pre : T(0);
+  return pre < T(0) ? T(0) : pre;  // NaN stays NaN, as in torch.relu
 }
 
 template <typename T>
 RK_HOST_DEVICE T rnn_relu_backward(T dh, T h_new) {  // -> d pre
-  return h_new > T(0) ? dh : T(0);
+  return h_new <= T(0) ? T(0) : dh;  // a NaN h_new passes dh, as torch's threshold_backward does
 }
 
 // --------------------------------------------------------------------- LSTM

@@ -76,3 +76,9 @@ def cpu_attention(query, key, value, key_lengths, causal, scale, return_weights)
     context, _, weights = torch.ops.rnnkernels.attention_forward(query, key, value, key_lengths, causal, scale,
                                                                  return_weights)
     return context, (weights if return_weights else None)
+
+
+# At import (rnnkernels imports every backend), not at the first call: a first
+# call under torch.compile cannot trace torch.library's registration.
+if load_error() is None:
+    register()

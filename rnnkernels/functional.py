@@ -5,6 +5,7 @@
 `w_ih, w_hh[, b_ih, b_hh][, w_hr]`. Each layer and direction is one call of
 `rnnkernels.backends.rnn_layer`, so a new kernel plugs in there, not here.
 """
+import numbers
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -31,23 +32,140 @@ def check_lengths(lengths: Optional[Tensor], batch: int, steps: int) -> Optional
     if lengths.device.type != "cpu":
         raise ValueError(f"lengths must be on the CPU (like torch's pack_padded_sequence), got {lengths.device}")
     lengths = lengths.to(torch.int64)
-    if batch > 0 and not torch.compiler.is_compiling():
-        low, high = int(lengths.min()), int(lengths.max())
-        if low < 0 or high > steps:
-            raise ValueError(
-                f"lengths must lie in [0, {steps}] (the number of time steps), got min {low}, max {high}"
-            )
+    check_range("lengths", lengths, steps, "the number of time steps")
     return lengths
 
 
-def _layer_weights(flat: Sequence[Tensor], has_bias: bool, has_proj: bool):
-    per = 2 + 2 * has_bias + has_proj
-    for start in range(0, len(flat), per):
-        chunk = list(flat[start : start + per])
-        w_ih, w_hh = chunk[0], chunk[1]
-        b_ih, b_hh = (chunk[2], chunk[3]) if has_bias else (None, None)
-        w_hr = chunk[-1] if has_proj else None
-        yield w_ih, w_hh, b_ih, b_hh, w_hr
+def check_range(name: str, lengths: Tensor, steps: int, what: str) -> None:
+    """Raises unless every entry of the int64 tensor `lengths` lies in [0, steps].
+
+    Eager: a ValueError naming the smallest and largest entry. Compiled, the
+    values are not known while tracing, so the check becomes an assertion op
+    in the graph (torch._assert_async), which raises a RuntimeError when the
+    graph runs, before any kernel that reads them."""
+    if lengths.numel() == 0:
+        return
+    if torch.compiler.is_compiling():
+        bound = steps if isinstance(steps, int) else "T"
+        torch._assert_async((lengths.min() >= 0) & (lengths.max() <= steps),
+                            f"{name} must lie in [0, {bound}] ({what})")
+        return
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 0 or high > steps:
+        raise ValueError(f"{name} must lie in [0, {steps}] ({what}), got min {low}, max {high}")
+
+
+_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")  # torch.nn's, in flat order
+
+
+def _layer_weights(mode: str, input: Tensor, flat: Sequence[Tensor], num_layers: int, directions: int,
+                   has_bias: bool, proj_size: int) -> List[Tuple[Optional[Tensor], ...]]:
+    """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer-direction, after checking the
+    count, type, shape, dtype and device of every weight against `input`
+    (time-major (T, B, I)) and the first w_hh; raises naming the weight as
+    torch.nn names it (weight_hh_l1_reverse, ...)."""
+    names = [n for n in _WEIGHT_NAMES if has_bias or not n.startswith("bias")]
+    if proj_size == 0:
+        names.remove("weight_hr")
+    if isinstance(flat, Tensor) or not isinstance(flat, (list, tuple)):
+        raise TypeError(f"weights must be a list or tuple of tensors (torch.nn's flat order), got {type(flat).__name__}")
+    expected = num_layers * directions * len(names)
+    if len(flat) != expected:
+        raise ValueError(
+            f"expected {expected} weights ({num_layers} layer(s) x {directions} direction(s) x "
+            f"[{', '.join(n.replace('eight', '').replace('ias', '') for n in names)}]) for has_bias={has_bias}, "
+            f"proj_size={proj_size}, got {len(flat)}: num_layers, bidirectional, has_bias and proj_size must "
+            f"describe the weights"
+        )
+    for i, w in enumerate(flat):
+        if not isinstance(w, Tensor):
+            raise TypeError(f"weights[{i}] must be a tensor, got {type(w).__name__}")
+    gates = GATES[mode]
+    w_hh0 = flat[1]
+    if w_hh0.dim() != 2 or w_hh0.shape[0] == 0 or w_hh0.shape[0] % gates:
+        raise ValueError(f"weight_hh_l0 must have shape ({gates} * hidden_size, hidden_size) for {mode}, "
+                         f"got {tuple(w_hh0.shape)}")
+    hidden = w_hh0.shape[0] // gates
+    out_size = proj_size or hidden
+    if proj_size >= hidden and proj_size > 0:
+        raise ValueError("proj_size has to be smaller than hidden_size")
+    w_ih0 = flat[0]
+    if w_ih0.dim() == 2 and w_ih0.shape[0] == gates * hidden and w_ih0.shape[1] != input.shape[-1]:
+        # torch.nn's message, word for word
+        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {w_ih0.shape[1]}, "
+                           f"got {input.shape[-1]}")
+    autocast = getattr(torch._C, "_is_any_autocast_enabled", torch.is_autocast_enabled)()
+    layers = []
+    for layer in range(num_layers):
+        in_size = input.shape[-1] if layer == 0 else out_size * directions
+        shapes = {"weight_ih": (gates * hidden, in_size), "weight_hh": (gates * hidden, out_size),
+                  "bias_ih": (gates * hidden,), "bias_hh": (gates * hidden,), "weight_hr": (proj_size, hidden)}
+        for direction in range(directions):
+            start = (layer * directions + direction) * len(names)
+            chunk = dict(zip(names, flat[start : start + len(names)]))
+            for name, w in chunk.items():
+                full = f"{name}_l{layer}{'_reverse' if direction else ''}"
+                if tuple(w.shape) != shapes[name]:
+                    raise ValueError(f"{full} must have shape {shapes[name]}, got {tuple(w.shape)}")
+                if w.device != input.device:  # torch.nn's message
+                    raise RuntimeError(f"Input and parameter tensors are not at the same device, found input "
+                                       f"tensor at {input.device} and parameter tensor at {w.device}")
+                if w.dtype != input.dtype and not autocast:  # torch.nn's message
+                    raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({w.dtype}). "
+                                     f"Convert input: input.to({w.dtype}), or convert model: model.to({input.dtype})")
+            layers.append(tuple(chunk.get(n) for n in _WEIGHT_NAMES))
+    return layers
+
+
+def _initial_state(mode: str, input: Tensor, hx, layers: int, out_size: int, hidden: int):
+    """(h0, c0 or None) of shape (layers, B, out_size) / (layers, B, hidden),
+    zeros where hx leaves them out; torch.nn's messages for a wrong shape."""
+    batch = input.shape[1]
+    if mode == "lstm":
+        if hx is None:
+            hx = (None, None)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            got = f"a tuple of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+            raise TypeError(f"hx must be a tuple (h0, c0) of two tensors for lstm, got {got}")
+        states = [("hidden[0]", hx[0], out_size), ("hidden[1]", hx[1], hidden)]
+    else:
+        if hx is not None and not isinstance(hx, Tensor):
+            got = f"a tuple of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+            raise TypeError(f"hx must be a tensor h0 for {mode} (only lstm takes a tuple), got {got}")
+        states = [("hidden", hx, out_size)]
+    result = []
+    for name, h, size in states:
+        expected = (layers, batch, size)
+        if h is None:
+            result.append(input.new_zeros(expected))
+            continue
+        if not isinstance(h, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(h).__name__}")
+        if h.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, {name} should also be 3-D but got {h.dim()}-D tensor")
+        if tuple(h.shape) != expected:  # torch.nn's message
+            message = "Expected hidden size {}, got {}" if name == "hidden" else f"Expected {name} size {{}}, got {{}}"
+            raise RuntimeError(message.format(expected, list(h.shape)))
+        if h.device != input.device:  # torch.nn's message
+            raise RuntimeError(f"Input and hidden tensors are not at the same device, found input tensor at "
+                               f"{input.device} and hidden tensor at {h.device}")
+        if h.dtype != input.dtype:
+            raise RuntimeError(f"{name} dtype ({h.dtype}) does not match input dtype ({input.dtype})")
+        result.append(h)
+    return result[0], (result[1] if mode == "lstm" else None)
+
+
+def _check_options(mode: str, num_layers, proj_size, dropout) -> None:
+    """torch.nn's constructor checks and messages, for the functional API."""
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
+        raise ValueError(f"num_layers must be greater than zero, got {num_layers!r}")
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size!r}")
+    if proj_size > 0 and mode != "lstm":
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
+        raise ValueError("dropout should be a number in range [0, 1] representing the probability of an element "
+                         f"being zeroed, got {dropout!r}")
 
 
 _side_streams: Dict[torch.device, "torch.cuda.Stream"] = {}
@@ -109,33 +227,27 @@ def rnn_forward(
     lengths: Optional[Tensor] = None,
     backend: Optional[str] = None,
 ):
-    """Batched (3-D) input only; returns (output, h_n) or (output, (h_n, c_n))."""
+    """Batched (3-D) input only; returns (output, h_n) or (output, (h_n, c_n)).
+
+    Every argument is checked before any layer runs, whatever the backend."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a tensor, got {type(input).__name__}")
     if input.dim() != 3:
         raise ValueError(f"input must be 3-D (seq, batch, feature), got {input.dim()}-D")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+    _check_options(mode, num_layers, proj_size, dropout)
     x = input.transpose(0, 1) if batch_first else input  # (T, B, I)
     T, B = x.shape[0], x.shape[1]
     if T == 0:  # torch.nn's error, word for word
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    lengths = check_lengths(lengths, B, T)
     directions = 2 if bidirectional else 1
-    has_proj = proj_size > 0
-    layers = list(_layer_weights(flat_weights, has_bias, has_proj))
-    if len(layers) != num_layers * directions:
-        raise ValueError(
-            f"expected weights for {num_layers * directions} layer-directions, got {len(layers)}"
-        )
+    layers = _layer_weights(mode, x, flat_weights, num_layers, directions, has_bias, proj_size)
     hidden = layers[0][1].shape[0] // GATES[mode]
-    out_size = proj_size if has_proj else hidden
-    if mode == "lstm":
-        h0, c0 = hx if hx is not None else (None, None)
-    else:
-        h0, c0 = hx, None
-    if h0 is None:
-        h0 = x.new_zeros(num_layers * directions, B, out_size)
-    if mode == "lstm" and c0 is None:
-        c0 = x.new_zeros(num_layers * directions, B, hidden)
+    h0, c0 = _initial_state(mode, x, hx, num_layers * directions, proj_size or hidden, hidden)
+    lengths = check_lengths(lengths, B, T)
 
     h_n: List[Tensor] = []
     c_n: List[Tensor] = []
@@ -181,16 +293,47 @@ def rnn_forward(
     return (output, (h_stack, c_stack)) if mode == "lstm" else (output, h_stack)
 
 
-def _unbatched(fn):
-    """Lets the functional API take a 2-D (seq, feature) input like torch.nn."""
+def single_length(lengths) -> Optional[Tensor]:
+    """The lengths of an unbatched (2-D) input as a (1,) tensor: one length,
+    of shape () or (1,); a clear error otherwise (not reshape's)."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths)
+    if lengths.numel() != 1 or lengths.dim() > 1:
+        raise ValueError(f"lengths must be a single length (shape () or (1,)) for unbatched 2-D input, "
+                         f"got shape {tuple(lengths.shape)}")
+    return lengths.reshape(1)
 
-    def wrapper(input, hx=None, *args, batch_first=False, **kwargs):
-        if input.dim() != 2:
-            return fn(input, hx, *args, batch_first=batch_first, **kwargs)
-        batch_dim = 0 if batch_first else 1
+
+def _unbatched(fn):
+    """Lets the functional API take a 2-D (seq, feature) input like torch.nn,
+    with 2-D states and a single length; torch.nn's checks and messages."""
+    cell = fn.__name__.upper()
+
+    def wrapper(input, hx=None, *args, batch_first=False, lengths=None, **kwargs):
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):  # torch.nn's message
+            raise ValueError(f"{cell}: Expected input to be 2D or 3D, got {input.dim()}D instead")
         if hx is not None:
-            hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
-        out, state = fn(input.unsqueeze(batch_dim), hx, *args, batch_first=batch_first, **kwargs)
+            states = hx if isinstance(hx, (tuple, list)) else (hx,)
+            for h in states:
+                if not isinstance(h, Tensor):
+                    raise TypeError(f"hx must hold tensors, got {type(h).__name__}")
+            want = input.dim()
+            if any(h.dim() != want for h in states):  # torch.nn's message
+                kind = "batched 3-D" if want == 3 else "unbatched 2-D"
+                names = "hx and cx" if len(states) == 2 else "hx"
+                dims = ", ".join(f"{h.dim()}-D" for h in states)
+                shown = f"({dims}) tensors" if len(states) == 2 else f"{dims} tensor"
+                raise RuntimeError(f"For {kind} input, {names} should also be {want}-D but got {shown}")
+        if input.dim() == 3:
+            return fn(input, hx, *args, batch_first=batch_first, lengths=lengths, **kwargs)
+        batch_dim = 0 if batch_first else 1
+        lengths = single_length(lengths)
+        if hx is not None:
+            hx = type(hx)(h.unsqueeze(1) for h in hx) if isinstance(hx, (tuple, list)) else hx.unsqueeze(1)
+        out, state = fn(input.unsqueeze(batch_dim), hx, *args, batch_first=batch_first, lengths=lengths, **kwargs)
         state = tuple(s.squeeze(1) for s in state) if isinstance(state, tuple) else state.squeeze(1)
         return out.squeeze(batch_dim), state
 

@@ -76,25 +76,37 @@ def rnn_layer(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     T = x.shape[0]
-    gi_all = F.linear(x, w_ih, b_ih)  # (T, B, G*H): input projection of all steps at once
-    h, c = h0, c0
     alive = None
     if lengths is not None:
         steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
         alive = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        # Nothing past a sequence's end may reach an output or a gradient. The
+        # torch.where below passes no gradient to a dead step's h_new, but the
+        # weight gradients of that step would still multiply its zero gate
+        # gradients by its inputs: 0 * NaN = NaN for padding holding NaN or
+        # Inf (or torch.empty's garbage), and for a state that is legitimately
+        # Inf at the sequence's end. So dead steps see zeros: x here, the
+        # state below.
+        x = x.masked_fill(~alive, 0)
+    gi_all = F.linear(x, w_ih, b_ih)  # (T, B, G*H): input projection of all steps at once
+    h, c = h0, c0
     outputs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        gh = F.linear(h, w_hh, b_hh)
+        h_in, c_in = h, c
+        if alive is not None:
+            h_in = h.masked_fill(~alive[t], 0)
+            c_in = c.masked_fill(~alive[t], 0) if c is not None else None
+        gh = F.linear(h_in, w_hh, b_hh)
         if mode == "lstm":
-            h_new, c_new = lstm_cell(gi_all[t], gh, c)
+            h_new, c_new = lstm_cell(gi_all[t], gh, c_in)
             if w_hr is not None:
                 h_new = F.linear(h_new, w_hr)
         elif mode == "gru":
-            h_new, c_new = gru_cell(gi_all[t], gh, h), None
+            h_new, c_new = gru_cell(gi_all[t], gh, h_in), None
         elif mode == "rnn_tanh":
-            h_new, c_new = rnn_tanh_cell(gi_all[t], gh, h), None
+            h_new, c_new = rnn_tanh_cell(gi_all[t], gh, h_in), None
         else:
-            h_new, c_new = rnn_relu_cell(gi_all[t], gh, h), None
+            h_new, c_new = rnn_relu_cell(gi_all[t], gh, h_in), None
         if alive is None:
             h, c = h_new, c_new
             outputs[t] = h

@@ -156,6 +156,51 @@ def test_float32_gate_math_is_accurate_elementwise(mode):
     assert rel.max().item() < 3e-6, f"worst element x = {x.view(-1)[~tiny.view(-1)][rel.view(-1).argmax()]}"
 
 
+TANH_ONE = 9.0109138488769531  # the least float whose tanh rounds to 1 in float32
+
+
+def test_float32_tanh_sweep_saturates_exactly_and_keeps_nan():
+    # RNN-tanh, one step from a zero state, unit input weight: h = tanh(x) elementwise.
+    magnitudes = torch.logspace(-38, 38, 40001, dtype=torch.float64).float()
+    x = torch.cat([torch.linspace(-20, 20, 400001), magnitudes, -magnitudes,
+                   torch.tensor([TANH_ONE, -TANH_ONE, 7.9053111, 8.5, 1e30, 3e38])])
+    special = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0])
+    h = forward_op("rnn_tanh", torch.cat([x, special]).view(1, -1, 1), None, None, torch.ones(1, 1),
+                   torch.zeros(1, 1), None, None, None, None, False, False)[0].view(-1)
+    h, h_special = h[: x.numel()], h[x.numel():]
+    exact = torch.tanh(x.double())
+    nonzero = x != 0
+    rel = ((h.double() - exact).abs() / exact.abs())[nonzero]
+    assert rel.max().item() < 5e-7, f"worst x = {x[nonzero][rel.argmax()]}"
+    saturated = x.abs() >= TANH_ONE
+    assert torch.equal(h[saturated], x[saturated].sign()), "tanh must be exactly +-1 where it rounds to 1"
+    assert h_special[:2].tolist() == [1.0, -1.0] and h_special[2].isnan() and h_special[3] == 0
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("magnitude", [1e30, float("inf")])
+def test_saturated_gates_give_torch_gradients(mode, magnitude):
+    # Derivatives of saturated tanh and sigmoid must be exactly 0, as torch's
+    # are: a floor of 1e-7 times an input of 1e30 gave weight gradients of
+    # 1e23, and times Inf gave Inf where torch gives NaN (0 * Inf).
+    torch.manual_seed(0)
+    torch_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN}[mode]
+    rk_cls = {"lstm": rk.LSTM, "gru": rk.GRU, "rnn_tanh": rk.RNN}[mode]
+    ours, theirs = rk_cls(3, 4, backend="cpu"), torch_cls(3, 4)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 2, 3).sign() * magnitude
+    h0 = torch.randn(1, 2, 4) * 1e13  # |h0| >= 1e13 gave NaN GRU gradients
+    hx = (h0, torch.randn(1, 2, 4)) if mode == "lstm" else h0
+    for module in (ours, theirs):
+        out, _ = module(x, hx)
+        out.backward(torch.ones_like(out))
+    for (name, mine), theirs_p in zip(ours.named_parameters(), theirs.parameters()):
+        a, b = mine.grad, theirs_p.grad
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf()), name
+        finite = torch.isfinite(b)
+        torch.testing.assert_close(a[finite], b[finite], rtol=1e-5, atol=1e-5, msg=name)
+
+
 # ------------------------------------------------ threads and determinism
 
 def run_module_with_grads(mode, threads, seed=0):

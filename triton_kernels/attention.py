@@ -6,6 +6,8 @@ contiguous (B, H, T, D). Both masks are prefix masks: query row i sees keys
 j < visible_end(i) = min(key_lengths[b], i + Tk - Tq + 1 if causal), so no
 dense mask is read, and key blocks past a row block's last visible key are
 skipped. A row that sees no key gets a zero context, zero weights, zero grads.
+Key and value rows past key_lengths are never loaded (read as 0), so padding
+reaches no result (rnnkernels/attention.py states the rule).
 
 Scores are kept in base 2 (s2 = q.k * scale * log2(e)) so the softmax uses
 exp2; `lse` here is the base-2 log-sum-exp, float32 (B, H, Tq), -inf for a row
@@ -53,6 +55,14 @@ def _load_tile(X, bh, steps, T, features, F):
 
 
 @triton.jit
+def _load_keys(X, bh, cols, Tk, length, features, F):
+    """Key-side tile X[bh, cols, features] of a contiguous (BH, Tk, F) key or value tensor, 0 at padded keys
+    (cols >= length, length <= Tk): padding may hold NaN, and a zero weight times NaN is NaN."""
+    return tl.load(X + bh * Tk * F + cols[:, None] * F + features[None, :],
+                   mask=(cols[:, None] < length) & (features[None, :] < F), other=0.0)
+
+
+@triton.jit
 def _store_tile(X, bh, steps, T, features, F, tile):
     """X[bh, steps, features] = tile (in X's dtype), inside (T, F) only."""
     tl.store(X + bh * T * F + steps[:, None] * F + features[None, :], tile.to(X.dtype.element_ty),
@@ -76,7 +86,7 @@ def _forward_kernel(Q, K, V, O, LSE, LENGTHS, scale_log2, Tq, Tk, D, DV, H,
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)                                   # (BM, BDV)
     for n0 in range(0, tl.max(end, 0), BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        k = _load_tile(K, bh, cols, Tk, dq, D)         # (BN, BD)
+        k = _load_keys(K, bh, cols, Tk, length, dq, D)  # (BN, BD)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2               # (BM, BN)
         s = tl.where(cols[None, :] < end[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -84,7 +94,7 @@ def _forward_kernel(Q, K, V, O, LSE, LENGTHS, scale_log2, Tq, Tk, D, DV, H,
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_tile(V, bh, cols, Tk, dv, DV)        # (BN, BDV)
+        v = _load_keys(V, bh, cols, Tk, length, dv, DV)  # (BN, BDV)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
     seen = l_i > 0
@@ -163,7 +173,7 @@ def _weights_kernel(Q, K, LSE, W, LENGTHS, scale_log2, Tq, Tk, D, H, HAS_LENGTHS
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     dq = tl.arange(0, BLOCK_D)
     q = _load_tile(Q, bh, rows, Tq, dq, D)
-    k = _load_tile(K, bh, cols, Tk, dq, D)
+    k = _load_keys(K, bh, cols, Tk, length, dq, D)
     lse = tl.load(LSE + bh * Tq + rows, mask=rows < Tq, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
     visible = cols[None, :] < _visible_end(rows, length, Tq, Tk, CAUSAL)[:, None]
@@ -197,8 +207,8 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DW, DK, DVAL, LENGTHS, scale_
     cols = n0 + tl.arange(0, BLOCK_N)
     dq = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    k = _load_tile(K, bh, cols, Tk, dq, D)             # (BN, BD)
-    v = _load_tile(V, bh, cols, Tk, dv, DV)            # (BN, BDV)
+    k = _load_keys(K, bh, cols, Tk, length, dq, D)  # (BN, BD)
+    v = _load_keys(V, bh, cols, Tk, length, dv, DV)  # (BN, BDV)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dval = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     first_row = 0
@@ -238,8 +248,8 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DW, DQ, LENGTHS, scale_log2, sc
     grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for n0 in range(0, tl.max(end, 0), BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        k = _load_tile(K, bh, cols, Tk, dq, D)
-        v = _load_tile(V, bh, cols, Tk, dv, DV)
+        k = _load_keys(K, bh, cols, Tk, length, dq, D)
+        v = _load_keys(V, bh, cols, Tk, length, dv, DV)
         _, ds = _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, end, DW, bh, scale_log2, Tq, Tk, HAS_DW)
         grad_q += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
     _store_tile(DQ, bh, rows, Tq, dq, D, grad_q * scale)

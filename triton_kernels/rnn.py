@@ -99,6 +99,14 @@ def _alive(lengths: Optional[Tensor], T: int, device) -> Optional[Tensor]:
     return (steps < lengths.to(device).unsqueeze(0)).unsqueeze(-1)
 
 
+def _without_padding(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """x (T, B, F) with the steps past each sequence's end zeroed: padding may
+    hold NaN, and the weight gradients multiply x (and h_raw, computed from it)
+    by the zero gate gradients of those steps (0 * NaN = NaN)."""
+    alive = _alive(lengths, x.shape[0], x.device)
+    return x if alive is None else x.masked_fill(~alive, 0)
+
+
 def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                   b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
                   lengths: Optional[Tensor], reverse: bool, path: str = "auto"):
@@ -110,7 +118,8 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
     H, P = w_hh.shape[0] // G, w_hh.shape[1]  # hidden size; state size (proj_size or H)
     is_lstm, has_proj = mode == "lstm", w_hr is not None
     dev, dtype = x.device, x.dtype
-    x, h0, w_ih, w_hh = x.contiguous(), h0.contiguous(), w_ih.contiguous(), w_hh.contiguous()
+    x = _without_padding(x, lengths).contiguous()
+    h0, w_ih, w_hh = h0.contiguous(), w_ih.contiguous(), w_hh.contiguous()
     b_hh = b_hh.contiguous() if b_hh is not None else None
     out = torch.empty(T, B, P, device=dev, dtype=dtype)
     saved = torch.empty(T, B, S * H, device=dev, dtype=torch.float32)
@@ -177,7 +186,7 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
     H, P = w_hh.shape[0] // G, w_hh.shape[1]
     is_lstm, has_proj = mode == "lstm", w_hr is not None
     dev, dtype = x.device, x.dtype
-    x, w_ih, w_hh = x.contiguous(), w_ih.contiguous(), w_hh.contiguous()
+    x, w_ih, w_hh = _without_padding(x, lengths).contiguous(), w_ih.contiguous(), w_hh.contiguous()
     grad_out, grad_h_n = grad_out.contiguous(), grad_h_n.contiguous()
     # fp32 carried state gradients: dh (B, P), dc (B, H)
     dh = grad_h_n.to(torch.float32).clone()
@@ -230,6 +239,9 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
     dgi_2d, dgh_2d = dgi.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
     dx = torch.matmul(dgi, w_ih)                                   # (T, B, I)
     dw_ih = dgi_2d.t().mm(x.reshape(T * B, I))                     # (G*H, I)
+    # The state entering a dead step is the frozen final one, which may be
+    # legitimately Inf: masked like x, so that 0 * Inf = NaN reaches no weight.
+    h_prev, h_raw = _without_padding(h_prev, lengths), _without_padding(h_raw, lengths) if has_proj else h_raw
     dw_hh = dgh_2d.t().mm(h_prev.reshape(T * B, P))                # (G*H, P)
     db_ih = dgi_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
     db_hh = dgh_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None

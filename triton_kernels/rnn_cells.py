@@ -51,9 +51,28 @@ def _sigmoid(x):
 
 @triton.jit
 def _tanh(x):
-    # tanh(x) = 2 sigmoid(2x) - 1: portable (no libdevice, runs in the
-    # interpreter); exp overflow to inf gives the right limits +-1.
-    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+    # The rational minimax tanh of csrc/cpu/fast_math.h (Eigen's float
+    # coefficients): portable (no libdevice, runs in the interpreter) and
+    # accurate to 4e-7 relative for every x, where 2 sigmoid(2x) - 1 cancels
+    # for small |x| (7.7e-5 at 1e-4). Clamped to its fitted range +-7.905, and
+    # exactly +-1 from 9.0109 on, where tanh rounds to 1 in float, so that the
+    # derivative 1 - tanh^2 reaches 0 as torch's does. tl.where, not
+    # tl.minimum, clamps: a NaN fails both comparisons and stays NaN.
+    xc = tl.where(x > 7.90531110763549805, 7.90531110763549805, x)
+    xc = tl.where(xc < -7.90531110763549805, -7.90531110763549805, xc)
+    z = xc * xc
+    p = -5.641676241e-14
+    p = p * z + 4.087417207e-11
+    p = p * z - 1.758378918e-08
+    p = p * z + 1.046749919e-05
+    p = p * z + 3.036098315e-03
+    p = p * z + 1.302255337e-01
+    p = p * z + 9.999998719e-01
+    q = 2.448660933e-04 * z + 2.422276400e-02
+    q = q * z + 4.635583851e-01
+    q = q * z + 1.0
+    rational = xc * p / q
+    return tl.where(tl.abs(x) >= 9.0109138488769531, tl.where(x > 0.0, 1.0, -1.0), rational)
 
 
 # ---------------------------------------------------------------- cell math
@@ -83,7 +102,8 @@ def cell_forward(MODE: tl.constexpr, gi0, gi1, gi2, gi3, gh0, gh1, gh2, gh3, h, 
         c_new = c
         s0, s1, s2, s3 = h_new, h_new, h_new, h_new
     else:
-        h_new = tl.maximum(gi0 + gh0, 0.0)
+        pre = gi0 + gh0
+        h_new = tl.where(pre < 0.0, 0.0, pre)  # NaN stays NaN, as in torch.relu (tl.maximum may drop it)
         c_new = c
         s0, s1, s2, s3 = h_new, h_new, h_new, h_new
     return h_new, c_new, s0, s1, s2, s3

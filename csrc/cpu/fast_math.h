@@ -14,6 +14,7 @@
 // the gates against float64 over pre-activations in [-100, 100]).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -23,7 +24,12 @@ namespace rnnkernels {
 
 struct FastFloatMath {
   static inline float exp(float x) {
-    x = x < -87.0f ? -87.0f : x;  // 2^k stays a normal float
+    // Clamped at -88, where k = -127 and 2^k's bits are 0: from e^-87.7
+    // down (past the normal floats; -Inf included) the result is exactly 0,
+    // as torch's e^x reaches 0 a little later, not a floor of 1.6e-38 (which
+    // floored softmax weights in attention where torch's are 0). NaN passes
+    // both clamps (a false comparison keeps it).
+    x = x < -88.0f ? -88.0f : x;
     x = x > 88.0f ? 88.0f : x;
     // k = round(x / ln 2) by the 1.5 * 2^23 trick (no libm call, exact for |k| < 2^22)
     const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -42,10 +48,15 @@ struct FastFloatMath {
   }
 
   // 1 / d for d >= 1: the guess 0x7EF311C7 - bits(d) is within 12%, and each
-  // Newton step y (2 - d y) squares the error. Past 2^120 the guess would
-  // leave the normal range, so d is capped there (1/d < 1e-36 either way).
+  // Newton step y (2 - d y) squares the error. Up to 2^126 the result stays
+  // a float (denormal past 2^120, where the steps run slower but exact
+  // enough: sigmoid(-85) = 1e-37 as torch has it); past 2^126 it is 0, as
+  // 1/Inf is: sigmoid(-Inf) must be exactly 0, or its derivative times an
+  // infinite input gives Inf where torch gives NaN. NaN stays NaN.
   static inline float reciprocal(float d) {
-    d = d > 1.329228e36f ? 1.329228e36f : d;
+    constexpr float kLargest = 8.507059e37f;  // 2^126
+    const bool beyond = d > kLargest;
+    d = beyond ? kLargest : d;
     int32_t bits;
     std::memcpy(&bits, &d, sizeof(bits));
     bits = 0x7EF311C7 - bits;
@@ -53,21 +64,32 @@ struct FastFloatMath {
     std::memcpy(&y, &bits, sizeof(y));
     y = y * (2.0f - d * y);
     y = y * (2.0f - d * y);
-    return y * (2.0f - d * y);
+    // The last step adds the residual's correction to y instead of scaling y
+    // by 2 - d y (which rounds to 1 - ulp for d = 1): 1 / 1 is exactly 1, so
+    // sigmoid saturates at exactly 1 and its derivative reaches 0.
+    y = y + y * (1.0f - d * y);
+    return beyond ? 0.0f : y;
   }
 
   // Rational minimax tanh (Eigen's float coefficients, both polynomials
   // divided by Q's constant term so that Q >= 1 suits reciprocal()): one
   // reciprocal and 11 FMAs, where exp-based tanh needs exp, a reciprocal and
-  // a second polynomial for small |x|. Past +-7.905 tanh rounds to +-1.
-  // Relative error <= 4.5e-7 (1.8e-7 for the exp form) over 4e7 points of
-  // [-20, 20] and magnitudes 1e-38 to 1e38. LSTM/GRU/RNN-tanh forward vs
-  // torch.nn: +1-5% / +2-8% / +5-13% over the exp form.
+  // a second polynomial for small |x|. Eigen clamps x to +-7.905, where the
+  // rational stops at 1 - 2 ulp: the derivative 1 - tanh^2 then floors at
+  // 2.4e-7 (times an input of 1e30: weight gradients of 1e24 where torch's
+  // are 0). Here |x| is clamped to kOne instead, where tanh rounds to 1 in
+  // float and the rational gives 1 + 1 ulp, and the result to 1, so it is
+  // exactly +-1 from kOne on (+-Inf included), and within 2.9e-7 of tanh on
+  // [7.905, kOne). NaN passes both clamps (a false comparison keeps it) and
+  // copysign. Working on |x| costs no more than the two-sided clamp of x did.
+  // Relative error <= 4.5e-7 over 4e7 points of [-20, 20] and magnitudes
+  // 1e-38 to 1e38 (tests/test_cpu_kernels.py sweeps it). LSTM/GRU/RNN-tanh
+  // forward vs torch.nn: +1-5% / +2-8% / +5-13% over the exp form.
   static inline float tanh(float x) {
-    constexpr float kSaturation = 7.90531110763549805f;
-    x = x > kSaturation ? kSaturation : x;
-    x = x < -kSaturation ? -kSaturation : x;
-    const float z = x * x;
+    constexpr float kOne = 0x1.205968p+3f;  // 9.0109138: the least float whose tanh rounds to 1
+    float a = std::fabs(x);
+    a = a > kOne ? kOne : a;
+    const float z = a * a;
     float p = -5.641676241e-14f;
     p = p * z + 4.087417207e-11f;
     p = p * z - 1.758378918e-08f;
@@ -79,7 +101,9 @@ struct FastFloatMath {
     q = q * z + 2.422276400e-02f;
     q = q * z + 4.635583851e-01f;
     q = q * z + 1.0f;
-    return x * p * reciprocal(q);
+    float t = a * p * reciprocal(q);
+    t = t > 1.0f ? 1.0f : t;
+    return std::copysign(t, x);
   }
 
   static inline double reciprocal(double d) { return cells::StdMath::reciprocal(d); }

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..attention import dot_product_attention
+from ..attention import check_inputs, dot_product_attention
 
 
 class DotProductAttention(nn.Module):
@@ -70,6 +70,13 @@ class Attention(nn.Module):
 
     def forward(self, query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor] = None,
                 keys: Optional[Tensor] = None, return_weights: bool = False):
+        for name, t in (("query", query), ("memory", memory), ("keys", keys)):
+            if t is None:
+                continue
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
         one_step = query.dim() == 2
         if one_step:
             query = query.unsqueeze(1)
@@ -79,10 +86,15 @@ class Attention(nn.Module):
             raise ValueError(f"memory must be (B, Tk, {self.memory_size}), got {tuple(memory.shape)}")
         if keys is None:
             keys = self.keys(memory)
+        elif tuple(keys.shape) != (*memory.shape[:2], self.query_size):
+            raise ValueError(f"keys must be (B, Tk, {self.query_size}) like keys(memory), got {tuple(keys.shape)}")
         # Under autocast the projections come out in half precision while the recurrent
         # outputs may not: attend in the widest of the three dtypes.
         dtype = torch.promote_types(torch.promote_types(query.dtype, keys.dtype), memory.dtype)
         query, keys, memory = query.to(dtype), keys.to(dtype), memory.to(dtype)
+        # Every error names this module's arguments, not dot_product_attention's.
+        memory_lengths = check_inputs(query, keys, memory, memory_lengths,
+                                      names=("query", "keys", "memory", "memory_lengths"))
         # Luong scores are plain dot products: scale 1.
         result = dot_product_attention(query, keys, memory, key_lengths=memory_lengths, scale=1.0,
                                        return_weights=return_weights, backend=self.backend)
