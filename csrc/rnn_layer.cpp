@@ -177,12 +177,15 @@ void gather_projected_grad(const GatherProjectedGrad& step, const at::Tensor& x)
   TORCH_CHECK(false, "rnnkernels: no pointwise step for device ", x.device());
 }
 
-// Whether a step's GEMM, (B, P) x (P, G*H), is too small for two threads to
-// beat one (measured on the 2-core box: B = 1, H = 128 is; B = 8, H = 256 is not).
+// Whether the steps' GEMMs, (B, P) x (P, G*H), are too small for two threads
+// to beat one (measured on the 2-core box: B = 1, H = 128 is; B = 8, H = 256
+// is not). Not for a single step (a cell): there the second thread halves the
+// GEMV that reads W_hh, which is most of the call (torch.nn's LSTMCell at
+// B = 1, H = 256 gains ~1.4x from it).
 constexpr int64_t kTinyStepMacs = 1 << 18;
 
-bool tiny_steps(const at::Tensor& x, int64_t B, int64_t GH, int64_t P) {
-  return x.is_cpu() && B * GH * P <= kTinyStepMacs;
+bool tiny_steps(const at::Tensor& x, int64_t T, int64_t B, int64_t GH, int64_t P) {
+  return x.is_cpu() && T > 1 && B * GH * P <= kTinyStepMacs;
 }
 
 // Per-step views made once per call: an indexing op per step and tensor
@@ -377,7 +380,7 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   const auto x_hat_hh_at = layer_norm && training ? steps_of(x_hat[1]) : std::vector<at::Tensor>();
   const auto stats_at = steps_of(row_stats), fresh_at = steps_of(fresh), cell_out_at = steps_of(cell_states);
   const auto keep_h_at = steps_of(extras.keep_h), keep_c_at = steps_of(extras.keep_c);
-  const gemm::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
+  const gemm::SingleThreaded one_thread(tiny_steps(x, T, B, GH, P));
   const auto saved_at = steps_of(gates), raw_at = steps_of(hidden_raw);
   ForwardExtras step_extras;
   step_extras.ln_hh_weight = extras.ln_hh;
@@ -516,7 +519,7 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   step_extras.ln_cell_weight = extras.ln_cell_w;
   step_extras.ln_cell_bias = extras.ln_cell_b;
   {  // The step loop; the GEMMs over all steps below use every thread.
-    const gemm::SingleThreaded one_thread(tiny_steps(x, B, GH, P));
+    const gemm::SingleThreaded one_thread(tiny_steps(x, T, B, GH, P));
     const gemm::StepWeight w_hh_step(w_hh, /*transpose=*/false, B, /*accumulate=*/true, T);  // (G*H, P)
     const auto w_hr_step = w_hr.defined() ? std::make_unique<gemm::StepWeight>(w_hr, /*transpose=*/false, B, false, T)
                                           : nullptr;  // (P, H)

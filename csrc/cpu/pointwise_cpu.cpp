@@ -42,6 +42,9 @@ constexpr int64_t kMinElementsPerTask = 2048;
 
 template <typename F>
 void for_each_row_block(int64_t batch, int64_t elements_per_row, const F& fn) {
+  // One row cannot be split, and at::parallel_for would still open an OpenMP
+  // region for it (B = 1: the region's start and stop were ~20% of a step).
+  if (batch <= 1) return fn(0, batch);
   const int64_t grain = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(1, elements_per_row));
   at::parallel_for(0, batch, grain, fn);
 }
