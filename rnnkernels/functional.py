@@ -7,14 +7,14 @@
 """
 import numbers
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import backends
-from .reference import GATES, MODES
+from .reference import GATES, MODES, LayerExtras
 
 
 def check_lengths(lengths: Optional[Tensor], batch: int, steps: int) -> Optional[Tensor]:
@@ -168,6 +168,97 @@ def _check_options(mode: str, num_layers, proj_size, dropout) -> None:
                          f"being zeroed, got {dropout!r}")
 
 
+class LayerOptions(NamedTuple):
+    """What a layer adds to torch.nn's (rk.LayerNormLSTM / LayerNormGRU and
+    the modules' zoneout, cell_zoneout, weight_drop, return_cell_states):
+
+    layer_norm    per layer-direction (ln_ih_weight, ln_hh_weight, ln_cell_weight,
+                  ln_cell_bias), the last two None for a GRU; or None
+    zoneout       p: in training each unit of h keeps its previous value with
+                  probability p (a Bernoulli draw per step and unit), in
+                  evaluation h = p h_prev + (1 - p) h_fresh (Krueger et al. 2016)
+    cell_zoneout  the same for an LSTM's c
+    weight_drop   p: in training one Bernoulli mask on each W_hh per call,
+                  scaled by 1 / (1 - p) (DropConnect, AWD-LSTM); the
+                  parameter itself is never modified
+    return_cells  LSTM: also return c at every step of the last layer
+    generator     the torch.Generator the masks are drawn from (None: torch's),
+                  in a fixed order (layer, direction; W_hh's, then h's, then c's)
+    No option combines with proj_size."""
+    layer_norm: Optional[Sequence[Tuple[Optional[Tensor], ...]]] = None
+    zoneout: float = 0.0
+    cell_zoneout: float = 0.0
+    weight_drop: float = 0.0
+    return_cells: bool = False
+    generator: Optional[torch.Generator] = None
+
+    def extended(self) -> bool:
+        """Whether the layers need the extended op (weight drop alone does not)."""
+        return self.layer_norm is not None or bool(self.zoneout) or bool(self.cell_zoneout) or self.return_cells
+
+
+def _check_layer_options(mode: str, options: LayerOptions, x: Tensor, layer_directions: int, hidden: int,
+                         proj_size: int) -> None:
+    for name in ("zoneout", "cell_zoneout", "weight_drop"):
+        p = getattr(options, name)
+        if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p < 1:
+            raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
+    if options.cell_zoneout and mode != "lstm":
+        raise ValueError(f"cell_zoneout is for LSTM layers; {mode} has no cell state")
+    if options.return_cells and mode != "lstm":
+        raise ValueError(f"return_cells is for LSTM layers; {mode} has no cell state")
+    if (options.extended() or options.weight_drop) and proj_size > 0:
+        raise ValueError("LayerNorm, zoneout, weight drop and return_cells do not combine with proj_size")
+    if options.layer_norm is None:
+        return
+    if mode not in ("lstm", "gru"):
+        raise ValueError(f"layer_norm is for LSTM and GRU layers, got {mode}")
+    if len(options.layer_norm) != layer_directions:
+        raise ValueError(f"layer_norm must hold one entry per layer and direction ({layer_directions}), "
+                         f"got {len(options.layer_norm)}")
+    gates = GATES[mode] * hidden
+    for index, entry in enumerate(options.layer_norm):
+        names = ("ln_ih_weight", "ln_hh_weight", "ln_cell_weight", "ln_cell_bias")
+        sizes = (gates, gates, hidden, hidden) if mode == "lstm" else (gates, gates)
+        entry = tuple(entry) + (None,) * (4 - len(entry))
+        for name, size, t in zip(names, sizes, entry):
+            if not isinstance(t, Tensor) or t.shape != (size,) or t.dtype != x.dtype or t.device != x.device:
+                got = f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"layer_norm[{index}] {name} must be a ({size},) {x.dtype} tensor on {x.device}, "
+                                 f"got {got}")
+
+
+def _bernoulli(p: float, shape, like: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """1 with probability p, else 0, in like's dtype; drawn as float32 uniforms
+    so that the draws are the same whatever the dtype."""
+    uniform = torch.rand(shape, dtype=torch.float32, device=like.device, generator=generator)
+    return (uniform < p).to(like.dtype)
+
+
+def _layer_extras(mode: str, options: LayerOptions, idx: int, last_layer: bool, x: Tensor, hidden: int,
+                  training: bool, w_hh: Tensor):
+    """(w_hh to use, LayerExtras or None) for layer-direction idx; draws its masks."""
+    if options.weight_drop and training:
+        keep = 1 - options.weight_drop
+        w_hh = w_hh * (_bernoulli(keep, w_hh.shape, w_hh, options.generator) / keep)
+    if not options.extended():
+        return w_hh, None
+    T, B = x.shape[0], x.shape[1]
+
+    def keep_factors(p):
+        if not p:
+            return None
+        if training:
+            return _bernoulli(p, (T, B, hidden), x, options.generator)
+        return torch.full((T, B, hidden), p, dtype=x.dtype, device=x.device)
+
+    norms = tuple(options.layer_norm[idx]) + (None,) * (4 - len(options.layer_norm[idx])) \
+        if options.layer_norm is not None else (None,) * 4
+    keep_h = keep_factors(options.zoneout)
+    keep_c = keep_factors(options.cell_zoneout) if mode == "lstm" else None
+    return w_hh, LayerExtras(*norms, keep_h, keep_c, options.return_cells and last_layer)
+
+
 _side_streams: Dict[torch.device, "torch.cuda.Stream"] = {}
 
 
@@ -226,8 +317,11 @@ def rnn_forward(
     batch_first: bool = False,
     lengths: Optional[Tensor] = None,
     backend: Optional[str] = None,
+    options: Optional[LayerOptions] = None,
 ):
-    """Batched (3-D) input only; returns (output, h_n) or (output, (h_n, c_n)).
+    """Batched (3-D) input only; returns (output, h_n) or (output, (h_n, c_n)),
+    and with options.return_cells also the last layer's cell states, shaped
+    like the output: (output, (h_n, c_n), cell_states).
 
     Every argument is checked before any layer runs, whatever the backend."""
     if mode not in MODES:
@@ -248,16 +342,28 @@ def rnn_forward(
     hidden = layers[0][1].shape[0] // GATES[mode]
     h0, c0 = _initial_state(mode, x, hx, num_layers * directions, proj_size or hidden, hidden)
     lengths = check_lengths(lengths, B, T)
+    if options is not None:
+        _check_layer_options(mode, options, x, num_layers * directions, hidden, proj_size)
 
     h_n: List[Tensor] = []
     c_n: List[Tensor] = []
+    cell_states: List[Tensor] = []
     layer_input = x
     for layer in range(num_layers):
         outs = []
+        # This layer's masks, both directions, drawn before either runs: a fixed order on every backend.
+        extras = [(layers[layer * directions + d][1], None) if options is None else
+                  _layer_extras(mode, options, layer * directions + d, layer == num_layers - 1, layer_input, hidden,
+                                training, layers[layer * directions + d][1]) for d in range(directions)]
 
-        def run(direction, layer=layer, layer_input=layer_input):
+        def run(direction, layer=layer, layer_input=layer_input, extras=extras):
             idx = layer * directions + direction
-            w_ih, w_hh, b_ih, b_hh, w_hr = layers[idx]
+            w_ih, _, b_ih, b_hh, w_hr = layers[idx]
+            w_hh, layer_extras = extras[direction]
+            if layer_extras is not None:
+                return backends.rnn_layer(mode, layer_input, h0[idx], c0[idx] if c0 is not None else None, w_ih,
+                                          w_hh, b_ih, b_hh, None, lengths, direction == 1, backend=backend,
+                                          extras=layer_extras)
             return backends.rnn_layer(
                 mode,
                 layer_input,
@@ -279,18 +385,24 @@ def rnn_forward(
                                             *layers[idx]])
         else:
             results = [run(direction) for direction in range(directions)]
-        for out, h, c in results:
+        for out, h, c, *cells in results:
             outs.append(out)
             h_n.append(h)
             if c is not None:
                 c_n.append(c)
+            if cells and cells[0] is not None:
+                cell_states.append(cells[0])
         layer_input = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
     output = layer_input.transpose(0, 1) if batch_first else layer_input
     h_stack = torch.stack(h_n, 0)
     c_stack = torch.stack(c_n, 0) if mode == "lstm" else None
-    return (output, (h_stack, c_stack)) if mode == "lstm" else (output, h_stack)
+    result = (output, (h_stack, c_stack)) if mode == "lstm" else (output, h_stack)
+    if options is not None and options.return_cells:
+        cells_out = cell_states[0] if directions == 1 else torch.cat(cell_states, dim=-1)
+        result += (cells_out.transpose(0, 1) if batch_first else cells_out,)
+    return result
 
 
 def single_length(lengths) -> Optional[Tensor]:
@@ -333,9 +445,10 @@ def _unbatched(fn):
         lengths = single_length(lengths)
         if hx is not None:
             hx = type(hx)(h.unsqueeze(1) for h in hx) if isinstance(hx, (tuple, list)) else hx.unsqueeze(1)
-        out, state = fn(input.unsqueeze(batch_dim), hx, *args, batch_first=batch_first, lengths=lengths, **kwargs)
+        out, state, *cells = fn(input.unsqueeze(batch_dim), hx, *args, batch_first=batch_first, lengths=lengths,
+                                **kwargs)
         state = tuple(s.squeeze(1) for s in state) if isinstance(state, tuple) else state.squeeze(1)
-        return out.squeeze(batch_dim), state
+        return (out.squeeze(batch_dim), state, *[c.squeeze(batch_dim) for c in cells])
 
     wrapper.__doc__ = fn.__doc__
     wrapper.__name__ = fn.__name__
@@ -344,30 +457,31 @@ def _unbatched(fn):
 
 @_unbatched
 def lstm(input, hx, weights, *, num_layers=1, bidirectional=False, has_bias=True, proj_size=0,
-         dropout=0.0, training=False, batch_first=False, lengths=None, backend=None):
+         dropout=0.0, training=False, batch_first=False, lengths=None, backend=None, options=None):
     """LSTM over `input` (T, B, I) (or (B, T, I) with batch_first, or (T, I));
     hx = (h0, c0) or None. Returns (output, (h_n, c_n)). Output is zero past
-    each sequence's length."""
+    each sequence's length. options: a LayerOptions (LayerNorm, zoneout, weight
+    drop, return_cells)."""
     return rnn_forward("lstm", input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
                        has_bias=has_bias, proj_size=proj_size, dropout=dropout, training=training,
-                       batch_first=batch_first, lengths=lengths, backend=backend)
+                       batch_first=batch_first, lengths=lengths, backend=backend, options=options)
 
 
 @_unbatched
 def gru(input, hx, weights, *, num_layers=1, bidirectional=False, has_bias=True,
-        dropout=0.0, training=False, batch_first=False, lengths=None, backend=None):
+        dropout=0.0, training=False, batch_first=False, lengths=None, backend=None, options=None):
     """GRU; like `lstm` with hx = h0 and returning (output, h_n)."""
     return rnn_forward("gru", input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
                        has_bias=has_bias, dropout=dropout, training=training,
-                       batch_first=batch_first, lengths=lengths, backend=backend)
+                       batch_first=batch_first, lengths=lengths, backend=backend, options=options)
 
 
 @_unbatched
 def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bidirectional=False, has_bias=True,
-        dropout=0.0, training=False, batch_first=False, lengths=None, backend=None):
+        dropout=0.0, training=False, batch_first=False, lengths=None, backend=None, options=None):
     """Elman RNN with nonlinearity "tanh" or "relu"; like `gru` otherwise."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     return rnn_forward(f"rnn_{nonlinearity}", input, hx, weights, num_layers=num_layers,
                        bidirectional=bidirectional, has_bias=has_bias, dropout=dropout, training=training,
-                       batch_first=batch_first, lengths=lengths, backend=backend)
+                       batch_first=batch_first, lengths=lengths, backend=backend, options=options)

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <sstream>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 
 #include "cpu/blas.h"
@@ -139,9 +140,13 @@ Measured measure_float32() {
   Measured result;
   double log_onednn = 0, log_blas = 0;
   at::AutoDispatchBelowAutograd no_autograd;
+  // A generator of its own: drawing from torch's default one would change
+  // the caller's random stream (zoneout masks drawn after the first call).
+  at::Generator generator = at::detail::createCPUGenerator(/*seed_in=*/0);
   for (const Shape& s : shapes) {
     const auto opts = at::TensorOptions().dtype(at::kFloat);
-    const at::Tensor a = at::rand({s.m, s.k}, opts), w = at::rand({s.n, s.k}, opts), out = at::empty({s.m, s.n}, opts);
+    const at::Tensor a = at::rand({s.m, s.k}, generator, opts), w = at::rand({s.n, s.k}, generator, opts);
+    const at::Tensor out = at::empty({s.m, s.n}, opts);
     const auto w_onednn = prepare(w, /*transpose=*/true, s.m, false, as_onednn);
     const auto w_blas = prepare(w, /*transpose=*/true, s.m, false, as_blas);
     const at::Tensor w_plain = w.t().contiguous();
