@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import backends
+from . import backends, interop
 from .reference import GATES, MODES, LayerExtras
 
 
@@ -333,6 +333,7 @@ def rnn_forward(
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
     _check_options(mode, num_layers, proj_size, dropout)
+    interop.check_no_expanded_weights(flat_weights)  # before the checks below touch them
     x = input.transpose(0, 1) if batch_first else input  # (T, B, I)
     T, B = x.shape[0], x.shape[1]
     if T == 0:  # torch.nn's error, word for word
