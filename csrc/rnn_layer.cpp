@@ -197,9 +197,10 @@ std::vector<at::Tensor> steps_of(const at::Tensor& t) {
 // The first n rows of a (B, ...) tensor: the rows still running.
 at::Tensor running(const at::Tensor& t, int64_t n) { return n == t.size(0) ? t : t.narrow(0, 0, n); }
 
-// x (T, B, I) in sorted batch order with every row past its sequence's end
-// zeroed: the weight gradient sums d_pre x over all rows, and d_pre = 0 there
-// does not cancel a NaN or Inf the caller padded with (0 * NaN = NaN).
+// x (T, B, I) (or the states entering each step) in sorted batch order with
+// every row past its sequence's end zeroed: a weight gradient sums d_pre x
+// over all rows, and d_pre = 0 there does not cancel a NaN or Inf the caller
+// padded with (0 * NaN = NaN).
 at::Tensor without_padding(const at::Tensor& x, const BatchOrder& batch) {
   if (!batch.lengths.defined()) return x;
   at::Tensor copy = x.clone();
@@ -599,8 +600,10 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   if (input_grad) grads.x = batch.unsort(product(d_gi_raw, w_ih).view({T, B, I}), 1);
   if (weight_grad) {
     grads.w_ih = product(d_gi_raw.t(), without_padding(x, batch).view({T * B, I}));
-    // The state entering step t, for all t: states[0:T] forward, states[1:T+1] in reverse.
-    const at::Tensor h_entering = states.narrow(0, reverse ? 1 : 0, T).reshape({T * B, P});
+    // The state entering step t, for all t: states[0:T] forward, states[1:T+1]
+    // in reverse; a frozen one past its sequence's end zeroed like x (an Inf
+    // state at the end would otherwise meet the zero d_gh there).
+    const at::Tensor h_entering = without_padding(states.narrow(0, reverse ? 1 : 0, T), batch).reshape({T * B, P});
     grads.w_hh = product(d_gh_raw.view({T * B, GH}).t(), h_entering);
     if (w_hr.defined()) grads.w_hr = product(d_proj.view({T * B, P}).t(), hidden_raw.view({T * B, H}));
   }

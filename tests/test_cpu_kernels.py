@@ -433,3 +433,25 @@ def test_gradient_through_final_state_only(mode):
     ref_grads = torch.autograd.grad(ref_h_n.square().sum(), tensors)
     for g, r in zip(grads, ref_grads):
         assert relative_error(g, r) < 1e-10
+
+
+def test_float32_tanh_saturates_exactly_and_keeps_non_finite_values():
+    """h = tanh(x) through an Elman layer with W_ih = I: exactly +-1 where
+    torch's tanh rounds to +-1 (so the derivative is 0, not 2.4e-7), +-1 for
+    +-Inf, NaN for NaN, and within a few ulp of torch.tanh on the way there."""
+    x = torch.tensor([9.0109, 9.5, 20.0, 1e13, 1e30, float("inf"), float("nan"), 8.0, 7.9, 3.0, 1e-3, 0.0])
+    x = torch.cat([x, -x]).view(1, -1, 1)  # one unit, a value per batch row (a GEMM would spread a NaN)
+    one, zero = torch.ones(1, 1), torch.zeros(1, 1)
+    out, _, _, *_ = forward_op("rnn_tanh", x, None, None, one, zero, None, None, None, None, False, False)
+    expected = torch.tanh(x)
+    finite = torch.isfinite(x) & (x.abs() < 9.0109)
+    assert torch.equal(out[~finite & ~x.isnan()], expected[~finite & ~x.isnan()])
+    assert out[x.isnan()].isnan().all()
+    assert ((out[finite] - expected[finite]).abs() <= 4 * torch.finfo(torch.float32).eps * expected[finite].abs()).all()
+    # The gradient of a saturated unit is 0 (torch's), whatever the input's size.
+    x = torch.tensor([[[1e30], [-1e30], [50.0]]], requires_grad=True)
+    w = torch.ones(1, 1, requires_grad=True)
+    out, *_ = torch.ops.rnnkernels.rnn_layer_forward("rnn_tanh", x, None, None, w, torch.zeros(1, 1), None, None, None,
+                                                     None, False, True)
+    grad_w, = torch.autograd.grad(out.sum(), w)
+    assert torch.equal(grad_w, torch.zeros(1, 1))

@@ -345,14 +345,7 @@ def test_fuzz_rnn_against_torch(backend, request, interpreter):
     run()
 
 
-CPU_PADDING_XFAIL = pytest.mark.xfail(
-    strict=True, reason="NaN/Inf in the padding, or an Inf state at a sequence's end, reaches the cpu backend's "
-                        "weight gradients through the steps after the end (issue 16 item 1: the lead's fix in "
-                        "csrc/rnn_layer.cpp); strict, so this flips when it lands")
-
-
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=CPU_PADDING_XFAIL)] +
-                         [b for b in rnn_backends() if b != "cpu"])
+@pytest.mark.parametrize("backend", rnn_backends())
 def test_fuzz_rnn_nonfinite_padding_reaches_nothing(backend, request, interpreter):
     counts = COUNTS[("rnn, NaN/Inf padding", backend)]
 

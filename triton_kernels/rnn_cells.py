@@ -140,7 +140,7 @@ def cell_backward(MODE: tl.constexpr, dh, dc, s0, s1, s2, s3, h_prev, c_prev):
         if MODE == RNN_TANH:
             da = dh * (1.0 - s0 * s0)
         else:
-            da = tl.where(s0 > 0.0, dh, 0.0)
+            da = tl.where(s0 <= 0.0, 0.0, dh)  # a NaN s0 passes dh, as torch's threshold_backward does
         dh_direct = dh * 0.0
         dc_prev = dc
         dgi0, dgi1, dgi2, dgi3 = da, da, da, da

@@ -74,22 +74,20 @@ struct FastFloatMath {
   // Rational minimax tanh (Eigen's float coefficients, both polynomials
   // divided by Q's constant term so that Q >= 1 suits reciprocal()): one
   // reciprocal and 11 FMAs, where exp-based tanh needs exp, a reciprocal and
-  // a second polynomial for small |x|. Eigen clamps x to +-7.905, where the
-  // rational stops at 1 - 2 ulp: the derivative 1 - tanh^2 then floors at
-  // 2.4e-7 (times an input of 1e30: weight gradients of 1e24 where torch's
-  // are 0). Here |x| is clamped to kOne instead, where tanh rounds to 1 in
-  // float and the rational gives 1 + 1 ulp, and the result to 1, so it is
-  // exactly +-1 from kOne on (+-Inf included), and within 2.9e-7 of tanh on
-  // [7.905, kOne). NaN passes both clamps (a false comparison keeps it) and
-  // copysign. Working on |x| costs no more than the two-sided clamp of x did.
-  // Relative error <= 4.5e-7 over 4e7 points of [-20, 20] and magnitudes
-  // 1e-38 to 1e38 (tests/test_cpu_kernels.py sweeps it). LSTM/GRU/RNN-tanh
-  // forward vs torch.nn: +1-5% / +2-8% / +5-13% over the exp form.
+  // a second polynomial for small |x|. Relative error <= 4.5e-7 (1.8e-7 for
+  // the exp form) over 4e7 points of [-20, 20] and magnitudes 1e-38 to 1e38.
+  // LSTM/GRU/RNN-tanh forward vs torch.nn: +1-5% / +2-8% / +5-13% over the
+  // exp form. The rational form is evaluated up to |x| = 7.905 (past it,
+  // 0.99999988); from |x| = 9.0109, where tanh rounds to 1 in float, it is
+  // exactly +-1, as torch's: a saturated unit's derivative 1 - tanh^2 is 0,
+  // not 2.4e-7 (which let inputs near 1e30 give weight gradients of 1e24).
+  // +-Inf gives +-1 and NaN stays NaN (the clamps keep it: its comparisons
+  // are false).
   static inline float tanh(float x) {
-    constexpr float kOne = 0x1.205968p+3f;  // 9.0109138: the least float whose tanh rounds to 1
-    float a = std::fabs(x);
-    a = a > kOne ? kOne : a;
-    const float z = a * a;
+    constexpr float kRationalLimit = 7.90531110763549805f, kRoundsToOne = 9.0109f;
+    const float z0 = x > kRationalLimit ? kRationalLimit : x;
+    const float xc = z0 < -kRationalLimit ? -kRationalLimit : z0;
+    const float z = xc * xc;
     float p = -5.641676241e-14f;
     p = p * z + 4.087417207e-11f;
     p = p * z - 1.758378918e-08f;
@@ -101,9 +99,9 @@ struct FastFloatMath {
     q = q * z + 2.422276400e-02f;
     q = q * z + 4.635583851e-01f;
     q = q * z + 1.0f;
-    float t = a * p * reciprocal(q);
-    t = t > 1.0f ? 1.0f : t;
-    return std::copysign(t, x);
+    const float rational = xc * p * reciprocal(q);
+    const float one = x < 0.0f ? -1.0f : 1.0f;
+    return (x >= kRoundsToOne || x <= -kRoundsToOne) ? one : rational;
   }
 
   static inline double reciprocal(double d) { return cells::StdMath::reciprocal(d); }
