@@ -36,6 +36,13 @@ def _cpuinfo() -> Dict[str, str]:
     return fields
 
 
+def _vendor_and_model(info: Dict[str, str]) -> str:
+    vendor = info.get("vendor_id", "unknown")
+    if "cpu family" in info and "model" in info:
+        return f"{vendor} family {info['cpu family']} model {info['model']}"
+    return vendor
+
+
 def cpu_description() -> Dict[str, str]:
     """Model, vendor, ISA extensions and core count of this CPU."""
     info = _cpuinfo()
@@ -45,7 +52,9 @@ def cpu_description() -> Dict[str, str]:
         isa = [name for name in isa if name not in ("AVX2", "FMA")]
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
-        "vendor": info.get("vendor_id", "unknown"),
+        # Under a hypervisor the model name is often generic ("Intel(R) Xeon(R) Processor"):
+        # family and model tell two such machines apart.
+        "vendor": _vendor_and_model(info),
         "isa": " + ".join(isa) if isa else platform.machine(),
         "cores": str(os.cpu_count()),
     }
