@@ -13,6 +13,7 @@ import argparse
 import statistics
 import sys
 import time
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -79,7 +80,67 @@ def time_fwd_bwd(candidates, x, repeats):
             start = time.perf_counter()
             run(fn)
             samples[name].append(time.perf_counter() - start)
+            if x.is_cuda:
+                torch.cuda.synchronize()
     return {name: statistics.median(v) * 1e3 for name, v in samples.items()}
+
+
+def bench_shape(shape, backends, device, dtype=torch.float32, repeats=5, compile_baseline=True) -> Dict:
+    """One row: forward+backward ms of the eager loop, the compiled loop, each
+    backend's rk.LayerNormLSTM and rk.LSTM (plain). Raises if rk.LayerNormLSTM
+    and the loop disagree (checked in float64 on the CPU)."""
+    T, B, I, H = shape
+    torch.manual_seed(0)
+    cell = LayerNormLSTMCell(I, H)
+    with torch.no_grad():  # gains and biases away from their initial 1 and 0, so they matter
+        for norm in (cell.norm_input, cell.norm_hidden, cell.norm_cell):
+            norm.weight.uniform_(0.5, 1.5)
+        cell.norm_cell.bias.uniform_(-0.5, 0.5)
+    ours = rk.LayerNormLSTM(I, H)
+    copy_into_rk(cell, ours)
+    x = torch.randn(T, B, I)
+    # Same semantics, checked in float64 (in float32 the two differ by their roundings over T steps).
+    expected = loop(cell.double(), x.double())
+    got = ours.double()(x.double(), backend="reference" if "cpu" not in backends else "cpu")[0]
+    error = ((got - expected).abs().max() / expected.abs().max()).item()
+    if error > 1e-10:
+        raise RuntimeError(f"rk.LayerNormLSTM differs from the baseline by {error:.2e} at {shape}")
+    cell.to(device, dtype)
+    ours.to(device, dtype)
+    plain = rk.LSTM(I, H).to(device, dtype)
+    x = x.to(device, dtype)
+    candidates = {"eager": lambda x: loop(cell, x)}
+    if compile_baseline:
+        compiled = torch.compile(cell)
+        candidates["compiled"] = lambda x: loop(compiled, x)
+    for backend in backends:
+        candidates[backend] = lambda x, b=backend: ours(x, backend=b)[0]
+        candidates[f"{backend}_plain"] = lambda x, b=backend: plain(x, backend=b)[0]
+    ms = time_fwd_bwd(candidates, x, repeats)
+    row = {"name": "ln_lstm", "pass": "fwd+bwd", "T, B, I, H": ", ".join(map(str, shape)),
+           "eager_ms": ms["eager"], "compiled_ms": ms.get("compiled", float("nan"))}
+    for backend in backends:
+        row[f"{backend}_ms"] = ms[backend]
+        row[f"{backend}_plain_ms"] = ms[f"{backend}_plain"]
+        row[f"{backend}_speedup"] = ms["eager"] / ms[backend]  # what `rnnkernels bench` summarises
+        row[f"{backend}_vs_compiled"] = row["compiled_ms"] / ms[backend]
+        row[f"{backend}_layer_norm_over_plain"] = ms[backend] / ms[f"{backend}_plain"]
+    return row
+
+
+def run(device="cpu", dtype=torch.float32, backends: Optional[Sequence[str]] = None, full: bool = False,
+        repeats: int = 5, progress=None, tiny: bool = False) -> List[Dict]:
+    """The `rnnkernels bench` suite "layer_norm": speedup = eager loop time /
+    rk.LayerNormLSTM time; the quick suite skips the compiled loop (its
+    compilation alone takes half a minute) and the largest shape; `tiny`: one
+    small shape, for tests."""
+    device = torch.device(device)
+    if backends is None:
+        backends = [b for b in rk.backends.available(device, op="rnn_ext", dtype=dtype) if b != "reference"]
+        backends = backends or ["reference"]
+    shapes = [(5, 3, 8, 8)] if tiny else SHAPES if full else SHAPES[:2]
+    return [bench_shape(shape, backends, device, dtype, repeats, compile_baseline=full and not tiny)
+            for shape in (progress(shapes) if progress else shapes)]
 
 
 def main(argv=None) -> int:
@@ -94,36 +155,16 @@ def main(argv=None) -> int:
              "| T, B, I, H | eager loop | compiled loop | rk.LayerNormLSTM | rk.LSTM (plain) | vs eager | vs compiled "
              "| LayerNorm / plain |", "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    for T, B, I, H in SHAPES:
-        torch.manual_seed(0)
-        cell = LayerNormLSTMCell(I, H)
-        with torch.no_grad():  # gains and biases away from their initial 1 and 0, so they matter
-            for norm in (cell.norm_input, cell.norm_hidden, cell.norm_cell):
-                norm.weight.uniform_(0.5, 1.5)
-            cell.norm_cell.bias.uniform_(-0.5, 0.5)
-        ours = rk.LayerNormLSTM(I, H, backend="cpu")
-        copy_into_rk(cell, ours)
-        plain = rk.LSTM(I, H, backend="cpu")
-        x = torch.randn(T, B, I)
-        # Same semantics, checked in float64 (in float32 the two differ by their roundings over T steps).
-        expected = loop(cell.double(), x.double())
-        got = ours.double()(x.double())[0]
-        cell.float()
-        ours.float()
-        error = ((got - expected).abs().max() / expected.abs().max()).item()
-        if error > 1e-10:
-            print(f"rk.LayerNormLSTM differs from the baseline by {error:.2e} at {(T, B, I, H)}", file=sys.stderr)
+    for shape in SHAPES:
+        try:
+            row = bench_shape(shape, ["cpu"], torch.device("cpu"), repeats=args.repeats,
+                              compile_baseline=not args.no_compile)
+        except RuntimeError as error:
+            print(error, file=sys.stderr)
             return 1
-        candidates = {"eager": lambda x: loop(cell, x)}
-        if not args.no_compile:
-            compiled = torch.compile(cell)
-            candidates["compiled"] = lambda x: loop(compiled, x)
-        candidates["rk"] = lambda x: ours(x)[0]
-        candidates["plain"] = lambda x: plain(x)[0]
-        ms = time_fwd_bwd(candidates, x, args.repeats)
-        compiled_ms = ms.get("compiled", float("nan"))
-        line = (f"| {T}, {B}, {I}, {H} | {ms['eager']:.2f} | {compiled_ms:.2f} | {ms['rk']:.2f} | {ms['plain']:.2f} | "
-                f"{ms['eager'] / ms['rk']:.2f} | {compiled_ms / ms['rk']:.2f} | {ms['rk'] / ms['plain']:.2f} |")
+        line = (f"| {row['T, B, I, H']} | {row['eager_ms']:.2f} | {row['compiled_ms']:.2f} | {row['cpu_ms']:.2f} | "
+                f"{row['cpu_plain_ms']:.2f} | {row['cpu_speedup']:.2f} | {row['cpu_vs_compiled']:.2f} | "
+                f"{row['cpu_layer_norm_over_plain']:.2f} |")
         lines.append(line)
         print(line, flush=True)
     if args.out:

@@ -580,12 +580,19 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   at::Tensor d_gi_raw = d_pre_2d;
   if (layer_norm) {
     const at::Tensor gi_hat = x_hat[0].view({T * B, GH}), rstd = row_stats.select(2, 3).reshape({T * B, 1});
+    // ATen's fused LayerNorm backward, handed x_hat itself as its input with
+    // mean 0 and rstd 1, gives rstd_gi^-1 * d gi and the gain's gradient in two
+    // passes over the rows (the same formula as torch ops took eight: at
+    // (50, 64, 256, 512) 40 of the LayerNorm LSTM's 163 ms fwd+bwd).
+    const at::Tensor unit_mean = at::zeros({T * B, 1}, opts), unit_rstd = at::ones({T * B, 1}, opts);
+    auto [d_gi_unscaled, d_ln_ih, unused] = at::native_layer_norm_backward(
+        d_pre_2d, gi_hat, {GH}, unit_mean, unit_rstd, extras.ln_ih, c10::nullopt, {true, weight_grad, false});
+    (void)unused;
     if (weight_grad) {
-      grads.ln_ih = (d_pre_2d * gi_hat).sum(0);
+      grads.ln_ih = d_ln_ih;
       grads.ln_hh = (d_gh_2d * x_hat[1].view({T * B, GH})).sum(0);
     }
-    const at::Tensor dyg = d_pre_2d * extras.ln_ih;
-    d_gi_raw = rstd * (dyg - dyg.mean(1, true) - gi_hat * (dyg * gi_hat).mean(1, true));
+    d_gi_raw = d_gi_unscaled.mul_(rstd);
   }
   if (ln_cell && weight_grad) {
     const at::Tensor sums = d_ln_cell.view({T * B, 2 * H}).sum(0);

@@ -7,6 +7,9 @@ rnn: per shape and pass, torch's time, each backend's time, the ratio
 torch/ours (> 1: we are faster) and achieved GFLOP/s. attention: ours against
 scaled_dot_product_attention with the lengths' boolean mask and against
 matmul-softmax-matmul (with return_weights=True), forward and forward+backward.
+cells: 50 decoder steps of LSTMCell/GRUCell/RNNCell. layer_norm:
+rk.LayerNormLSTM against a Python loop of nn.Linear + nn.LayerNorm (speedup)
+and against rk's plain LSTM at the same shape.
 """
 import importlib
 import inspect
@@ -18,7 +21,7 @@ from typing import Dict, List
 import torch
 
 _SUITES = {"rnn": "rnnkernels.benchmarks.rnn", "attention": "rnnkernels.benchmarks.attention",
-           "cells": "rnnkernels.benchmarks.cells"}
+           "cells": "rnnkernels.benchmarks.cells", "layer_norm": "rnnkernels.benchmarks.layer_norm_lstm"}
 
 
 def machine_info(device: torch.device) -> Dict[str, str]:

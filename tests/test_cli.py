@@ -83,6 +83,22 @@ def test_bench_attention_suite_table(tmp_path):
     assert "cpu        decode vs sdpa fwd+bwd" in result.stdout  # the per-backend summary covers attention
 
 
+def test_bench_layer_norm_suite_table(tmp_path):
+    """`rnnkernels bench --suite layer_norm` on its tiny shape: the row's
+    ratios are those of its times, and the summary names the suite's rows."""
+    result = subprocess.run([sys.executable, "-m", "rnnkernels", "bench", "--suite", "layer_norm", "--tiny",
+                             "--repeats", "1", "--json", "--out-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "bench_cpu_float32.json").read_text())["results"]["layer_norm"]
+    assert [(row["name"], row["pass"], row["T, B, I, H"]) for row in rows] == [("ln_lstm", "fwd+bwd", "5, 3, 8, 8")]
+    row = rows[0]
+    assert abs(row["cpu_speedup"] - row["eager_ms"] / row["cpu_ms"]) < 1e-9
+    assert abs(row["cpu_layer_norm_over_plain"] - row["cpu_ms"] / row["cpu_plain_ms"]) < 1e-9
+    assert math.isnan(row["compiled_ms"])  # the tiny suite does not compile the baseline
+    assert "cpu        ln_lstm    fwd+bwd  median speedup" in result.stdout
+
+
 def test_lm_throughput_benchmark_trains_both_models_alike(tmp_path):
     """The language-model benchmark (benchmarks/lm_throughput.py), shrunk: both
     models start from the same weights and see the same batches, so after the

@@ -2,6 +2,8 @@
 cell_zoneout, weight_drop and return_cell_states, with everything the plain
 layers have (layers, directions, batch_first, lengths, PackedSequence, h0,
 state_dict, torch.compile), on every CPU backend against the reference."""
+import copy
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -9,6 +11,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import rnnkernels as rk
 from rnnkernels import backends
 from rnnkernels.check import TOLERANCE, relative_error
+
+# tests/test_fuzz.py's conditioning rule: where torch's own float32 misses the
+# tolerance, a backend may err this many times torch's error.
+CONDITIONING = 16
 
 CPU_BACKENDS = [b for b in backends.available("cpu", op="rnn_ext") if b != "reference"]
 
@@ -57,27 +63,52 @@ def test_matches_the_reference_in_float64(backend, kind, layout, training, seed)
         assert relative_error(a, e) < TOLERANCE[torch.float64]
 
 
+def float32_yardstick(module, x, lengths, seed, expected_grads, draws=2):
+    """How far torch's float32 ops land from float64 on this draw: the largest
+    gradient error of the reference backend run in float32 on the inputs as
+    given and on `draws` copies whose inputs and parameters moved by one
+    float32 rounding (relative 2^-24, fresh random signs). One float32 run's
+    error is itself a random draw and now and then lucky; the largest of a few
+    tells how well float32 can do on these inputs at all."""
+    errors = [0.0] * len(expected_grads)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    noise = torch.Generator().manual_seed(seed)
+    for draw in range(draws + 1):
+        xd = x.detach().clone()
+        if draw:
+            with torch.no_grad():
+                for t in [xd] + list(module.parameters()):
+                    t.mul_(1 + (torch.randint(0, 2, t.shape, generator=noise) * 2 - 1) * 2.0**-24)
+        _, grads = run(module, xd.requires_grad_(), lengths, "reference", seed)
+        errors = [max(e, relative_error(g, want)) for e, g, want in zip(errors, grads, expected_grads)]
+        module.load_state_dict(state)
+    return errors
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("kind", ["ln_lstm", "ln_gru", "all_lstm"])
 @pytest.mark.parametrize("layout", [dict(), dict(num_layers=2, bidirectional=True)], ids=["1-layer", "2-layer-bi"])
 def test_float32_within_1e5_of_float64(backend, kind, layout, seed):
-    """Outputs and states within 1e-5 of float64; gradients too for one layer.
-    Through two bidirectional layers the gradients of the LayerNorm gains sum
-    terms that cancel, and torch's own float32 computation of the same math
-    misses 1e-5 there as often as the kernel (over 30 seeds: median error
-    3.5e-6 torch, 5.6e-6 kernel; worst 5.1e-5 and 5.4e-5): the float64 test
-    above covers those gradients."""
+    """Outputs and states within 1e-5 of float64. Gradients within 1e-5, or
+    where torch's own float32 ops miss 1e-5 on the draw, within CONDITIONING
+    times float32_yardstick (tests/test_fuzz.py's rule): the gradients of the
+    LayerNorm gains sum T*B terms that cancel, and LayerNorm keeps gates near
+    saturation, where a gate's derivative keeps few digits (one layer: about
+    1 draw in 40 misses 1e-5 in torch's float32, at 1.1-1.6e-5; the kernel's
+    error is 1-3x torch's on most draws and up to 16x on 1 in 40, with the
+    activations' few-ulp rounding on an ill-conditioned sequence)."""
     torch.manual_seed(seed)
     module = perturbed(LAYERS[kind](**layout))
     x = torch.randn(6, 4, 5, requires_grad=True)
     lengths = torch.tensor([6, 3, 1, 5])
     actual, actual_grads = run(module, x, lengths, backend, seed)
-    module64, x64 = module.double(), x.detach().double().requires_grad_()
-    expected, expected_grads = run(module64, x64, lengths, "reference", seed)
-    if layout:
-        actual_grads, expected_grads = [], []
-    for a, e in zip(actual + actual_grads, expected + expected_grads):
+    module64 = copy.deepcopy(module).double()
+    expected, expected_grads = run(module64, x.detach().double().requires_grad_(), lengths, "reference", seed)
+    for a, e in zip(actual, expected):
         assert relative_error(a, e) < TOLERANCE[torch.float32]
+    yardstick = float32_yardstick(module, x, lengths, seed, expected_grads)
+    for a, e, torch_error in zip(actual_grads, expected_grads, yardstick):
+        assert relative_error(a, e) < max(TOLERANCE[torch.float32], CONDITIONING * torch_error)
 
 
 def test_layer_norm_parameters_and_checkpoints():
