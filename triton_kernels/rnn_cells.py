@@ -34,7 +34,7 @@ compile exactly as without them):
                     (BLOCK_H >= H, one column block). Saves x_hat_hh_t
                     (B, G*H) fp32 and the row's rstd in stats_t[:, 0].
                     (LN of gi runs before the loop, for all steps at once.)
-    CELL_NORM       lstm: h' = o * tanh(LN(c'; ln_c_w, ln_c_b)) over the H
+    CELL_NORM       lstm only: h' = o * tanh(LN(c'; ln_c_w, ln_c_b)) over the H
                     values of a row; mean and rstd saved in stats_t[:, 1:3]
     ZONEOUT_H/_C    h = k h_prev + (1 - k) h' with keep_h_t (B, H) (and c
                     with keep_c_t, lstm); the saved activations stay those
@@ -456,7 +456,7 @@ def step_backward_pointwise(MODE: tl.constexpr, G: tl.constexpr, S: tl.constexpr
     c_prev = dh * 0.0
     if MODE == LSTM:
         c_prev = tl.load(c_prev_t_ptr + offs, mask=mask, other=0.0)
-    if MODE == LSTM and CELL_NORM:
+    if CELL_NORM:  # lstm only (rnn.Extras.flags sets it for lstm only)
         w_c, _, _, _ = load_row_vector(ln_c_w_ptr, cols, H, 1)
         b_c, _, _, _ = load_row_vector(ln_c_b_ptr, cols, H, 1)
         d_i, d_f, d_g, d_o, dc_prev, d_w_c, d_b_c = lstm_cell_norm_backward(
