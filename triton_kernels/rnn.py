@@ -4,6 +4,11 @@
                     recurrence on the step path or the sequence path
     layer_backward  the recurrence backwards on either path, then the input
                     and weight gradients as big matmuls
+    layer_forward_ext / layer_backward_ext
+                    the same with the layer extras (LayerNorm LSTM / GRU,
+                    zoneout, every step's c: Extras below, rnn_cells.py),
+                    on the step path only; one implementation with the plain
+                    entry points (_forward, _backward)
 
 The two paths write the same saved buffers, so a forward on one path can be
 differentiated on the other. Semantics (gate order, lengths, reverse) are
@@ -18,7 +23,7 @@ Buffers of one layer (T steps, B batch, I input, H hidden, G gates, S saved):
     saved    (T, B, S*H)  fp32 activations (rnn_cells.py)
     dgh, dgi (T, B, G*H)  gate gradients, storage dtype (dgi is dgh except for gru)
 """
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +32,7 @@ from torch import Tensor
 
 from .rnn_cells import MODE_CODES, NUM_GATES, NUM_SAVED
 from .rnn_sequence import sequence_backward_kernel, sequence_forward_kernel
-from .rnn_step import step_backward_kernel, step_forward_kernel
+from .rnn_step import step_backward_ext_kernel, step_backward_kernel, step_forward_ext_kernel, step_forward_kernel
 
 # Path heuristic (choose_path). The sequence kernel saves the two launches per
 # step of the step path, but holds G fp32 (BLOCK_B, next_pow2(H)) tiles per
@@ -107,18 +112,77 @@ def _without_padding(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x if alive is None else x.masked_fill(~alive, 0)
 
 
+class Extras(NamedTuple):
+    """The layer extras of one call (rnnkernels.reference.LayerExtras; no
+    projection), as the step kernels take them: tensors contiguous, in x's
+    dtype and on its device (validated by rnnkernels/backends/triton.py)."""
+    ln_ih: Optional[Tensor] = None       # (G*H,) gain of LN(x W_ih^T)
+    ln_hh: Optional[Tensor] = None       # (G*H,) gain of LN(h W_hh^T)
+    ln_cell_w: Optional[Tensor] = None   # (H,) lstm: gain and bias of LN(c)
+    ln_cell_b: Optional[Tensor] = None
+    keep_h: Optional[Tensor] = None      # (T, B, H) zoneout keep factors of h
+    keep_c: Optional[Tensor] = None      # (T, B, H) ... and of c (lstm)
+    return_cells: bool = False           # lstm: every step's c
+
+    def flags(self, mode: str):
+        """The extras constexprs of rnn_step's ext kernels."""
+        return dict(LAYER_NORM=self.ln_hh is not None, CELL_NORM=mode == "lstm" and self.ln_cell_w is not None,
+                    ZONEOUT_H=self.keep_h is not None, ZONEOUT_C=mode == "lstm" and self.keep_c is not None,
+                    RETURN_CELLS=mode == "lstm" and self.return_cells)
+
+    def whole_rows(self) -> bool:
+        """Whether a step program must hold whole rows (a LayerNorm's reduction)."""
+        return self.ln_hh is not None or self.ln_cell_w is not None
+
+
+LAYER_NORM_EPS = 1e-5  # rnnkernels.reference.LAYER_NORM_EPS; rnn_cells.LAYER_NORM_EPS in the kernels
+# A program of the ext kernels with whole rows holds G fp32 (BLOCK_B, next_pow2(H))
+# tiles; rows per program shrink as H grows. Untuned (no GPU measured yet).
+ROWS_MAX_ELEMENTS = 4096
+
+
+def _ext_blocks(B: int, H: int, extras: Extras):
+    if not extras.whole_rows():
+        return _step_blocks(B, H)
+    block_h = triton.next_power_of_2(max(H, 1))
+    block_b = max(1, min(STEP_MAX_BLOCK_B, triton.next_power_of_2(max(B, 1)), ROWS_MAX_ELEMENTS // block_h))
+    return block_b, block_h, (triton.cdiv(B, block_b), 1)
+
+
 def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                   b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
                   lengths: Optional[Tensor], reverse: bool, path: str = "auto"):
     """Returns (out, h_n, c_n, saved, h_prev, c_prev, h_raw); c_n, c_prev are
     empty unless mode is lstm, h_raw (T, B, H: the unprojected h) empty
     without w_hr. Inputs are assumed validated (rnnkernels/backends/triton.py)."""
+    return _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, path, None)[:7]
+
+
+def layer_forward_ext(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+                      b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+                      extras: Extras):
+    """layer_forward with layer extras, always on the step path (the sequence
+    kernels take none). Returns (out, h_n, c_n, cell_states, saved, h_prev,
+    c_prev, xhat_ih, xhat_hh, row_stats): cell_states (T, B, H) with
+    return_cells (else empty); xhat_ih, xhat_hh (T, B, G*H) fp32 with
+    LayerNorm, row_stats (T, B, 4) fp32 with any LayerNorm (rnn_cells.py),
+    else empty."""
+    out, h_n, c_n, saved, h_prev, c_prev, _, cells, xhat_ih, xhat_hh, stats = _forward(
+        mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, lengths, reverse, "step", extras)
+    return out, h_n, c_n, cells, saved, h_prev, c_prev, xhat_ih, xhat_hh, stats
+
+
+def _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, path, extras: Optional[Extras]):
+    """The layer forward of both entry points: layer_forward's seven results,
+    then (cell_states, xhat_ih, xhat_hh, row_stats), empty without extras."""
     T, B, _ = x.shape
     G, S = NUM_GATES[mode], NUM_SAVED[mode]
     H, P = w_hh.shape[0] // G, w_hh.shape[1]  # hidden size; state size (proj_size or H)
     is_lstm, has_proj = mode == "lstm", w_hr is not None
+    ext = extras if extras is not None else Extras()
+    flags = ext.flags(mode)
     dev, dtype = x.device, x.dtype
-    x = _without_padding(x, lengths).contiguous()
+    x = _without_padding(x, lengths).contiguous()  # (LN(gi) normalises every row: padding must be finite)
     h0, w_ih, w_hh = h0.contiguous(), w_ih.contiguous(), w_hh.contiguous()
     b_hh = b_hh.contiguous() if b_hh is not None else None
     out = torch.empty(T, B, P, device=dev, dtype=dtype)
@@ -127,10 +191,23 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
     c_prev = torch.empty(T if is_lstm else 0, B, H, device=dev, dtype=torch.float32)
     c_n = torch.empty(B if is_lstm else 0, H, device=dev, dtype=torch.float32)
     h_raw = torch.empty(T if has_proj else 0, B, H, device=dev, dtype=dtype)
+    f32 = dict(device=dev, dtype=torch.float32)
+    cells = torch.zeros(T if flags["RETURN_CELLS"] else 0, B, H, device=dev, dtype=dtype)
+    xhat_ih = torch.zeros(T if ext.ln_ih is not None else 0, B, G * H, **f32)
+    xhat_hh = torch.zeros(T if flags["LAYER_NORM"] else 0, B, G * H, **f32)
+    stats = torch.zeros(T if ext.whole_rows() or ext.ln_ih is not None else 0, B, 4, **f32)
+    ext_results = (cells, xhat_ih, xhat_hh, stats)
     if T == 0 or B == 0:
         c_n = c0.to(torch.float32).clone() if is_lstm else c_n
-        return out, h0.clone(), c_n.to(dtype), saved, h_prev, c_prev, h_raw
-    gi = F.linear(x, w_ih, b_ih).contiguous()  # (T, B, G*H): the input projection of every step at once
+        return (out, h0.clone(), c_n.to(dtype), saved, h_prev, c_prev, h_raw) + ext_results
+    if ext.ln_ih is None:
+        gi = F.linear(x, w_ih, b_ih).contiguous()  # (T, B, G*H): the input projection of every step at once
+    else:  # gi = ln_ih * LN(x W_ih^T) + b_ih, for all steps at once, in fp32
+        gi_hat, _, rstd = torch.native_layer_norm(F.linear(x, w_ih).float(), (G * H,), None, None, LAYER_NORM_EPS)
+        xhat_ih.copy_(gi_hat)
+        stats[:, :, 3] = rstd.view(T, B)
+        gi = gi_hat * ext.ln_ih.float()
+        gi = (gi + b_ih.float() if b_ih is not None else gi).to(dtype).contiguous()
     lengths_dev, has_lengths = _lengths_on(lengths, dev)
     consts = dict(MODE=MODE_CODES[mode], G=G, S=S, HAS_LENGTHS=has_lengths)
     # Non-lstm modes have no cell: `unused` stands in for those pointers (never
@@ -139,22 +216,43 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
     c0_f32 = c0.to(torch.float32).contiguous() if is_lstm else unused
     c_prev_arg, c_n_arg = (c_prev, c_n) if is_lstm else (unused, unused)
 
-    if choose_path(path, B, H, has_proj) == "sequence":
+    if extras is None and choose_path(path, B, H, has_proj) == "sequence":
         h_n = torch.empty(B, H, device=dev, dtype=dtype)
         block_b, block_h, block_k, num_warps, grid = _sequence_blocks(B, H)
         sequence_forward_kernel[grid](
             gi, w_hh, b_hh if b_hh is not None else w_hh, h0, c0_f32, h_prev, c_prev_arg, out, saved, h_n, c_n_arg,
             lengths_dev, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse, UPCAST_DOT=_upcast_dot(dtype),
             BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=num_warps, **consts)
-        return out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw
+        return (out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw) + ext_results
 
     h_n = h0.clone()                                    # (B, P) running state, storage dtype
     if is_lstm:
         c_n.copy_(c0_f32)                               # (B, H) running cell, fp32
     gh = torch.empty(B, G * H, device=dev, dtype=dtype)  # (B, G*H) recurrent product of one step
     alive = _alive(lengths, T, dev) if has_proj else None
-    block_b, block_h, grid = _step_blocks(B, H)
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+    block_b, block_h, grid = _step_blocks(B, H) if extras is None else _ext_blocks(B, H, ext)
+    steps = range(T - 1, -1, -1) if reverse else range(T)
+    if extras is not None:
+        def arg(tensor):
+            return tensor if tensor is not None else unused
+        keep_h, keep_c = arg(ext.keep_h), arg(ext.keep_c)
+        for t in steps:
+            if flags["LAYER_NORM"]:  # the raw product: the kernel normalises it, then adds b_hh
+                torch.mm(h_n, w_hh.t(), out=gh)
+            elif b_hh is not None:
+                torch.addmm(b_hh, h_n, w_hh.t(), out=gh)
+            else:
+                torch.mm(h_n, w_hh.t(), out=gh)
+            step_forward_ext_kernel[grid](
+                gi[t], gh, h_n, c_n_arg, h_prev[t], c_prev[t] if is_lstm else unused, out[t], saved[t],
+                arg(b_hh), arg(ext.ln_hh), arg(ext.ln_cell_w), arg(ext.ln_cell_b),
+                keep_h[t] if ext.keep_h is not None else unused, keep_c[t] if flags["ZONEOUT_C"] else unused,
+                xhat_hh[t] if flags["LAYER_NORM"] else unused, stats[t] if stats.numel() else unused,
+                cells[t] if flags["RETURN_CELLS"] else unused,
+                lengths_dev, t, B, H, HAS_BIAS=b_hh is not None, BLOCK_B=block_b, BLOCK_H=block_h, **flags,
+                **consts)
+        return (out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw) + ext_results
+    for t in steps:
         if b_hh is not None:
             torch.addmm(b_hh, h_n, w_hh.t(), out=gh)
         else:
@@ -172,7 +270,7 @@ def layer_forward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: 
             lengths_dev, t, B, H, HAS_PROJ=True, BLOCK_B=block_b, BLOCK_H=block_h, **consts)
         torch.mm(h_raw[t], w_hr.t(), out=out[t])
         h_n = out[t].clone() if alive is None else torch.where(alive[t], out[t], h_n)
-    return out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw
+    return (out, h_n, c_n.to(dtype), saved, h_prev, c_prev, h_raw) + ext_results
 
 
 def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], has_bias: bool,
@@ -181,10 +279,34 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
                    saved: Tensor, h_prev: Tensor, c_prev: Tensor, h_raw: Tensor, path: str = "auto"):
     """Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); dc0 is None
     unless lstm, the bias gradients None without biases, dw_hr None without w_hr."""
+    return _backward(mode, x, w_ih, w_hh, w_hr, has_bias, lengths, reverse, grad_out, grad_h_n, grad_c_n, None,
+                     saved, h_prev, c_prev, h_raw, None, None, None, path, None)[:8]
+
+
+def layer_backward_ext(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, has_bias: bool,
+                       lengths: Optional[Tensor], reverse: bool, grad_out: Tensor, grad_h_n: Tensor,
+                       grad_c_n: Optional[Tensor], grad_cells: Optional[Tensor], saved: Tensor, h_prev: Tensor,
+                       c_prev: Tensor, xhat_ih: Tensor, xhat_hh: Tensor, row_stats: Tensor, extras: Extras):
+    """Backward of layer_forward_ext (step path). grad_cells: (T, B, H), the
+    gradient of cell_states (return_cells only). Returns (dx, dh0, dc0, dw_ih,
+    dw_hh, db_ih, db_hh, d_ln_ih, d_ln_hh, d_ln_cell_w, d_ln_cell_b), None
+    for what the layer lacks."""
+    grads = _backward(mode, x, w_ih, w_hh, None, has_bias, lengths, reverse, grad_out, grad_h_n, grad_c_n,
+                      grad_cells, saved, h_prev, c_prev, None, xhat_ih, xhat_hh, row_stats, "step", extras)
+    return grads[:7] + grads[8:]
+
+
+def _backward(mode, x, w_ih, w_hh, w_hr, has_bias, lengths, reverse, grad_out, grad_h_n, grad_c_n, grad_cells,
+              saved, h_prev, c_prev, h_raw, xhat_ih, xhat_hh, row_stats, path, extras: Optional[Extras]):
+    """The layer backward of both entry points: layer_backward's eight
+    results, then the gradients of (ln_ih, ln_hh, ln_cell_w, ln_cell_b), None
+    without them."""
     T, B, I = x.shape
     G, S = NUM_GATES[mode], NUM_SAVED[mode]
     H, P = w_hh.shape[0] // G, w_hh.shape[1]
     is_lstm, has_proj = mode == "lstm", w_hr is not None
+    ext = extras if extras is not None else Extras()
+    flags = ext.flags(mode)
     dev, dtype = x.device, x.dtype
     x, w_ih, w_hh = _without_padding(x, lengths).contiguous(), w_ih.contiguous(), w_hh.contiguous()
     grad_out, grad_h_n = grad_out.contiguous(), grad_h_n.contiguous()
@@ -194,12 +316,33 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
     dc = grad_c_n.to(torch.float32).contiguous().clone() if is_lstm else unused
     dgh = torch.zeros(T, B, G * H, device=dev, dtype=dtype)
     dgi = torch.zeros(T, B, G * H, device=dev, dtype=dtype) if mode == "gru" else dgh
+    # With LN(h W_hh^T): the gradient of the raw product, what W_hh and dh see.
+    dgh_raw = torch.zeros(T, B, G * H, device=dev, dtype=dtype) if flags["LAYER_NORM"] else dgh
+    d_ln_cell = torch.zeros(T if flags["CELL_NORM"] else 0, B, 2 * H, device=dev, dtype=torch.float32)
     d_out = torch.zeros(T if has_proj else 0, B, P, device=dev, dtype=dtype)  # gradient of each projected output
     if T > 0 and B > 0:
         lengths_dev, has_lengths = _lengths_on(lengths, dev)
         consts = dict(MODE=MODE_CODES[mode], G=G, S=S, HAS_LENGTHS=has_lengths)
         backward_steps = range(T) if reverse else range(T - 1, -1, -1)
-        if choose_path(path, B, H, has_proj) == "sequence":
+        if extras is not None:
+            block_b, block_h, grid = _ext_blocks(B, H, ext)
+            dh_mm = torch.zeros(B, H, device=dev, dtype=dtype)  # (B, H) dgh_raw_{t+1} W_hh
+            grad_cells = grad_cells.contiguous() if flags["RETURN_CELLS"] else None
+
+            def at(tensor, t, wanted=True):
+                return tensor[t] if wanted and tensor is not None and tensor.numel() else unused
+
+            for t in backward_steps:
+                step_backward_ext_kernel[grid](
+                    dh, dc, dh_mm, grad_out[t], saved[t], h_prev[t], c_prev[t] if is_lstm else unused,
+                    dgh[t], dgi[t], ext.ln_hh if flags["LAYER_NORM"] else unused,
+                    ext.ln_cell_w if flags["CELL_NORM"] else unused, ext.ln_cell_b if flags["CELL_NORM"] else unused,
+                    at(ext.keep_h, t), at(ext.keep_c, t, flags["ZONEOUT_C"]), at(xhat_hh, t), at(row_stats, t),
+                    at(grad_cells, t), dgh_raw[t], at(d_ln_cell, t), lengths_dev, t, B, H,
+                    BLOCK_B=block_b, BLOCK_H=block_h, **flags, **consts)
+                torch.mm(dgh_raw[t], w_hh, out=dh_mm)
+            dh += dh_mm
+        elif choose_path(path, B, H, has_proj) == "sequence":
             block_b, block_h, block_k, num_warps, grid = _sequence_blocks(B, H)
             dh0 = torch.empty_like(dh)
             dc0 = torch.empty_like(dc)
@@ -236,14 +379,29 @@ def layer_backward(mode: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optio
                 if alive is not None:  # an ended sequence's state passes its gradient through
                     dh += torch.where(alive[t], 0.0, dh_total)
     # Input and weight gradients: big matmuls over all steps at once.
-    dgi_2d, dgh_2d = dgi.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
-    dx = torch.matmul(dgi, w_ih)                                   # (T, B, I)
+    d_ln_ih = d_ln_hh = d_ln_cell_w = d_ln_cell_b = None
+    dgi_raw = dgi  # the gradient of x W_ih^T
+    if ext.ln_ih is not None:  # back through gi = ln_ih * LN(x W_ih^T) + b_ih, all rows at once, in fp32
+        dgi_f = dgi.float()
+        d_ln_ih = (dgi_f * xhat_ih).sum((0, 1)).to(dtype)
+        dyg = dgi_f * ext.ln_ih.float()
+        dgi_raw = (row_stats[:, :, 3:] * (dyg - dyg.mean(-1, keepdim=True)
+                                          - xhat_ih * (dyg * xhat_ih).mean(-1, keepdim=True))).to(dtype)
+    if flags["LAYER_NORM"]:
+        d_ln_hh = (dgh.float() * xhat_hh).sum((0, 1)).to(dtype)
+    if flags["CELL_NORM"]:
+        sums = d_ln_cell.sum((0, 1)).to(dtype)
+        d_ln_cell_w, d_ln_cell_b = sums[:H].clone(), sums[H:].clone()
+    dgi_2d, dgh_2d = dgi_raw.reshape(T * B, G * H), dgh_raw.reshape(T * B, G * H)
+    dx = torch.matmul(dgi_raw, w_ih)                               # (T, B, I)
     dw_ih = dgi_2d.t().mm(x.reshape(T * B, I))                     # (G*H, I)
     # The state entering a dead step is the frozen final one, which may be
     # legitimately Inf: masked like x, so that 0 * Inf = NaN reaches no weight.
     h_prev, h_raw = _without_padding(h_prev, lengths), _without_padding(h_raw, lengths) if has_proj else h_raw
     dw_hh = dgh_2d.t().mm(h_prev.reshape(T * B, P))                # (G*H, P)
-    db_ih = dgi_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
-    db_hh = dgh_2d.sum(0, dtype=torch.float32).to(dtype) if has_bias else None
+    # The biases' gradients are those of the normalised side (they are added after any LayerNorm).
+    db_ih = dgi.reshape(T * B, G * H).sum(0, dtype=torch.float32).to(dtype) if has_bias else None
+    db_hh = dgh.reshape(T * B, G * H).sum(0, dtype=torch.float32).to(dtype) if has_bias else None
     dw_hr = d_out.reshape(T * B, P).t().mm(h_raw.reshape(T * B, H)) if has_proj else None  # (P, H)
-    return dx, dh.to(dtype), dc.to(dtype) if is_lstm else None, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+    return (dx, dh.to(dtype), dc.to(dtype) if is_lstm else None, dw_ih, dw_hh, db_ih, db_hh, dw_hr,
+            d_ln_ih, d_ln_hh, d_ln_cell_w, d_ln_cell_b)

@@ -3,6 +3,10 @@ batch rows and walks every time step itself, so there is no launch per step
 and no round trip through the host; used for small hidden sizes (see
 rnn.choose_path).
 
+No layer extras (LayerNorm, zoneout, cell outputs): those layers always
+take the step path (rnn.layer_forward_ext), and these kernels pass every
+extras flag of rnn_cells.py False.
+
 State: h and c (fp32, (BLOCK_B, BLOCK_H), BLOCK_H >= H) stay in registers for
 the whole walk. The recurrent product h W_hh^T is a K-loop of tl.dot over
 BLOCK_K-wide chunks of h; those chunks are read back from h_prev (the record
@@ -103,7 +107,9 @@ def sequence_forward_kernel(
         alive = alive_rows(lengths_ptr, rows, t, B, HAS_LENGTHS)
         h, c = step_forward_pointwise(MODE, G, S, False, h, c, gh0, gh1, gh2, gh3, alive,
                                       gi_ptr + t * step_size * G, h_prev_t_ptr, c_prev_ptr + t * step_size,
-                                      out_ptr + t * step_size, saved_ptr + t * step_size * S, rows, cols, mask, H)
+                                      out_ptr + t * step_size, saved_ptr + t * step_size * S, rows, cols, mask, H, B,
+                                      False, False, False, False, False, False,  # no layer extras (step path only)
+                                      gi_ptr, gi_ptr, gi_ptr, gi_ptr, gi_ptr, gi_ptr, gi_ptr, gi_ptr, gi_ptr)
     tl.store(h_n_ptr + offs, h.to(h_n_ptr.dtype.element_ty), mask=mask)
     if MODE == LSTM:
         tl.store(c_n_ptr + offs, c, mask=mask)
@@ -135,7 +141,10 @@ def sequence_backward_kernel(
         dh_direct, dc = step_backward_pointwise(MODE, G, S, False, dh, dc, alive,
                                                 grad_out_ptr + t * step_size, saved_ptr + t * step_size * S,
                                                 h_prev_ptr + t * step_size, c_prev_ptr + t * step_size,
-                                                dgh_t_ptr, dgi_ptr + t * step_size * G, rows, cols, mask, H)
+                                                dgh_t_ptr, dgi_ptr + t * step_size * G, rows, cols, mask, H, B,
+                                                False, False, False, False, False,  # no layer extras
+                                                saved_ptr, saved_ptr, saved_ptr, saved_ptr, saved_ptr, saved_ptr,
+                                                saved_ptr, saved_ptr, saved_ptr, saved_ptr)
         tl.debug_barrier()  # dgh_t written by all threads before the product reads it
         dh = dh_direct + gate_grad_product(dgh_t_ptr, w_hh_ptr, rows, cols, B, H, G, UPCAST_DOT, BLOCK_B, BLOCK_H, BLOCK_K)
     tl.store(grad_h0_ptr + offs, dh, mask=mask)
