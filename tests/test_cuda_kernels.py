@@ -279,13 +279,17 @@ EXT_CASES = [(mode, options) for mode, sets in EXT_OPTIONS.items() for options i
 EXT_IDS = [f"{m}-{','.join(o)}" for m, o in EXT_CASES]
 EXT_LAYOUTS = [dict(), dict(lengths=[5, 2, 4, 1]), dict(lengths=[3, 5, 0, 2], reverse=True), dict(with_h0=False),
                dict(bias=False, reverse=True)]
+# CUDA against the CPU op: each is within TOLERANCE of the float64 truth, so
+# in float32 they may differ by twice that (float64: both at rounding level).
+CPU_TOLERANCE = {torch.float64: TOLERANCE[torch.float64], torch.float32: 2 * TOLERANCE[torch.float32]}
 EXT_ALL = dict(lstm=dict(ln=True, ln_c=True, zh=0.2, zc=0.3, cells=True), gru=dict(ln=True, zh=0.3),
                rnn_tanh=dict(zh=0.4), rnn_relu=dict(zh=0.4))
 
 
 def ext_args(mode, ln=False, ln_c=False, zh=None, zc=None, cells=False, lengths=None, reverse=False, with_h0=True,
-             bias=True, T=5, B=4, I=3, H=6, eval_zoneout=False, seed=0):
-    """float64 CPU arguments (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras)."""
+             bias=True, T=5, B=4, I=3, H=6, eval_zoneout=False, seed=0, weight_scale=0.5):
+    """float64 CPU arguments (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras);
+    the weights' entries have standard deviation `weight_scale`."""
     gen = torch.Generator().manual_seed(seed)
     G = GATES[mode]
 
@@ -302,7 +306,7 @@ def ext_args(mode, ln=False, ln_c=False, zh=None, zc=None, cells=False, lengths=
     x = rand(T, B, I)
     h0 = rand(B, H) if with_h0 else None
     c0 = rand(B, H) if with_h0 and mode == "lstm" else None
-    w_ih, w_hh = rand(G * H, I), rand(G * H, H)
+    w_ih, w_hh = rand(G * H, I) * (2 * weight_scale), rand(G * H, H) * (2 * weight_scale)
     b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
     extras = LayerExtras(rand(G * H, offset=1.0) if ln else None, rand(G * H, offset=1.0) if ln else None,
                          rand(H, offset=1.0) if ln_c else None, rand(H) if ln_c else None, keep(zh), keep(zc), cells)
@@ -354,32 +358,38 @@ def ext_compare(actual, expected, bound, what):
 @pytest.mark.parametrize("layout", EXT_LAYOUTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
 @pytest.mark.parametrize("mode,options", EXT_CASES, ids=EXT_IDS)
 def test_ext_matches_reference_and_cpu(mode, options, layout, dtype, seed, no_tf32):
-    args = ext_args(mode, **options, **layout, seed=seed)
+    # float32 on wider rows (as tests/test_layer_extras.py): LayerNorm over
+    # 6 values cancels enough that the CPU op itself misses 1e-5 now and then.
+    size = dict(H=6) if dtype == torch.float64 else dict(H=16, I=8)
+    args = ext_args(mode, **options, **layout, **size, seed=seed)
     expected = ext_run("reference", ext_on(args, torch.float64, "cpu"), seed)
     cpu = ext_run("cpu", ext_on(args, dtype, "cpu"), seed)
     actual = ext_run("cuda", ext_on(args, dtype, "cuda"), seed)
     what = f"{mode} {options} {layout} {dtype} seed={seed}"
     ext_compare(actual, expected, TOLERANCE[dtype], what + " vs the reference")
-    ext_compare(actual, cpu, TOLERANCE[dtype], what + " vs the cpu op")
+    ext_compare(actual, cpu, CPU_TOLERANCE[dtype], what + " vs the cpu op")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("H", [1, 31, 33, 300, 600, 1100], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("H", [16, 31, 33, 300, 600, 1100], ids=lambda h: f"H{h}")
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_ext_block_geometry(mode, H, dtype, seed, no_tf32):
-    """Hidden sizes around and beyond the block: one unit per warp lane or
-    fewer (H 1, 31, 33), G*H several times the block (300: 320 threads),
-    H itself past the 512-thread cap (600, 1100: two and three units per
-    thread, lstm's shared rows indexed past blockDim); many blocks (B 37)
-    with uneven lengths."""
+    """Hidden sizes around and beyond the block: part of one warp or just
+    past it (H 16, 31, 33), G*H several times the block (300: 320 threads), H itself
+    past the 512-thread cap (600, 1100: two and three units per thread,
+    lstm's shared rows indexed past blockDim); many blocks (B 37) with uneven
+    lengths. W_hh scaled like 1/sqrt(H), so that float32's own conditioning
+    stays inside its 1e-5 bar (at entries of 0.5 a tanh rnn at H = 1100 is
+    1e-4 off in float32 on the CPU too)."""
     B = 37
     lengths = [(i * 3) % 5 + 1 for i in range(B)]
     lengths[3] = 0
-    args = ext_args(mode, **EXT_ALL[mode], lengths=lengths, reverse=H % 2 == 1, T=5, B=B, I=4, H=H, seed=seed)
+    args = ext_args(mode, **EXT_ALL[mode], lengths=lengths, reverse=H % 2 == 1, T=5, B=B, I=4, H=H, seed=seed,
+                    weight_scale=min(0.5, 2 / H ** 0.5))
     cpu = ext_run("cpu", ext_on(args, dtype, "cpu"), seed)
     actual = ext_run("cuda", ext_on(args, dtype, "cuda"), seed)
-    ext_compare(actual, cpu, TOLERANCE[dtype], f"{mode} H={H} {dtype} seed={seed} vs the cpu op")
+    ext_compare(actual, cpu, CPU_TOLERANCE[dtype], f"{mode} H={H} {dtype} seed={seed} vs the cpu op")
     if H <= 300:
         expected = ext_run("reference", ext_on(args, torch.float64, "cpu"), seed)
         ext_compare(actual, expected, TOLERANCE[dtype], f"{mode} H={H} {dtype} seed={seed} vs the reference")
