@@ -275,8 +275,14 @@ Extras check_options(const LayerOptions& o, const LayerShape& s, const at::Tenso
     e.keep_c = batch.sort(o.keep_c, 1).contiguous();
   }
   e.return_cells = o.return_cells;
-  TORCH_CHECK(!e.per_step() || x.is_cpu(), "rnnkernels: LayerNorm of h W_hh^T and of c, zoneout and return_cells "
-              "run on the CPU kernels only; on ", x.device(), " use the reference backend");
+  // The per-step extras run in the extended step rows of csrc/cpu/ and csrc/cuda/.
+#ifdef RNNKERNELS_WITH_CUDA
+  const bool has_extended_steps = x.is_cpu() || x.is_cuda();
+#else
+  const bool has_extended_steps = x.is_cpu();
+#endif
+  TORCH_CHECK(!e.per_step() || has_extended_steps, "rnnkernels: LayerNorm of h W_hh^T and of c, zoneout and "
+              "return_cells run on the CPU and CUDA kernels only; on ", x.device(), " use the reference backend");
   return e;
 }
 

@@ -6,13 +6,16 @@ persistent forward and backward kernels (an error if the call could not take
 them, so a passing persistent test did run them), and the two mixed. Cases: every cell, float64 / float32 (tf32 off)
 / bfloat16, uneven lengths (including 0), reverse (bidirectional), B=1,
 hidden sizes not multiples of 8, projection, several layers, no h0, no bias,
-inference (no saved activations) and bad input. Without a GPU: asking for the
-cuda backend is a clear BackendUnavailableError.
+inference (no saved activations) and bad input. The extended op (LayerNorm
+LSTM / GRU, zoneout, return_cells: csrc/cuda/pointwise_ext_kernels.cu) against
+the float64 reference and the CPU op, gradients included. Without a GPU:
+asking for the cuda backend is a clear BackendUnavailableError.
 """
 import pytest
 import torch
 
 from rnnkernels import _ext, backends, reference
+from rnnkernels.reference import GATES, LayerExtras
 from rnnkernels.backends import BackendUnavailableError
 from rnnkernels.check import RNNCase, relative_error, run_rnn_case
 from rnnkernels.functional import rnn_forward
@@ -218,6 +221,7 @@ def test_asking_for_cuda_backend_on_this_build_is_a_clear_error():
     else:
         expected = "built without CUDA; rebuild it on a machine with a CUDA toolkit and a CUDA build of torch"
     assert expected in backends.unavailable_reason("cuda", "cpu")
+    assert expected in backends.unavailable_reason("cuda", "cpu", op="rnn_ext")
     with pytest.raises(BackendUnavailableError, match="backend 'cuda' cannot run rnn") as info:
         rnn_forward("lstm", x, None, w, has_bias=False, backend="cuda")
     assert expected in str(info.value)
@@ -256,3 +260,239 @@ def test_two_streams_match_one_stream(mode, backend, no_tf32, monkeypatch):
 
     for one, two in zip(run("0"), run("1")):
         assert torch.equal(one, two)
+
+
+# ------------------------------------------ extended op (LayerNorm, zoneout, return_cells)
+# The extended step kernels (one block per batch row, LayerNorm's reductions in
+# the block) against the float64 reference (rnnkernels.reference.rnn_layer_extended)
+# and against the CPU op in the same dtype: outputs, final states, cell states
+# and the gradients of every input.
+
+EXT_OPTIONS = {  # mode -> option sets (ln: LayerNorm of both projections; ln_c: of c; zh/zc: zoneout p)
+    "lstm": [dict(ln=True), dict(ln=True, ln_c=True), dict(ln_c=True), dict(zh=0.3), dict(zc=0.4),
+             dict(cells=True), dict(ln=True, ln_c=True, zh=0.2, zc=0.4, cells=True)],
+    "gru": [dict(ln=True), dict(zh=0.3), dict(ln=True, zh=0.5)],
+    "rnn_tanh": [dict(zh=0.3)],
+    "rnn_relu": [dict(zh=0.3)],
+}
+EXT_CASES = [(mode, options) for mode, sets in EXT_OPTIONS.items() for options in sets]
+EXT_IDS = [f"{m}-{','.join(o)}" for m, o in EXT_CASES]
+EXT_LAYOUTS = [dict(), dict(lengths=[5, 2, 4, 1]), dict(lengths=[3, 5, 0, 2], reverse=True), dict(with_h0=False),
+               dict(bias=False, reverse=True)]
+# CUDA against the CPU op: each is within TOLERANCE of the float64 truth, so
+# in float32 they may differ by twice that (float64: both at rounding level).
+CPU_TOLERANCE = {torch.float64: TOLERANCE[torch.float64], torch.float32: 2 * TOLERANCE[torch.float32]}
+EXT_ALL = dict(lstm=dict(ln=True, ln_c=True, zh=0.2, zc=0.3, cells=True), gru=dict(ln=True, zh=0.3),
+               rnn_tanh=dict(zh=0.4), rnn_relu=dict(zh=0.4))
+
+
+def ext_args(mode, ln=False, ln_c=False, zh=None, zc=None, cells=False, lengths=None, reverse=False, with_h0=True,
+             bias=True, T=5, B=4, I=3, H=6, eval_zoneout=False, seed=0, weight_scale=0.5):
+    """float64 CPU arguments (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras);
+    the weights' entries have standard deviation `weight_scale`."""
+    gen = torch.Generator().manual_seed(seed)
+    G = GATES[mode]
+
+    def rand(*shape, offset=0.0):
+        return torch.randn(*shape, dtype=torch.float64, generator=gen) * 0.5 + offset
+
+    def keep(p):
+        if p is None:
+            return None
+        if eval_zoneout:
+            return torch.full((T, B, H), p, dtype=torch.float64)
+        return torch.bernoulli(torch.full((T, B, H), p, dtype=torch.float64), generator=gen)
+
+    x = rand(T, B, I)
+    h0 = rand(B, H) if with_h0 else None
+    c0 = rand(B, H) if with_h0 and mode == "lstm" else None
+    w_ih, w_hh = rand(G * H, I) * (2 * weight_scale), rand(G * H, H) * (2 * weight_scale)
+    b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
+    extras = LayerExtras(rand(G * H, offset=1.0) if ln else None, rand(G * H, offset=1.0) if ln else None,
+                         rand(H, offset=1.0) if ln_c else None, rand(H) if ln_c else None, keep(zh), keep(zc), cells)
+    lengths = torch.tensor(lengths, dtype=torch.int64) if lengths is not None else None
+    return [mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras]
+
+
+def ext_on(args, dtype, device, requires_grad=True):
+    """The same arguments in `dtype` on `device`: the weights, x and states as
+    fresh leaves; the zoneout masks as constants; lengths stay on the CPU."""
+    def move(t, leaf):
+        if t is None:
+            return None
+        t = t.detach().to(dtype=dtype, device=device)
+        return t.requires_grad_() if leaf and requires_grad else t
+
+    mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, e = args
+    extras = LayerExtras(move(e.ln_ih_weight, True), move(e.ln_hh_weight, True), move(e.ln_cell_weight, True),
+                         move(e.ln_cell_bias, True), move(e.keep_h, False), move(e.keep_c, False), e.return_cells)
+    return [mode] + [move(t, True) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)] + [lengths, reverse, extras]
+
+
+def ext_leaves(args):
+    e = args[-1]
+    return [t for t in args[1:8] + [e.ln_ih_weight, e.ln_hh_weight, e.ln_cell_weight, e.ln_cell_bias]
+            if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def ext_run(backend, args, seed):
+    """Outputs (out, h_n, c_n, cell_states; the present ones) and the gradients
+    of every leaf under fixed random upstream gradients, all as float64 on the CPU."""
+    outputs = [o for o in backends.rnn_layer(*args[:8], None, args[8], args[9], backend=backend, extras=args[10])
+               if o is not None]
+    gen = torch.Generator().manual_seed(seed + 1)
+    upstream = [torch.randn(o.shape, dtype=torch.float64, generator=gen).to(o) for o in outputs]
+    grads = torch.autograd.grad(outputs, ext_leaves(args), upstream)
+    return [t.detach().to(device="cpu", dtype=torch.float64) for t in outputs + list(grads)]
+
+
+def ext_compare(actual, expected, bound, what):
+    assert len(actual) == len(expected), what
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        error = relative_error(a, e)
+        assert error <= bound, f"{what}: tensor {i} (outputs, then gradients) off by {error}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("layout", EXT_LAYOUTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize("mode,options", EXT_CASES, ids=EXT_IDS)
+def test_ext_matches_reference_and_cpu(mode, options, layout, dtype, seed, no_tf32):
+    # float32 on wider rows (as tests/test_layer_extras.py): LayerNorm over
+    # 6 values cancels enough that the CPU op itself misses 1e-5 now and then.
+    size = dict(H=6) if dtype == torch.float64 else dict(H=16, I=8)
+    args = ext_args(mode, **options, **layout, **size, seed=seed)
+    expected = ext_run("reference", ext_on(args, torch.float64, "cpu"), seed)
+    cpu = ext_run("cpu", ext_on(args, dtype, "cpu"), seed)
+    actual = ext_run("cuda", ext_on(args, dtype, "cuda"), seed)
+    what = f"{mode} {options} {layout} {dtype} seed={seed}"
+    ext_compare(actual, expected, TOLERANCE[dtype], what + " vs the reference")
+    ext_compare(actual, cpu, CPU_TOLERANCE[dtype], what + " vs the cpu op")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("H", [16, 31, 33, 300, 600, 1100], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_ext_block_geometry(mode, H, dtype, seed, no_tf32):
+    """Hidden sizes around and beyond the block: part of one warp or just
+    past it (H 16, 31, 33), G*H several times the block (300: 320 threads), H itself
+    past the 512-thread cap (600, 1100: two and three units per thread,
+    lstm's shared rows indexed past blockDim); many blocks (B 37) with uneven
+    lengths. W_hh scaled like 1/sqrt(H), so that float32's own conditioning
+    stays inside its 1e-5 bar (at entries of 0.5 a tanh rnn at H = 1100 is
+    1e-4 off in float32 on the CPU too)."""
+    B = 37
+    lengths = [(i * 3) % 5 + 1 for i in range(B)]
+    lengths[3] = 0
+    args = ext_args(mode, **EXT_ALL[mode], lengths=lengths, reverse=H % 2 == 1, T=5, B=B, I=4, H=H, seed=seed,
+                    weight_scale=min(0.5, 2 / H ** 0.5))
+    cpu = ext_run("cpu", ext_on(args, dtype, "cpu"), seed)
+    actual = ext_run("cuda", ext_on(args, dtype, "cuda"), seed)
+    ext_compare(actual, cpu, CPU_TOLERANCE[dtype], f"{mode} H={H} {dtype} seed={seed} vs the cpu op")
+    if H <= 300:
+        expected = ext_run("reference", ext_on(args, torch.float64, "cpu"), seed)
+        ext_compare(actual, expected, TOLERANCE[dtype], f"{mode} H={H} {dtype} seed={seed} vs the reference")
+
+
+@pytest.mark.gpu
+def test_ext_lstm_past_the_default_shared_memory(seed):
+    """float64 lstm with H = 3200: the two (H,) rows per block take 51 KiB of
+    shared memory, past the default 48 KiB (the launch opts in)."""
+    args = ext_args("lstm", **EXT_ALL["lstm"], lengths=[3, 1, 2], T=3, B=3, I=4, H=3200, seed=seed)
+    cpu = ext_run("cpu", ext_on(args, torch.float64, "cpu"), seed)
+    actual = ext_run("cuda", ext_on(args, torch.float64, "cuda"), seed)
+    ext_compare(actual, cpu, TOLERANCE[torch.float64], f"lstm H=3200 seed={seed} vs the cpu op")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_ext_bfloat16_within_bound(mode, seed):
+    """bfloat16 storage, float compute: against the float64 reference on the
+    same (rounded) inputs, within 2e-2 or 3x torch's own error computing the
+    reference's math in bfloat16 (the bar of tests/test_layer_extras.py)."""
+    args = ext_args(mode, **EXT_ALL[mode], lengths=[5, 3, 4, 1], T=5, B=4, I=8, H=16, seed=seed)
+    rounded = ext_on(args, torch.bfloat16, "cpu", requires_grad=False)
+    expected = ext_run("reference", ext_on(rounded, torch.float64, "cpu"), seed)
+    torch_low = ext_run("reference", ext_on(rounded, torch.bfloat16, "cpu"), seed)
+    actual = ext_run("cuda", ext_on(rounded, torch.bfloat16, "cuda"), seed)
+    bound = max(TOLERANCE[torch.bfloat16], 3 * max(relative_error(t, e) for t, e in zip(torch_low, expected)))
+    ext_compare(actual, expected, bound, f"{mode} bfloat16 seed={seed}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode,options", [("lstm", dict(ln=True, ln_c=True, zh=0.3, zc=0.3, cells=True,
+                                                        lengths=[3, 1])),
+                                          ("gru", dict(ln=True, zh=0.4, lengths=[2, 3], reverse=True)),
+                                          ("rnn_tanh", dict(zh=0.5, reverse=True))], ids=["lstm", "gru", "rnn_tanh"])
+def test_ext_gradcheck(mode, options):
+    args = ext_on(ext_args(mode, **options, T=3, B=2, I=2, H=3), torch.float64, "cuda")
+    inputs = ext_leaves(args)
+    extras = args[-1]
+
+    def fn(*tensors):
+        it = iter(tensors)
+        take = lambda t: next(it) if isinstance(t, torch.Tensor) and t.requires_grad else t  # noqa: E731
+        positional = [take(t) for t in args[1:8]]
+        ex = LayerExtras(*[take(t) for t in extras[:4]], extras.keep_h, extras.keep_c, extras.return_cells)
+        outs = backends.rnn_layer(args[0], *positional, None, args[8], args[9], backend="cuda", extras=ex)
+        return tuple(o for o in outs if o is not None)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_relu"])
+def test_ext_inference_and_evaluation_zoneout(mode, seed):
+    """No autograd: nothing saved (no x_hat, row_stats, fresh, gates), two
+    state slots; zoneout's keep = p (evaluation). Equal to the CPU op in float64."""
+    options = dict(EXT_ALL[mode])
+    for T in (4, 5):  # both parities of the alternating state slots
+        args = ext_args(mode, **options, lengths=[T, 2, 0, T - 1], T=T, eval_zoneout=True, seed=seed)
+        with torch.no_grad():
+            cpu = backends.rnn_layer(*ext_on(args, torch.float64, "cpu", False)[:8], None, args[8], args[9],
+                                     backend="cpu", extras=ext_on(args, torch.float64, "cpu", False)[10])
+            on_gpu = ext_on(args, torch.float64, "cuda", False)
+            actual = backends.rnn_layer(*on_gpu[:8], None, args[8], args[9], backend="cuda", extras=on_gpu[10])
+        for name, a, e in zip(("output", "h_n", "c_n", "cell_states"), actual, cpu):
+            if e is None:
+                assert a is None
+                continue
+            assert relative_error(a.cpu(), e) <= TOLERANCE[torch.float64], f"{mode} T={T} {name}"
+
+
+@pytest.mark.gpu
+def test_ext_padding_with_nan_reaches_nothing():
+    args = ext_on(ext_args("lstm", **EXT_ALL["lstm"], lengths=[5, 2, 4, 1]), torch.float64, "cuda")
+    with torch.no_grad():
+        for b, n in enumerate(args[8].tolist()):
+            args[1][n:, b] = float("nan")
+    for t in ext_run("cuda", args, 0):  # every output and every gradient, x's included (zero there)
+        assert torch.isfinite(t).all()
+
+
+@pytest.mark.gpu
+def test_ext_modules_run_the_cuda_kernels(no_tf32):
+    """LayerNormLSTM / LayerNormGRU on the cuda backend match the same module
+    on the cpu backend (layers, directions, lengths)."""
+    import rnnkernels as rk
+
+    assert "cuda" in backends.available("cuda", op="rnn_ext", dtype=torch.float32)
+    for make in (lambda: rk.LayerNormLSTM(5, 12, num_layers=2, bidirectional=True),
+                 lambda: rk.LayerNormGRU(5, 12, bidirectional=True)):
+        torch.manual_seed(0)
+        module = make().double()
+        x = torch.randn(6, 3, 5, dtype=torch.float64)
+        lengths = torch.tensor([6, 2, 4])
+        expected, _ = module(x, lengths=lengths, backend="cpu")
+        gpu = module.cuda()
+        actual, _ = gpu(x.cuda(), lengths=lengths, backend="cuda")
+        assert relative_error(actual.cpu(), expected) <= TOLERANCE[torch.float64]
+
+
+@pytest.mark.gpu
+def test_ext_refused_by_the_persistent_policy(persistent_path):
+    """RNNKERNELS_CUDA_PERSISTENT=1: the extended op has no persistent kernel, an error, not a fallback."""
+    args = ext_on(ext_args("gru", zh=0.3), torch.float32, "cuda", requires_grad=False)
+    with pytest.raises(RuntimeError, match="RNNKERNELS_CUDA_PERSISTENT=1"):
+        backends.rnn_layer(*args[:8], None, args[8], args[9], backend="cuda", extras=args[10])

@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 // Returns the error of a CUDA runtime call (or of the last launch) from the
@@ -75,6 +76,63 @@ template <typename T>
 cudaError_t launch_forward_step(const ForwardStepArgs<T>& args, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_backward_step(const BackwardStepArgs<T>& args, cudaStream_t stream);
+
+// ------------------------------------------------- extended step rows
+// What a layer adds to torch.nn's cell (mirrors rnnkernels::ForwardExtras /
+// BackwardExtras; csrc/cuda/pointwise_ext_kernels.cu): LayerNorm of h W_hh^T
+// and of c, zoneout, per-step cell outputs. Run with the step's plain args
+// (no projection: P == H, h_raw and dh_raw nullptr). One thread block per
+// batch row. Every pointer may be nullptr when its option is off, except
+// where noted. float, double and __nv_bfloat16 storage.
+
+template <typename T>
+struct ForwardExtrasArgs {
+  T* gh;                     // (B, G*H) the step's gh (ForwardStepArgs::gh, writable): with
+                             //          ln_hh_weight normalised in place, gh <- gamma_hh * x_hat
+  const T* ln_hh_weight;     // (G*H,) gain of LN(h W_hh^T) (lstm, gru)
+  T* xhat_hh;                // (B, G*H) out: x_hat of LN(h W_hh^T) (training)
+  const T* ln_cell_weight;   // (H,) lstm: gain of LN(c), h = o * tanh(LN(c))
+  const T* ln_cell_bias;     // (H,) lstm: its bias (set with ln_cell_weight)
+  T* row_stats;              // (B, stats_stride) out, columns 0..2 only: rstd of LN(h W_hh^T),
+                             //                   mean and rstd of LN(c) (training)
+  int64_t stats_stride;      // row stride of row_stats (4: column 3 is LN(gi)'s rstd, not ours)
+  const T* keep_h;           // (B, H) zoneout: h = keep * h_prev + (1 - keep) * fresh h
+  const T* keep_c;           // (B, H) lstm zoneout of c
+  T* fresh;                  // (B, H) out: lstm c, rnn h before zoneout (training with zoneout)
+  T* cell_out;               // (B, H) out: lstm c after the step, zero past the end (return_cells)
+};
+
+template <typename T>
+struct BackwardExtrasArgs {
+  const T* ln_hh_weight;     // (G*H,) as in ForwardExtrasArgs
+  const T* xhat_hh;          // (B, G*H) saved; required with ln_hh_weight
+  const T* ln_cell_weight;   // (H,)
+  const T* ln_cell_bias;     // (H,)
+  const T* row_stats;        // (B, stats_stride) saved; required with either LayerNorm
+  int64_t stats_stride;
+  const T* keep_h;           // (B, H)
+  const T* keep_c;           // (B, H) lstm
+  const T* fresh;            // (B, H) saved (lstm with keep_c, rnn with keep_h), else nullptr
+  const T* grad_cell_out;    // (B, H) lstm: gradient of cell_out
+  T* d_gh_raw;               // (B, G*H) out, required with ln_hh_weight: gradient of h W_hh^T
+                             //          before its LayerNorm
+  T* d_ln_cell;              // (B, 2H) out with ln_cell_weight: dy * c_hat and dy
+};
+
+// Dynamic shared memory of one block of the extended step kernels (per-warp
+// partial sums; lstm: two (H,) rows in the compute type), and whether the
+// current device can give it to one block.
+template <typename T>
+size_t ext_step_shared_bytes(Cell cell, int64_t H);
+template <typename T>
+cudaError_t ext_step_fits(Cell cell, int64_t H, bool* fits);
+
+template <typename T>
+cudaError_t launch_forward_step_ext(const ForwardStepArgs<T>& args, const ForwardExtrasArgs<T>& extras,
+                                    cudaStream_t stream);
+template <typename T>
+cudaError_t launch_backward_step_ext(const BackwardStepArgs<T>& args, const BackwardExtrasArgs<T>& extras,
+                                     cudaStream_t stream);
 
 // LSTM with projection. Forward: alive rows h_next = out, dead rows
 // h_next = h_prev and out = 0. Backward: dst = alive ? dh + grad_out : 0.

@@ -25,6 +25,11 @@
 //                      L2/HBM: what dominates a small-batch step.
 //   step-kernel loop   everything else (csrc/rnn_layer.cpp): per step one
 //                      cuBLAS GEMM and one fused pointwise kernel.
+//   extended op        rnn_layer_forward_ext / rnn_layer_backward_ext
+//                      (LayerNorm, zoneout, return_cells): always the step
+//                      loop, with the extended step kernels of
+//                      csrc/cuda/pointwise_ext_kernels.cu (one block per
+//                      batch row, LayerNorm's row reductions in the block).
 // Forward and backward decide separately; both read and write the same
 // saved-activation layout, so either backward follows either forward.
 // RNNKERNELS_CUDA_PERSISTENT=0 forces the step loop; =1 requires the
@@ -131,11 +136,188 @@ void set_step_shape(Args& a, const Step& s, int64_t B, int64_t H, int64_t P) {
   a.lengths = lengths_ptr(s.lengths);
 }
 
+// A (n,) gain or bias: check_buffer on its (1, n) view.
+void check_vector(const at::Tensor& t, const char* name, int64_t n, const at::Tensor& like) {
+  TORCH_CHECK(t.defined() && t.dim() == 1, "rnnkernels (cuda step): ", name, " must be a 1-D tensor of ", n,
+              " values");
+  check_buffer(t.view({1, -1}), name, 1, n, like);
+}
+
+void check_optional_vector(const at::Tensor& t, const char* name, int64_t n, const at::Tensor& like) {
+  if (t.defined()) check_vector(t, name, n, like);
+}
+
+// row_stats: this step's (B, 4) slice of the saved (T, B, 4); the step rows
+// touch its columns 0..2 (column 3 is LN(gi)'s rstd, written by the loop).
+void check_row_stats(const at::Tensor& t, int64_t B, const at::Tensor& like) {
+  if (!t.defined()) return;
+  TORCH_CHECK(t.dim() == 2 && t.size(1) >= 3, "rnnkernels (cuda step): row_stats must be (", B,
+              ", >= 3), got ", t.sizes());
+  check_buffer(t, "row_stats", B, t.size(1), like);
+}
+
+// The extended kernels' shared memory (lstm: two (H,) rows per block) must fit one block.
+template <typename T>
+void check_ext_fits(Mode mode, int64_t H) {
+  bool fits = false;
+  RK_CUDA_CHECK(cuda::ext_step_fits<T>(to_cell(mode), H, &fits), "sizing the extended step kernels");
+  TORCH_CHECK(fits, "rnnkernels: hidden_size ", H, " is too large for the CUDA kernels of LayerNorm, zoneout and "
+              "return_cells (", cuda::ext_step_shared_bytes<T>(to_cell(mode), H), " bytes of shared memory per "
+              "block); use backend='reference'");
+}
+
+// The extended rows (s.extras set): LayerNorm of h W_hh^T and of c, zoneout,
+// cell outputs; no projection (csrc/rnn_layer.cpp refuses it with extras).
+void forward_step_ext_cuda(const ForwardStep& s) {
+  const ForwardExtras& e = *s.extras;
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  TORCH_CHECK(!s.h_raw.defined(), "rnnkernels (cuda step): LayerNorm, zoneout and return_cells take no projection");
+  TORCH_CHECK(s.b_ih.defined() && s.b_hh.defined(),
+              "rnnkernels (cuda step): b_ih and b_hh must be given (zeros when the layer has none)");
+  const at::Tensor& like = s.gi;
+  const int64_t B = s.gi.size(0), H = s.h_prev.size(1), GH = gate_count(s.mode) * H;
+  check_buffer(s.gi, "gi", B, GH, like);
+  check_buffer(s.gh, "gh", B, GH, like);
+  check_vector(s.b_ih, "b_ih", GH, like);
+  check_vector(s.b_hh, "b_hh", GH, like);
+  check_buffer(s.h_prev, "h_prev", B, H, like);
+  check_buffer(s.h_next, "h_next", B, H, like);
+  check_buffer(s.out, "out", B, H, like);
+  if (lstm) {
+    check_buffer(s.c_prev, "c_prev", B, H, like);
+    check_buffer(s.c_next, "c_next", B, H, like);
+  }
+  if (lstm || gru) check_optional_buffer(s.saved, "saved", B, 4 * H, like);
+  TORCH_CHECK(!e.ln_hh_weight.defined() || lstm || gru, "rnnkernels (cuda step): LayerNorm is for lstm and gru");
+  TORCH_CHECK(e.ln_cell_weight.defined() == e.ln_cell_bias.defined() && (!e.ln_cell_weight.defined() || lstm),
+              "rnnkernels (cuda step): ln_cell_weight and ln_cell_bias go together, lstm only");
+  TORCH_CHECK(lstm || (!e.keep_c.defined() && !e.cell_out.defined()),
+              "rnnkernels (cuda step): keep_c and cell_out are for lstm only");
+  check_optional_vector(e.ln_hh_weight, "ln_hh_weight", GH, like);
+  check_optional_buffer(e.xhat_hh, "xhat_hh", B, GH, like);
+  check_optional_vector(e.ln_cell_weight, "ln_cell_weight", H, like);
+  check_optional_vector(e.ln_cell_bias, "ln_cell_bias", H, like);
+  check_row_stats(e.row_stats, B, like);
+  check_optional_buffer(e.keep_h, "keep_h", B, H, like);
+  check_optional_buffer(e.keep_c, "keep_c", B, H, like);
+  check_optional_buffer(e.fresh, "fresh", B, H, like);
+  check_optional_buffer(e.cell_out, "cell_out", B, H, like);
+  check_device_lengths(s.lengths, B, like);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, like.scalar_type(), "rnnkernels_forward_step_ext_cuda", [&] {
+    using T = typename CudaStorage<scalar_t>::type;
+    check_ext_fits<T>(s.mode, H);
+    cuda::ForwardStepArgs<T> a;
+    set_step_shape(a, s, B, H, H);
+    a.gi = ptr<T>(s.gi);
+    a.gh = ptr<T>(s.gh);
+    a.b_ih = ptr<T>(s.b_ih);
+    a.b_hh = ptr<T>(s.b_hh);
+    a.h_prev = ptr<T>(s.h_prev);
+    a.h_next = ptr<T>(s.h_next);
+    a.c_prev = lstm ? ptr<T>(s.c_prev) : nullptr;
+    a.c_next = lstm ? ptr<T>(s.c_next) : nullptr;
+    a.out = ptr<T>(s.out);
+    a.h_raw = nullptr;
+    a.saved = lstm || gru ? ptr<T>(s.saved) : nullptr;
+    cuda::ForwardExtrasArgs<T> x;
+    x.gh = ptr<T>(s.gh);
+    x.ln_hh_weight = ptr<T>(e.ln_hh_weight);
+    x.xhat_hh = ptr<T>(e.xhat_hh);
+    x.ln_cell_weight = ptr<T>(e.ln_cell_weight);
+    x.ln_cell_bias = ptr<T>(e.ln_cell_bias);
+    x.row_stats = ptr<T>(e.row_stats);
+    x.stats_stride = e.row_stats.defined() ? e.row_stats.size(1) : 0;
+    x.keep_h = ptr<T>(e.keep_h);
+    x.keep_c = lstm ? ptr<T>(e.keep_c) : nullptr;
+    x.fresh = ptr<T>(e.fresh);
+    x.cell_out = lstm ? ptr<T>(e.cell_out) : nullptr;
+    RK_CUDA_CHECK(cuda::launch_forward_step_ext<T>(a, x, current_stream()), "the extended forward step kernel");
+  });
+}
+
+void backward_step_ext_cuda(const BackwardStep& s) {
+  const BackwardExtras& e = *s.extras;
+  const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
+  TORCH_CHECK(!s.dh_raw.defined(), "rnnkernels (cuda step): LayerNorm, zoneout and return_cells take no projection");
+  const at::Tensor& like = s.d_pre;
+  const int64_t B = s.d_pre.size(0), H = s.dh.size(1), GH = gate_count(s.mode) * H;
+  check_buffer(s.d_pre, "d_pre", B, GH, like);
+  check_buffer(s.dh, "dh", B, H, like);
+  check_buffer(s.dh_prev, "dh_prev", B, H, like);
+  check_optional_buffer(s.grad_out, "grad_out", B, H, like);
+  if (lstm) {
+    check_buffer(s.dc, "dc", B, H, like);
+    check_buffer(s.c_prev, "c_prev", B, H, like);
+    check_buffer(s.c_next, "c_next", B, H, like);
+    check_buffer(s.saved, "saved", B, 4 * H, like);
+  } else if (gru) {
+    check_buffer(s.saved, "saved", B, 4 * H, like);
+    check_buffer(s.h_prev, "h_prev", B, H, like);
+    check_buffer(s.d_gh, "d_gh", B, GH, like);
+  } else {
+    check_buffer(s.h_next, "h_next", B, H, like);
+  }
+  TORCH_CHECK(!e.ln_hh_weight.defined() || lstm || gru, "rnnkernels (cuda step): LayerNorm is for lstm and gru");
+  TORCH_CHECK(e.ln_cell_weight.defined() == e.ln_cell_bias.defined() && (!e.ln_cell_weight.defined() || lstm),
+              "rnnkernels (cuda step): ln_cell_weight and ln_cell_bias go together, lstm only");
+  TORCH_CHECK(lstm || (!e.keep_c.defined() && !e.grad_cell_out.defined()),
+              "rnnkernels (cuda step): keep_c and grad_cell_out are for lstm only");
+  check_optional_vector(e.ln_hh_weight, "ln_hh_weight", GH, like);
+  if (e.ln_hh_weight.defined()) {  // what its backward reads and writes
+    check_buffer(e.xhat_hh, "xhat_hh", B, GH, like);
+    check_buffer(e.d_gh_raw, "d_gh_raw", B, GH, like);
+  }
+  check_optional_vector(e.ln_cell_weight, "ln_cell_weight", H, like);
+  check_optional_vector(e.ln_cell_bias, "ln_cell_bias", H, like);
+  check_optional_buffer(e.d_ln_cell, "d_ln_cell", B, 2 * H, like);
+  TORCH_CHECK(e.row_stats.defined() || (!e.ln_hh_weight.defined() && !e.ln_cell_weight.defined()),
+              "rnnkernels (cuda step): row_stats (saved by a training forward) is missing");
+  check_row_stats(e.row_stats, B, like);
+  check_optional_buffer(e.keep_h, "keep_h", B, H, like);
+  check_optional_buffer(e.keep_c, "keep_c", B, H, like);
+  check_optional_buffer(e.fresh, "fresh", B, H, like);
+  check_optional_buffer(e.grad_cell_out, "grad_cell_out", B, H, like);
+  check_device_lengths(s.lengths, B, like);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, like.scalar_type(), "rnnkernels_backward_step_ext_cuda", [&] {
+    using T = typename CudaStorage<scalar_t>::type;
+    check_ext_fits<T>(s.mode, H);
+    cuda::BackwardStepArgs<T> a;
+    set_step_shape(a, s, B, H, H);
+    a.grad_out = ptr<T>(s.grad_out);
+    a.dh = ptr<T>(s.dh);
+    a.dh_raw = nullptr;
+    a.dc = lstm ? ptr<T>(s.dc) : nullptr;
+    a.saved = lstm || gru ? ptr<T>(s.saved) : nullptr;
+    a.h_prev = gru ? ptr<T>(s.h_prev) : nullptr;
+    a.h_next = !lstm && !gru ? ptr<T>(s.h_next) : nullptr;
+    a.c_prev = lstm ? ptr<T>(s.c_prev) : nullptr;
+    a.c_next = lstm ? ptr<T>(s.c_next) : nullptr;
+    a.d_pre = ptr<T>(s.d_pre);
+    a.d_gh = gru ? ptr<T>(s.d_gh) : nullptr;
+    a.dh_prev = ptr<T>(s.dh_prev);
+    cuda::BackwardExtrasArgs<T> x;
+    x.ln_hh_weight = ptr<T>(e.ln_hh_weight);
+    x.xhat_hh = e.ln_hh_weight.defined() ? ptr<T>(e.xhat_hh) : nullptr;
+    x.ln_cell_weight = ptr<T>(e.ln_cell_weight);
+    x.ln_cell_bias = ptr<T>(e.ln_cell_bias);
+    x.row_stats = ptr<T>(e.row_stats);
+    x.stats_stride = e.row_stats.defined() ? e.row_stats.size(1) : 0;
+    x.keep_h = ptr<T>(e.keep_h);
+    x.keep_c = lstm ? ptr<T>(e.keep_c) : nullptr;
+    x.fresh = ptr<T>(e.fresh);
+    x.grad_cell_out = lstm ? ptr<T>(e.grad_cell_out) : nullptr;
+    x.d_gh_raw = e.ln_hh_weight.defined() ? ptr<T>(e.d_gh_raw) : nullptr;
+    x.d_ln_cell = e.ln_cell_weight.defined() ? ptr<T>(e.d_ln_cell) : nullptr;
+    RK_CUDA_CHECK(cuda::launch_backward_step_ext<T>(a, x, current_stream()), "the extended backward step kernel");
+  });
+}
+
 }  // namespace
 
 // ----------------------------------------------- steps of csrc/pointwise.h
 
 void forward_step_cuda(const ForwardStep& s) {
+  if (s.extras != nullptr) return forward_step_ext_cuda(s);
   const bool lstm = s.mode == Mode::Lstm, projected = s.h_raw.defined();
   TORCH_CHECK(s.b_ih.defined() && s.b_hh.defined() && s.b_ih.dim() == 1 && s.b_hh.dim() == 1,
               "rnnkernels (cuda step): b_ih and b_hh must be 1-D (zeros when the layer has none)");
@@ -180,6 +362,7 @@ void forward_step_cuda(const ForwardStep& s) {
 }
 
 void backward_step_cuda(const BackwardStep& s) {
+  if (s.extras != nullptr) return backward_step_ext_cuda(s);
   const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
   const at::Tensor& like = s.d_pre;
   const int64_t B = s.d_pre.size(0), P = s.dh.size(1), H = lstm ? s.dc.size(1) : P;
@@ -572,10 +755,51 @@ BackwardResult rnn_layer_backward_cuda(c10::string_view mode, const c10::optiona
                             cells, gates, hidden_raw, has_bias, input_grad, weight_grad);
 }
 
+// The extended op (LayerNorm, zoneout, return_cells) runs the step loop of
+// csrc/rnn_layer.cpp with the extended step kernels: no persistent kernel
+// has its extras, so RNNKERNELS_CUDA_PERSISTENT=1 refuses it.
+void check_extended_policy(const char* pass) {
+  TORCH_CHECK(persistent_policy() != PersistentPolicy::Always, "rnnkernels: RNNKERNELS_CUDA_PERSISTENT=1 asks for "
+              "the persistent ", pass, " kernel, but it cannot run this call: LayerNorm, zoneout and return_cells "
+              "(rnn_layer_", pass, "_ext) run the step loop");
+}
+
+ExtendedForward rnn_layer_forward_ext_cuda(
+    c10::string_view mode, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
+    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& lengths, bool reverse, bool training, const c10::optional<at::Tensor>& ln_ih,
+    const c10::optional<at::Tensor>& ln_hh, const c10::optional<at::Tensor>& ln_cell_w,
+    const c10::optional<at::Tensor>& ln_cell_b, const c10::optional<at::Tensor>& keep_h,
+    const c10::optional<at::Tensor>& keep_c, bool return_cells) {
+  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x));
+  check_extended_policy("forward");
+  return rnn_layer_forward_ext(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, ln_ih, ln_hh,
+                               ln_cell_w, ln_cell_b, keep_h, keep_c, return_cells);
+}
+
+ExtendedBackward rnn_layer_backward_ext_cuda(
+    c10::string_view mode, const c10::optional<at::Tensor>& grad_output, const c10::optional<at::Tensor>& grad_h_n,
+    const c10::optional<at::Tensor>& grad_c_n, const c10::optional<at::Tensor>& grad_cell_states, const at::Tensor& x,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& lengths, bool reverse,
+    const at::Tensor& states, const at::Tensor& cells, const at::Tensor& gates, const at::Tensor& x_hat,
+    const at::Tensor& row_stats, const at::Tensor& fresh, bool has_bias, bool input_grad, bool weight_grad,
+    const c10::optional<at::Tensor>& ln_ih, const c10::optional<at::Tensor>& ln_hh,
+    const c10::optional<at::Tensor>& ln_cell_w, const c10::optional<at::Tensor>& ln_cell_b,
+    const c10::optional<at::Tensor>& keep_h, const c10::optional<at::Tensor>& keep_c, bool return_cells) {
+  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x));
+  check_extended_policy("backward");
+  return rnn_layer_backward_ext(mode, grad_output, grad_h_n, grad_c_n, grad_cell_states, x, w_ih, w_hh, lengths,
+                                reverse, states, cells, gates, x_hat, row_stats, fresh, has_bias, input_grad,
+                                weight_grad, ln_ih, ln_hh, ln_cell_w, ln_cell_b, keep_h, keep_c, return_cells);
+}
+
 }  // namespace
 }  // namespace rnnkernels
 
 TORCH_LIBRARY_IMPL(rnnkernels, CUDA, m) {
   m.impl("rnn_layer_forward", &rnnkernels::rnn_layer_forward_cuda);
   m.impl("rnn_layer_backward", &rnnkernels::rnn_layer_backward_cuda);
+  m.impl("rnn_layer_forward_ext", &rnnkernels::rnn_layer_forward_ext_cuda);
+  m.impl("rnn_layer_backward_ext", &rnnkernels::rnn_layer_backward_ext_cuda);
 }

@@ -28,7 +28,7 @@ def _rnn_ext(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras):
 def register_rnn(device_type: str, priority: int, build_error: Optional[str] = None, extended: bool = False) -> None:
     """Registers the compiled op as backend `device_type` ("cpu" or "cuda"),
     for tensors of that device type; with `extended`, the extended op too
-    (op "rnn_ext": LayerNorm, zoneout, cell states; CPU kernels only so far).
+    (op "rnn_ext": LayerNorm, zoneout, cell states; the cpu and cuda backends).
     `build_error`: why this build of the extension cannot run on that device, or None."""
 
     def unavailable_reason(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
