@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--out", default="", help="also write the markdown table here")
     args = parser.parse_args(argv)
-    lines = [f"Machine: {one_line(describe('cpu'))}", "",
+    machine = describe("cpu")
+    lines = [f"Machine: {one_line(machine)}; measured {machine['date']}", "",
              "forward+backward ms, median of %d; ratio = baseline time / rk.LayerNormLSTM time" % args.repeats, "",
              "| T, B, I, H | eager loop | compiled loop | rk.LayerNormLSTM | rk.LSTM (plain) | vs eager | vs compiled "
              "| LayerNorm / plain |", "|---|---|---|---|---|---|---|---|"]
