@@ -128,30 +128,22 @@ struct AccurateFloatMath : FastFloatMath {
   }
 };
 
-template <typename T>
+// The policy for compute type T: libm for double (the precision reference),
+// the given vectorisable one for float.
+template <typename T, typename FloatMath>
 struct CpuMathFor {
   using type = cells::StdMath;
 };
 
-template <>
-struct CpuMathFor<float> {
-  using type = FastFloatMath;
+template <typename FloatMath>
+struct CpuMathFor<float, FloatMath> {
+  using type = FloatMath;
 };
 
 template <typename T>
-using CpuMath = typename CpuMathFor<T>::type;
+using CpuMath = typename CpuMathFor<T, FastFloatMath>::type;
 
 template <typename T>
-struct CpuAccurateMathFor {
-  using type = cells::StdMath;
-};
-
-template <>
-struct CpuAccurateMathFor<float> {
-  using type = AccurateFloatMath;
-};
-
-template <typename T>
-using CpuAccurateMath = typename CpuAccurateMathFor<T>::type;
+using CpuAccurateMath = typename CpuMathFor<T, AccurateFloatMath>::type;
 
 }  // namespace rnnkernels
