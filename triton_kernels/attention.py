@@ -182,17 +182,71 @@ def _weights_kernel(Q, K, LSE, W, LENGTHS, scale_log2, Tq, Tk, D, H, HAS_LENGTHS
 
 
 @triton.jit
-def _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, end, DW, bh, scale_log2, Tq, Tk,
-                       HAS_DW: tl.constexpr):
-    """Rebuilds P (BM, BN) from lse and returns (P, dS) with dS = P * (dO V^T + dW - delta)."""
+def _probs_and_dprobs(q, k, v, do, lse, rows, cols, end, DW, bh, scale_log2, Tq, Tk, HAS_DW: tl.constexpr):
+    """Rebuilds P (BM, BN) from lse (float64: s - lse keeps a weight's exponent to a
+    float32 ulp of itself, not of |s|) and returns (P, dP = dO V^T + dW)."""
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
     visible = cols[None, :] < end[:, None]
-    p = tl.where(visible, tl.exp2(s - tl.where(visible, lse[:, None], 0.0)), 0.0)
+    p = tl.where(visible, tl.exp2((s - tl.where(visible, lse[:, None], 0.0)).to(tl.float32)), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision="ieee")
     if HAS_DW:
         dp += _load_tile(DW, bh, rows, Tq, cols, Tk).to(tl.float32)
+    return p, dp
+
+
+@triton.jit
+def _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, end, DW, bh, scale_log2, Tq, Tk,
+                       HAS_DW: tl.constexpr):
+    """(P, dS) with dS = P * (dP - delta); dP - delta in float64 (delta is), where it
+    cancels for the keys that hold most of a row's weight."""
+    p, dp = _probs_and_dprobs(q, k, v, do, lse, rows, cols, end, DW, bh, scale_log2, Tq, Tk, HAS_DW)
     # A row with one visible key has weight 1 whatever the score: its scores get exactly no gradient.
-    return p, tl.where(end[:, None] > 1, p * (dp - delta[:, None]), 0.0)
+    return p, tl.where(end[:, None] > 1, p * (dp.to(tl.float64) - delta[:, None]).to(tl.float32), 0.0)
+
+
+@triton.jit
+def _backward_rows_kernel(Q, K, V, DO, LSE, DELTA, DW, LENGTHS, scale_log2, Tq, Tk, D, DV, H,
+                          HAS_LENGTHS: tl.constexpr, HAS_DW: tl.constexpr, CAUSAL: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                          BLOCK_DV: tl.constexpr):
+    # One program: for BLOCK_M query rows, lse and delta = rowsum(P * (dO V^T + dW)),
+    # float64, from the very scores and dP that the dk/dv and dq kernels rebuild. With the
+    # forward's float32 lse (the decode path rounds its scores differently, and m + log2(l)
+    # keeps only an ulp of |s|: 1e-6 at |s| ~ 10, the size of the small weights) and
+    # FlashAttention's float32 delta = dO . O, dS = P * (dP - delta) cancelled on rounding
+    # errors where the softmax saturates: dq and dk up to 440x the truth's size where
+    # torch's float32 softmax backward erred 0.67x (tests/test_fuzz.py). As the CPU kernel
+    # does, delta is summed in double, and dP - delta taken in double.
+    bh = tl.program_id(1)
+    length = _load_length(LENGTHS, bh // H, Tk, HAS_LENGTHS)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dq = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    q = _load_tile(Q, bh, rows, Tq, dq, D)
+    do = _load_tile(DO, bh, rows, Tq, dv, DV)
+    end = _visible_end(rows, length, Tq, Tk, CAUSAL)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # pass 1: the online max and sum of the forward
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    for n0 in range(0, tl.max(end, 0), BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        k = _load_keys(K, bh, cols, Tk, length, dq, D)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
+        s = tl.where(cols[None, :] < end[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
+        m_i = m_new
+    seen = l_i > 0
+    lse = tl.where(seen, m_i.to(tl.float64) + tl.log2(tl.where(seen, l_i, 1.0)).to(tl.float64), float("-inf"))
+    delta = tl.zeros([BLOCK_M], tl.float64)  # pass 2, the products summed exactly enough to cancel
+    for n0 in range(0, tl.max(end, 0), BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        k = _load_keys(K, bh, cols, Tk, length, dq, D)
+        v = _load_keys(V, bh, cols, Tk, length, dv, DV)
+        p, dp = _probs_and_dprobs(q, k, v, do, lse, rows, cols, end, DW, bh, scale_log2, Tq, Tk, HAS_DW)
+        delta += tl.sum(p.to(tl.float64) * dp.to(tl.float64), 1)
+    tl.store(LSE + bh * Tq + rows, lse, mask=rows < Tq)
+    tl.store(DELTA + bh * Tq + rows, delta, mask=rows < Tq)
 
 
 @triton.jit
@@ -324,17 +378,16 @@ def weights(q, k, lse, lengths, causal: bool, scale: float):
 
 
 def backward(grad_out, grad_weights, q, k, v, out, lse, w, lengths, causal: bool, scale: float):
-    """(grad_q, grad_k, grad_v); grad_weights (B, H, Tq, Tk) or None."""
+    """(grad_q, grad_k, grad_v); grad_weights (B, H, Tq, Tk) or None. The
+    forward's out, lse and w are not read (the op's schema keeps them): the
+    backward rebuilds lse and delta from its own scores (_backward_rows_kernel)."""
     batch, heads, tq, d = q.shape
     tk, dval = k.shape[2], v.shape[3]
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if batch * heads == 0 or tq == 0 or tk == 0:
         return grad_q.zero_(), grad_k.zero_(), grad_v.zero_()
-    # delta (B, H, Tq) = rowsum(P * dP) = dO . O (+ rowsum(W * dW)); float32
-    delta = (grad_out.float() * out.float()).sum(-1)
     if grad_weights is not None:
         grad_weights = grad_weights.contiguous()
-        delta += (grad_weights.float() * w.float()).sum(-1)
     len_ptr, has_lengths = _lengths_arg(lengths, q)
     block_d, block_dv = _block(d), _block(dval)
     block_m, block_n, warps = _tiles(max(block_d, block_dv), q.device)
@@ -342,6 +395,11 @@ def backward(grad_out, grad_weights, q, k, v, out, lse, w, lengths, causal: bool
                   BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=warps)
     dw_ptr = grad_weights if grad_weights is not None else q
     scale_log2 = scale * LOG2E
+    # lse and delta (B, H, Tq), float64, of the backward's own scores (_backward_rows_kernel)
+    lse = torch.empty(batch, heads, tq, dtype=torch.float64, device=q.device)
+    delta = torch.empty_like(lse)
+    _backward_rows_kernel[(triton.cdiv(tq, block_m), batch * heads)](
+        q, k, v, grad_out, lse, delta, dw_ptr, len_ptr, scale_log2, tq, tk, d, dval, heads, **common)
     _backward_dkdv_kernel[(triton.cdiv(tk, block_n), batch * heads)](
         q, k, v, grad_out, lse, delta, dw_ptr, grad_k, grad_v, len_ptr, scale_log2, scale, tq, tk, d, dval, heads,
         **common)

@@ -335,6 +335,24 @@ RK_ALWAYS_INLINE void backward_means(int64_t n, const DygLoad& dyg, const XhatLo
   mean_dyg_x_hat = b / acc_t(n);
 }
 
+// body(std::bool_constant<flag>...) for the given runtime flags: a loop whose
+// optional inputs are loop-invariant is compiled once per combination without
+// their tests. Left to GCC's unswitching, the extended LSTM loop kept its
+// tests, spilled vector registers to the stack and ran 3x the plain rows'
+// time (perf, (50, 64, 256, 512)).
+template <typename Body>
+RK_ALWAYS_INLINE void with_constants(Body&& body) {
+  body();
+}
+template <typename Body, typename... Flags>
+RK_ALWAYS_INLINE void with_constants(Body&& body, bool flag, Flags... flags) {
+  if (flag) {
+    with_constants([&](auto... known) { body(std::true_type{}, known...); }, flags...);
+  } else {
+    with_constants([&](auto... known) { body(std::false_type{}, known...); }, flags...);
+  }
+}
+
 template <typename scalar_t>
 RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -351,9 +369,12 @@ RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begi
   const stored_t* ln_c_b = storage_data<scalar_t>(e.ln_cell_bias);
   // Per-thread rows: the inference copy of the activations, and the fresh
   // (pre-zoneout) state and output gate in the compute type.
-  thread_local std::vector<stored_t> scratch;
+  // Absent outputs (cell_out, fresh) go to a discarded row, so that the loops
+  // store unconditionally.
+  thread_local std::vector<stored_t> scratch, discarded;
   thread_local std::vector<acc_t> fresh_row, gate_o;
   scratch.resize(std::max<size_t>(scratch.size(), n_saved));
+  discarded.resize(std::max<size_t>(discarded.size(), H));
   fresh_row.resize(std::max<size_t>(fresh_row.size(), H));
   gate_o.resize(std::max<size_t>(gate_o.size(), H));
   for (int64_t b = b_begin; b < b_end; ++b) {
@@ -394,7 +415,13 @@ RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begi
       if (stats != nullptr) stats[0] = narrow<stored_t>(rstd);
     }
     auto pre = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]) + widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
-    auto keep = [](const stored_t* k, int64_t j) { return k != nullptr ? widen<acc_t>(k[j]) : acc_t(0); };
+    // The state after zoneout (or the fresh one without it).
+    auto zoned = [](auto zoneout_on, const stored_t* keep, int64_t j, acc_t previous, acc_t fresh_value) {
+      if constexpr (decltype(zoneout_on)::value) return cells::zoneout(widen<acc_t>(keep[j]), previous, fresh_value);
+      else return fresh_value;
+    };
+    stored_t* const cells_out = cell_out != nullptr ? cell_out : discarded.data();
+    stored_t* const fresh_out = fresh != nullptr ? fresh : discarded.data();
     acc_t* c_fresh = fresh_row.data();
     if (lstm) {
 #pragma omp simd
@@ -416,48 +443,52 @@ RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begi
           stats[2] = narrow<stored_t>(rstd);
         }
       }
+      with_constants([&](auto cell_norm, auto zoneout_c, auto zoneout_h) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const acc_t y = ln_c_w != nullptr ? widen<acc_t>(ln_c_w[j]) * (c_fresh[j] - mean) * rstd + widen<acc_t>(ln_c_b[j])
-                                          : c_fresh[j];
-        const acc_t h_fresh = gate_o[j] * Math::tanh(y);
-        const acc_t c = keep_c != nullptr ? cells::zoneout(keep(keep_c, j), widen<acc_t>(c_prev[j]), c_fresh[j]) : c_fresh[j];
-        const acc_t h = keep_h != nullptr ? cells::zoneout(keep(keep_h, j), widen<acc_t>(h_prev[j]), h_fresh) : h_fresh;
-        const stored_t c_stored = narrow<stored_t>(c), h_stored = narrow<stored_t>(h);
-        c_next[j] = c_stored;
-        if (cell_out != nullptr) cell_out[j] = c_stored;
-        if (fresh != nullptr) fresh[j] = narrow<stored_t>(c_fresh[j]);
-        h_next[j] = h_stored;
-        out[j] = h_stored;
-      }
+        for (int64_t j = 0; j < H; ++j) {
+          acc_t y = c_fresh[j];
+          if constexpr (decltype(cell_norm)::value) y = widen<acc_t>(ln_c_w[j]) * (y - mean) * rstd + widen<acc_t>(ln_c_b[j]);
+          const acc_t h_fresh = gate_o[j] * Math::tanh(y);
+          const acc_t c = zoned(zoneout_c, keep_c, j, widen<acc_t>(c_prev[j]), c_fresh[j]);
+          const acc_t h = zoned(zoneout_h, keep_h, j, widen<acc_t>(h_prev[j]), h_fresh);
+          const stored_t c_stored = narrow<stored_t>(c), h_stored = narrow<stored_t>(h);
+          c_next[j] = c_stored;
+          cells_out[j] = c_stored;
+          fresh_out[j] = narrow<stored_t>(c_fresh[j]);
+          h_next[j] = h_stored;
+          out[j] = h_stored;
+        }
+      }, ln_c_w != nullptr, keep_c != nullptr, keep_h != nullptr);
     } else if (gru) {
       auto in = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]); };
       auto rec = [&](int64_t k) { return widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
+      with_constants([&](auto zoneout_h) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        cells::GruActivations<acc_t> act;
-        const acc_t h_fresh = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
-                                                              rec(2 * H + j), widen<acc_t>(h_prev[j]), act);
-        const acc_t h = keep_h != nullptr ? cells::zoneout(keep(keep_h, j), widen<acc_t>(h_prev[j]), h_fresh) : h_fresh;
-        const stored_t h_stored = narrow<stored_t>(h);
-        h_next[j] = h_stored;
-        out[j] = h_stored;
-        saved[j] = narrow<stored_t>(act.r);
-        saved[H + j] = narrow<stored_t>(act.z);
-        saved[2 * H + j] = narrow<stored_t>(act.n);
-        saved[3 * H + j] = narrow<stored_t>(act.gh_n);
-      }
+        for (int64_t j = 0; j < H; ++j) {
+          cells::GruActivations<acc_t> act;
+          const acc_t h_fresh = cells::gru_forward<acc_t, Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
+                                                                rec(2 * H + j), widen<acc_t>(h_prev[j]), act);
+          const stored_t h_stored = narrow<stored_t>(zoned(zoneout_h, keep_h, j, widen<acc_t>(h_prev[j]), h_fresh));
+          h_next[j] = h_stored;
+          out[j] = h_stored;
+          saved[j] = narrow<stored_t>(act.r);
+          saved[H + j] = narrow<stored_t>(act.z);
+          saved[2 * H + j] = narrow<stored_t>(act.n);
+          saved[3 * H + j] = narrow<stored_t>(act.gh_n);
+        }
+      }, keep_h != nullptr);
     } else {
       const bool tanh_mode = s.mode == Mode::RnnTanh;
+      with_constants([&](auto zoneout_h) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const acc_t h_fresh = tanh_mode ? cells::rnn_tanh_forward<acc_t, Math>(pre(j)) : cells::rnn_relu_forward<acc_t>(pre(j));
-        const acc_t h = keep_h != nullptr ? cells::zoneout(keep(keep_h, j), widen<acc_t>(h_prev[j]), h_fresh) : h_fresh;
-        const stored_t h_stored = narrow<stored_t>(h);
-        h_next[j] = h_stored;
-        out[j] = h_stored;
-        if (fresh != nullptr) fresh[j] = narrow<stored_t>(h_fresh);
-      }
+        for (int64_t j = 0; j < H; ++j) {
+          const acc_t h_fresh = tanh_mode ? cells::rnn_tanh_forward<acc_t, Math>(pre(j)) : cells::rnn_relu_forward<acc_t>(pre(j));
+          const stored_t h_stored = narrow<stored_t>(zoned(zoneout_h, keep_h, j, widen<acc_t>(h_prev[j]), h_fresh));
+          h_next[j] = h_stored;
+          out[j] = h_stored;
+          fresh_out[j] = narrow<stored_t>(h_fresh);
+        }
+      }, keep_h != nullptr);
     }
   }
 }
@@ -479,6 +510,8 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
   // argument and LN(c)'s normalised row.
   thread_local std::vector<acc_t> dh_fresh, dh_skip, dy_row, c_hat;
   for (auto* v : {&dh_fresh, &dh_skip, &dy_row, &c_hat}) v->resize(std::max<size_t>(v->size(), H));
+  thread_local std::vector<stored_t> discarded;  // d_ln_cell when its gradient is not wanted
+  discarded.resize(std::max<size_t>(discarded.size(), 2 * H));
   for (int64_t b = b_begin; b < b_end; ++b) {
     const stored_t* dh_carry = storage_row<scalar_t>(s.dh, b);
     stored_t* dh_prev = storage_row<scalar_t>(s.dh_prev, b);
@@ -501,14 +534,21 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
     const stored_t* keep_h = storage_row<scalar_t>(e.keep_h, b);
     const stored_t* keep_c = storage_row<scalar_t>(e.keep_c, b);
     const stored_t* grad_cell_out = storage_row<scalar_t>(e.grad_cell_out, b);
-    auto keep = [](const stored_t* k, int64_t j) { return k != nullptr ? widen<acc_t>(k[j]) : acc_t(0); };
+    // A keep factor: the mask's, or 0 without zoneout.
+    auto keep = [](auto zoneout_on, const stored_t* k, int64_t j) {
+      if constexpr (decltype(zoneout_on)::value) return widen<acc_t>(k[j]);
+      else return acc_t(0);
+    };
+    with_constants([&](auto has_grad_out, auto zoneout_h) {
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      const acc_t dh = widen<acc_t>(dh_carry[j]) + (grad_out != nullptr ? widen<acc_t>(grad_out[j]) : acc_t(0));
-      const acc_t k = keep(keep_h, j);
-      dh_fresh[j] = (acc_t(1) - k) * dh;
-      dh_skip[j] = k * dh;
-    }
+      for (int64_t j = 0; j < H; ++j) {
+        acc_t dh = widen<acc_t>(dh_carry[j]);
+        if constexpr (decltype(has_grad_out)::value) dh += widen<acc_t>(grad_out[j]);
+        const acc_t k = keep(zoneout_h, keep_h, j);
+        dh_fresh[j] = (acc_t(1) - k) * dh;
+        dh_skip[j] = k * dh;
+      }
+    }, grad_out != nullptr, keep_h != nullptr);
     if (lstm) {
       const stored_t* c_prev = storage_row<scalar_t>(s.c_prev, b);
       const stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
@@ -516,45 +556,54 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
       const acc_t mean_c = ln_c_w != nullptr ? widen<acc_t>(stats[1]) : acc_t(0);
       const acc_t rstd_c = ln_c_w != nullptr ? widen<acc_t>(stats[2]) : acc_t(1);
       // h_fresh = o * tanh(y), y = c_fresh or LN(c_fresh): d_o and dy.
+      const stored_t* c_fresh_row = fresh != nullptr ? fresh : c_next;  // c before zoneout
+      with_constants([&](auto cell_norm) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const acc_t c_fresh = fresh != nullptr ? widen<acc_t>(fresh[j]) : widen<acc_t>(c_next[j]);
-        c_hat[j] = (c_fresh - mean_c) * rstd_c;
-        const acc_t y = ln_c_w != nullptr ? widen<acc_t>(ln_c_w[j]) * c_hat[j] + widen<acc_t>(ln_c_b[j]) : c_fresh;
-        acc_t d_o, dy;
-        cells::lstm_output_backward<acc_t>(dh_fresh[j], widen<acc_t>(saved[3 * H + j]), Math::tanh(y), d_o, dy);
-        d_pre[3 * H + j] = narrow<stored_t>(d_o);
-        dy_row[j] = dy;
-      }
+        for (int64_t j = 0; j < H; ++j) {
+          const acc_t c_fresh = widen<acc_t>(c_fresh_row[j]);
+          acc_t y = c_fresh;
+          if constexpr (decltype(cell_norm)::value) {
+            c_hat[j] = (c_fresh - mean_c) * rstd_c;
+            y = widen<acc_t>(ln_c_w[j]) * c_hat[j] + widen<acc_t>(ln_c_b[j]);
+          }
+          acc_t d_o, dy;
+          cells::lstm_output_backward<acc_t>(dh_fresh[j], widen<acc_t>(saved[3 * H + j]), Math::tanh(y), d_o, dy);
+          d_pre[3 * H + j] = narrow<stored_t>(d_o);
+          dy_row[j] = dy;
+        }
+      }, ln_c_w != nullptr);
       acc_t mean_dyg = 0, mean_dyg_c_hat = 0;
       if (ln_c_w != nullptr) {
         backward_means<acc_t>(H, [&](int64_t j) { return dy_row[j] * widen<acc_t>(ln_c_w[j]); },
                               [&](int64_t j) { return c_hat[j]; }, mean_dyg, mean_dyg_c_hat);
       }
+      stored_t* const d_ln_cell_out = d_ln_cell != nullptr ? d_ln_cell : discarded.data();
+      with_constants([&](auto cell_norm, auto zoneout_c, auto has_cell_grad) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const cells::LstmActivations<acc_t> act{widen<acc_t>(saved[j]), widen<acc_t>(saved[H + j]),
-                                                widen<acc_t>(saved[2 * H + j]), widen<acc_t>(saved[3 * H + j])};
-        const acc_t dc_from_h =
-            ln_c_w != nullptr ? cells::layer_norm_backward<acc_t>(dy_row[j] * widen<acc_t>(ln_c_w[j]), c_hat[j],
-                                                                 rstd_c, mean_dyg, mean_dyg_c_hat)
-                              : dy_row[j];
-        if (d_ln_cell != nullptr) {
-          d_ln_cell[j] = narrow<stored_t>(dy_row[j] * c_hat[j]);
-          d_ln_cell[H + j] = narrow<stored_t>(dy_row[j]);
+        for (int64_t j = 0; j < H; ++j) {
+          const cells::LstmActivations<acc_t> act{widen<acc_t>(saved[j]), widen<acc_t>(saved[H + j]),
+                                                  widen<acc_t>(saved[2 * H + j]), widen<acc_t>(saved[3 * H + j])};
+          acc_t dc_from_h = dy_row[j];
+          if constexpr (decltype(cell_norm)::value) {
+            dc_from_h = cells::layer_norm_backward<acc_t>(dy_row[j] * widen<acc_t>(ln_c_w[j]), c_hat[j], rstd_c,
+                                                          mean_dyg, mean_dyg_c_hat);
+            d_ln_cell_out[j] = narrow<stored_t>(dy_row[j] * c_hat[j]);
+            d_ln_cell_out[H + j] = narrow<stored_t>(dy_row[j]);
+          }
+          // c = keep * c_prev + (1 - keep) * c_fresh; the cell output's gradient joins c's.
+          acc_t dc_total = widen<acc_t>(dc[j]);
+          if constexpr (decltype(has_cell_grad)::value) dc_total += widen<acc_t>(grad_cell_out[j]);
+          const acc_t k = keep(zoneout_c, keep_c, j);
+          acc_t d_i, d_f, d_g, dc_prev;
+          cells::lstm_cell_backward<acc_t>((acc_t(1) - k) * dc_total + dc_from_h, act, widen<acc_t>(c_prev[j]), d_i,
+                                           d_f, d_g, dc_prev);
+          d_pre[j] = narrow<stored_t>(d_i);
+          d_pre[H + j] = narrow<stored_t>(d_f);
+          d_pre[2 * H + j] = narrow<stored_t>(d_g);
+          dc[j] = narrow<stored_t>(dc_prev + k * dc_total);
+          dh_prev[j] = narrow<stored_t>(dh_skip[j]);
         }
-        // c = keep * c_prev + (1 - keep) * c_fresh; the cell output's gradient joins c's.
-        const acc_t dc_total = widen<acc_t>(dc[j]) + (grad_cell_out != nullptr ? widen<acc_t>(grad_cell_out[j]) : acc_t(0));
-        const acc_t k = keep(keep_c, j);
-        acc_t d_i, d_f, d_g, dc_prev;
-        cells::lstm_cell_backward<acc_t>((acc_t(1) - k) * dc_total + dc_from_h, act, widen<acc_t>(c_prev[j]), d_i, d_f,
-                                         d_g, dc_prev);
-        d_pre[j] = narrow<stored_t>(d_i);
-        d_pre[H + j] = narrow<stored_t>(d_f);
-        d_pre[2 * H + j] = narrow<stored_t>(d_g);
-        dc[j] = narrow<stored_t>(dc_prev + k * dc_total);
-        dh_prev[j] = narrow<stored_t>(dh_skip[j]);
-      }
+      }, ln_c_w != nullptr, keep_c != nullptr, grad_cell_out != nullptr);
     } else if (gru) {
       const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
 #pragma omp simd
@@ -575,9 +624,10 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
     } else {
       const stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
       const bool tanh_mode = s.mode == Mode::RnnTanh;
+      const stored_t* h_fresh_row = fresh != nullptr ? fresh : h_next;  // h before zoneout
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const acc_t h_fresh = fresh != nullptr ? widen<acc_t>(fresh[j]) : widen<acc_t>(h_next[j]);
+        const acc_t h_fresh = widen<acc_t>(h_fresh_row[j]);
         d_pre[j] = narrow<stored_t>(tanh_mode ? cells::rnn_tanh_backward<acc_t>(dh_fresh[j], h_fresh)
                                               : cells::rnn_relu_backward<acc_t>(dh_fresh[j], h_fresh));
         dh_prev[j] = narrow<stored_t>(dh_skip[j]);
