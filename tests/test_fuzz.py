@@ -209,6 +209,12 @@ def run_torch(c, module, x, hx, lengths, dtype):
     return [out] + (list(state) if isinstance(state, tuple) else [state]), leaves
 
 
+def one_rounding_apart(t, generator):
+    """t (float64) moved by one float32 rounding, either way, element by element."""
+    signs = torch.randint(0, 2, t.shape, generator=generator, dtype=torch.int64) * 2 - 1
+    return t * (1 + signs * torch.finfo(torch.float32).eps)
+
+
 def gradients(outputs, leaves, upstream):
     dtype = outputs[0].dtype
     grads = torch.autograd.grad(outputs, leaves, [u.to(dtype) for u in upstream], allow_unused=True)
@@ -316,7 +322,7 @@ def check_rnn_config(c, backend, counts):
     if lengths is not None:
         clean[torch.arange(c["steps"])[:, None] >= lengths[None, :]] = 0
 
-    def torch_run(dtype):
+    def torch_run(dtype, x=x, clean=clean, hx=hx):
         if packable:
             return run_torch(c, module, x, hx, lengths, dtype)
         return run_rk(c, "reference", clean, hx, weights, lengths, dtype)
@@ -329,11 +335,23 @@ def check_rnn_config(c, backend, counts):
     tolerance = TOLERANCE[dtype]
     if error > tolerance and (dtype == torch.float32 or packable):  # ill-conditioned? (CONDITIONING)
         if dtype == torch.float32:
-            theirs, their_leaves = torch_run(torch.float32)
+            # torch.nn on the inputs as given and on two copies of them a float32 rounding
+            # apart: one run's error is a draw, now and then a lucky one, and the largest
+            # of three tells how well float32 can do on these inputs at all.
+            torch_error, noise = 0.0, torch.Generator().manual_seed(0)
+            for draw in range(3):
+                xd, cleand, hxd = x, clean, hx
+                if draw:
+                    xd, cleand = (one_rounding_apart(t, noise) for t in (x, clean))
+                    hxd = tuple(one_rounding_apart(h, noise) for h in hx) if isinstance(hx, tuple) else \
+                        one_rounding_apart(hx, noise) if hx is not None else None
+                theirs, their_leaves = torch_run(torch.float32, xd, cleand, hxd)
+                torch_error = max(torch_error,
+                                  worst_error(theirs + gradients(theirs, their_leaves, upstream), truth_all))
         else:
             with sigmoid_from_tanh():
                 theirs, their_leaves = run_rk(c, "reference", clean, hx, weights, lengths, torch.float64)
-        torch_error = worst_error(theirs + gradients(theirs, their_leaves, upstream), truth_all)
+            torch_error = worst_error(theirs + gradients(theirs, their_leaves, upstream), truth_all)
         tolerance = max(tolerance, CONDITIONING * torch_error)
     if not error <= tolerance:
         counts["wrong"] += 1
@@ -462,16 +480,15 @@ def check_attention_config(c, backend, counts):
     error = worst_error(ours + gradients(ours, our_leaves, upstream), truth_all)
     tolerance = TOLERANCE[c["dtype"]]
     if error > tolerance:  # ill-conditioned? (CONDITIONING)
-        # torch in the dtype on the inputs as given and on two copies moved by one rounding
-        # of the dtype: one run's error is a draw, now and then a lucky one (a softmax
+        # torch in the dtype on the inputs as given and on two copies a float32 rounding
+        # apart: one run's error is a draw, now and then a lucky one (a softmax
         # backward near saturation cancels to |dP| times the dtype's epsilon, or to much
         # less when the roundings happen to agree), and the largest of three tells how
         # well the dtype can do on these inputs at all.
         noise = torch.Generator().manual_seed(0)
         torch_error = 0.0
         for draw in range(3):
-            moved = [t * (1 + (torch.randint(0, 2, t.shape, generator=noise) * 2 - 1) * torch.finfo(c["dtype"]).eps)
-                     if draw else t for t in (q, k_clean, v_clean)]
+            moved = [one_rounding_apart(t, noise) if draw else t for t in (q, k_clean, v_clean)]
             leaves = [t.to(c["dtype"]).requires_grad_() for t in moved]
             theirs = attention_truth(c, *leaves, lengths, stable=False)
             theirs = list(theirs) if c["return_weights"] else [theirs[0]]
