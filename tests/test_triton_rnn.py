@@ -113,9 +113,17 @@ def test_step_path_splits_hidden_into_column_blocks(monkeypatch, seed):
 @pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_half_precision(mode, path, dtype, seed):
+    """Within the dtype's tolerance, or within 3x the error of torch's own ops
+    computing the same math in that dtype on the same inputs (the reference
+    backend), whichever is larger (tests/test_layer_extras.py's bfloat16 rule):
+    8 bits of mantissa in every stored state compound over the steps, and a
+    draw's error now and then passes 2e-2 for torch as for the kernel."""
     case = RNNCase(mode=mode, bidirectional=True, steps=4, batch=3, input_size=3, hidden_size=6,
                    lengths=[4, 2, 3], dtype=dtype)
-    assert_close(case, seed)
+    errors = run_rnn_case(case, "triton", seed=seed)
+    torch_errors = run_rnn_case(case, "reference", seed=seed)
+    bound = max(TOLERANCE[dtype], 3 * max(torch_errors.values()))
+    assert max(errors.values()) <= bound, f"{case.describe()} seed {seed}: {errors}, torch's own: {torch_errors}"
 
 
 @pytest.mark.parametrize("mode", MODES)
