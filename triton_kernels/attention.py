@@ -70,6 +70,21 @@ def _store_tile(X, bh, steps, T, features, F, tile):
 
 
 @triton.jit
+def _scores_and_online_update(q, k, cols, end, m_i, l_i, scale_log2):
+    """One key block of the online softmax: the block's base-2 scores (masked to
+    -inf past each row's visible end) and the running max m and sum l updated
+    with them. Returns (p = exp2(s - m_new), alpha = exp2(m_old - m_new), m_new,
+    l_new); the forward rescales its context by alpha, the backward only keeps m, l."""
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2               # (BM, BN)
+    s = tl.where(cols[None, :] < end[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet stays at 0
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
 def _forward_kernel(Q, K, V, O, LSE, LENGTHS, scale_log2, Tq, Tk, D, DV, H,
                     HAS_LENGTHS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
@@ -87,16 +102,9 @@ def _forward_kernel(Q, K, V, O, LSE, LENGTHS, scale_log2, Tq, Tk, D, DV, H,
     for n0 in range(0, tl.max(end, 0), BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         k = _load_keys(K, bh, cols, Tk, length, dq, D)  # (BN, BD)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2               # (BM, BN)
-        s = tl.where(cols[None, :] < end[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet stays at 0
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_i, l_i = _scores_and_online_update(q, k, cols, end, m_i, l_i, scale_log2)
         v = _load_keys(V, bh, cols, Tk, length, dv, DV)  # (BN, BDV)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        m_i = m_new
     seen = l_i > 0
     safe_l = tl.where(seen, l_i, 1.0)
     out = tl.where(seen[:, None], acc / safe_l[:, None], 0.0)
@@ -230,12 +238,7 @@ def _backward_rows_kernel(Q, K, V, DO, LSE, DELTA, DW, LENGTHS, scale_log2, Tq, 
     for n0 in range(0, tl.max(end, 0), BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         k = _load_keys(K, bh, cols, Tk, length, dq, D)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
-        s = tl.where(cols[None, :] < end[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
-        m_i = m_new
+        _, _, m_i, l_i = _scores_and_online_update(q, k, cols, end, m_i, l_i, scale_log2)
     seen = l_i > 0
     lse = tl.where(seen, m_i.to(tl.float64) + tl.log2(tl.where(seen, l_i, 1.0)).to(tl.float64), float("-inf"))
     delta = tl.zeros([BLOCK_M], tl.float64)  # pass 2, the products summed exactly enough to cancel
