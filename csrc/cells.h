@@ -23,8 +23,8 @@ namespace rnnkernels {
 namespace cells {
 
 // libm on the host, CUDA's libm on the device (both overload float and double).
-// reciprocal(d) is only asked for d >= 1 (1 + exp(...) in sigmoid; the
-// denominator of cpu/fast_math.h's rational tanh).
+// reciprocal(d) is only asked for d >= 1 (1 + exp(...) in sigmoid and in
+// cpu/fast_math.h's tanh).
 struct StdMath {
   static RK_HOST_DEVICE float reciprocal(float d) { return 1.0f / d; }
   static RK_HOST_DEVICE double reciprocal(double d) { return 1.0 / d; }

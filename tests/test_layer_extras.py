@@ -194,7 +194,8 @@ def test_opcheck(mode, options):
 
 
 def test_float32_saturated_tanh_derivative_is_as_accurate_as_torch():
-    """The extended rows' float32 tanh (csrc/cpu/fast_math.h, AccurateFloatMath):
+    """The extended rows' float32 tanh (csrc/cpu/fast_math.h; the plain rows':
+    tests/test_cpu_kernels.py):
     a tanh rnn whose zoneout keeps nothing (h = tanh(x)) has d out / d x =
     1 - tanh(x)^2, which for a saturated unit keeps only what tanh's rounding
     leaves. Against float64 over x in [1, 10] (drawn afresh): within 1.5 times

@@ -73,28 +73,25 @@ def _sigmoid(x):
 
 @triton.jit
 def _tanh(x):
-    # The rational minimax tanh of csrc/cpu/fast_math.h (Eigen's float
-    # coefficients): portable (no libdevice, runs in the interpreter) and
-    # accurate to 4e-7 relative for every x, where 2 sigmoid(2x) - 1 cancels
-    # for small |x| (7.7e-5 at 1e-4). Clamped to its fitted range +-7.905, and
-    # exactly +-1 from 9.0109 on, where tanh rounds to 1 in float, so that the
-    # derivative 1 - tanh^2 reaches 0 as torch's does. tl.where, not
-    # tl.minimum, clamps: a NaN fails both comparisons and stays NaN.
-    xc = tl.where(x > 7.90531110763549805, 7.90531110763549805, x)
-    xc = tl.where(xc < -7.90531110763549805, -7.90531110763549805, xc)
-    z = xc * xc
-    p = -5.641676241e-14
-    p = p * z + 4.087417207e-11
-    p = p * z - 1.758378918e-08
-    p = p * z + 1.046749919e-05
-    p = p * z + 3.036098315e-03
-    p = p * z + 1.302255337e-01
-    p = p * z + 9.999998719e-01
-    q = 2.448660933e-04 * z + 2.422276400e-02
-    q = q * z + 4.635583851e-01
-    q = q * z + 1.0
-    rational = xc * p / q
-    return tl.where(tl.abs(x) >= 9.0109138488769531, tl.where(x > 0.0, 1.0, -1.0), rational)
+    # The tanh of csrc/cpu/fast_math.h (Cephes' tanhf): 1 - 2 / (e^2|x| + 1)
+    # from |x| = 0.625 on, whose error is the final rounding, so that a
+    # saturated gate's derivative 1 - tanh^2 keeps what libm's tanh keeps
+    # (a rational minimax form kept a third of it); an odd polynomial below,
+    # where 2 sigmoid(2x) - 1 and that form cancel (7.7e-5 relative at
+    # 1e-4). Portable (no libdevice, runs in the interpreter). e^2|x|
+    # overflows to Inf past |x| = 44: the tail is then exactly 1, as it is
+    # from 9.0109 on by rounding, so the derivative reaches 0 as torch's
+    # does. A NaN fails the comparison and the polynomial keeps it.
+    ax = tl.abs(x)
+    tail = 1.0 - 2.0 / (tl.exp(2.0 * ax) + 1.0)
+    z = x * x
+    p = -5.70498872745e-3
+    p = p * z + 2.06390887954e-2
+    p = p * z - 5.37397155531e-2
+    p = p * z + 1.33314422036e-1
+    p = p * z - 3.33332819422e-1
+    small = x + x * z * p
+    return tl.where(ax >= 0.625, tl.where(x < 0.0, -tail, tail), small)
 
 
 LAYER_NORM_EPS = tl.constexpr(1e-5)  # rnnkernels.reference.LAYER_NORM_EPS (torch.nn.LayerNorm's default)

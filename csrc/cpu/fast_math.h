@@ -3,8 +3,8 @@
 // libm's expf / tanhf are calls the compiler cannot vectorise (without
 // -ffast-math), and they dominate a step's pointwise pass. FastFloatMath is
 // plain arithmetic that `#pragma omp simd` loops vectorise: Cephes' expf
-// polynomial (error ~1 ulp over the clamped range) and a rational tanh (a
-// few ulp). double keeps libm: it is the precision reference. The selects
+// polynomial (error ~1 ulp over the clamped range) and Cephes' tanhf built
+// on it. double keeps libm: it is the precision reference. The selects
 // need -fno-trapping-math (see pointwise_cpu.cpp) to be vectorised.
 //
 // reciprocal replaces the divisions of sigmoid and tanh: a vector division
@@ -24,7 +24,7 @@ namespace rnnkernels {
 
 // Always inlined into the row loops: a call left in a `#pragma omp simd` loop
 // runs it one element at a time. GCC's `flatten` on the row functions (see
-// pointwise_cpu.cpp) stopped inlining AccurateFloatMath::tanh once the
+// pointwise_cpu.cpp) stopped inlining the exp-form tanh once the
 // extended rows grew, and the extended forward ran 1.4x slower for it.
 #if defined(__GNUC__)
 #define RK_MATH_INLINE __attribute__((always_inline)) inline
@@ -81,37 +81,34 @@ struct FastFloatMath {
     return beyond ? 0.0f : y;
   }
 
-  // Rational minimax tanh (Eigen's float coefficients, both polynomials
-  // divided by Q's constant term so that Q >= 1 suits reciprocal()): one
-  // reciprocal and 11 FMAs, where exp-based tanh needs exp, a reciprocal and
-  // a second polynomial for small |x|. Relative error <= 4.5e-7 (1.8e-7 for
-  // the exp form) over 4e7 points of [-20, 20] and magnitudes 1e-38 to 1e38.
-  // LSTM/GRU/RNN-tanh forward vs torch.nn: +1-5% / +2-8% / +5-13% over the
-  // exp form. The rational form is evaluated up to |x| = 7.905 (past it,
-  // 0.99999988); from |x| = 9.0109, where tanh rounds to 1 in float, it is
-  // exactly +-1, as torch's: a saturated unit's derivative 1 - tanh^2 is 0,
-  // not 2.4e-7 (which let inputs near 1e30 give weight gradients of 1e24).
-  // +-Inf gives +-1 and NaN stays NaN (the clamps keep it: its comparisons
-  // are false).
+  // tanh as Cephes' tanhf computes it: 1 - 2 / (e^2|x| + 1) from |x| =
+  // 0.625 on, whose error is the final rounding, and an odd polynomial
+  // below, where that form would cancel. Relative error <= 1.4e-7 over 4e6
+  // points of [-20, 20] and magnitudes 1e-38 to 1e38. Near saturation the
+  // derivative 1 - tanh^2 keeps what libm's tanh keeps (worst relative error
+  // over 1 < |x| < 9.0109: this form 1.0, libm 1.0; the rational minimax
+  // form used before, 2.9: a saturated gate's gradient three times off gave
+  // weight gradients 40x further from float64 than torch's, issue 16). It
+  // costs 0.8 ns an element against the rational form's 0.44 (AVX-512, one
+  // core); whole layers, min of 3 interleaved runs at 4 suite shapes on the
+  // 2-core Xeon family 6 model 167: forward +0-10% (median +2.5%),
+  // forward+backward median +1%. Exactly +-1 from |x| =
+  // 9.0109 on (2 / (e^2|x| + 1) then rounds away; exp clamps at 88 and the
+  // reciprocal of e^176 is 0): a saturated unit's derivative is 0, as
+  // torch's. +-Inf gives +-1; NaN stays NaN (its comparisons are false, so
+  // the polynomial keeps it).
   static RK_MATH_INLINE float tanh(float x) {
-    constexpr float kRationalLimit = 7.90531110763549805f, kRoundsToOne = 9.0109f;
-    const float z0 = x > kRationalLimit ? kRationalLimit : x;
-    const float xc = z0 < -kRationalLimit ? -kRationalLimit : z0;
-    const float z = xc * xc;
-    float p = -5.641676241e-14f;
-    p = p * z + 4.087417207e-11f;
-    p = p * z - 1.758378918e-08f;
-    p = p * z + 1.046749919e-05f;
-    p = p * z + 3.036098315e-03f;
-    p = p * z + 1.302255337e-01f;
-    p = p * z + 9.999998719e-01f;
-    float q = 2.448660933e-04f;
-    q = q * z + 2.422276400e-02f;
-    q = q * z + 4.635583851e-01f;
-    q = q * z + 1.0f;
-    const float rational = xc * p * reciprocal(q);
-    const float one = x < 0.0f ? -1.0f : 1.0f;
-    return (x >= kRoundsToOne || x <= -kRoundsToOne) ? one : rational;
+    const float ax = x < 0.0f ? -x : x;
+    const float tail = 1.0f - 2.0f * reciprocal(exp(2.0f * ax) + 1.0f);
+    const float z = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    const float small = x + x * z * p;
+    const float signed_tail = x < 0.0f ? -tail : tail;
+    return ax >= 0.625f ? signed_tail : small;
   }
 
   static inline double reciprocal(double d) { return cells::StdMath::reciprocal(d); }
@@ -119,41 +116,19 @@ struct FastFloatMath {
   static inline double tanh(double x) { return cells::StdMath::tanh(x); }
 };
 
-// FastFloatMath with a tanh whose saturated tail is as accurate as libm's:
-// past |x| = 1 it is 1 - 2 / (e^2|x| + 1), whose error is the final rounding.
-// What a saturated gate's derivative 1 - g^2 keeps of the truth, worst
-// relative error over |g| > 0.9 (20M points of [-9, 9]): this form 0.96,
-// libm 1.0, the rational form 2.9. LayerNorm keeps pre-activations at O(1),
-// where gates saturate often, so the extended rows (LayerNorm, zoneout, cell
-// outputs) take it; it costs twice the rational tanh (1.3 vs 0.6 ns an
-// element, AVX-512), which the plain rows keep.
-struct AccurateFloatMath : FastFloatMath {
-  using FastFloatMath::tanh;
-  static RK_MATH_INLINE float tanh(float x) {
-    const float ax = x < 0.0f ? -x : x;
-    const float tail = 1.0f - 2.0f * reciprocal(exp(2.0f * ax) + 1.0f);  // exp clamps: tail is 1 past |x| = 44
-    const float rational = FastFloatMath::tanh(x);
-    const float signed_tail = x < 0.0f ? -tail : tail;
-    return ax >= 1.0f ? signed_tail : rational;  // NaN: the comparison is false, rational keeps it
-  }
-};
-
 // The policy for compute type T: libm for double (the precision reference),
-// the given vectorisable one for float.
-template <typename T, typename FloatMath>
+// FastFloatMath for float.
+template <typename T>
 struct CpuMathFor {
   using type = cells::StdMath;
 };
 
-template <typename FloatMath>
-struct CpuMathFor<float, FloatMath> {
-  using type = FloatMath;
+template <>
+struct CpuMathFor<float> {
+  using type = FastFloatMath;
 };
 
 template <typename T>
-using CpuMath = typename CpuMathFor<T, FastFloatMath>::type;
-
-template <typename T>
-using CpuAccurateMath = typename CpuMathFor<T, AccurateFloatMath>::type;
+using CpuMath = typename CpuMathFor<T>::type;
 
 }  // namespace rnnkernels

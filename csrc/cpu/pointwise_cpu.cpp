@@ -357,7 +357,7 @@ template <typename scalar_t>
 RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
   using stored_t = storage_of<scalar_t>;
-  using Math = CpuAccurateMath<acc_t>;  // the extended rows: see fast_math.h
+  using Math = CpuMath<acc_t>;
   const ForwardExtras& e = *s.extras;
   const int64_t* lengths = lengths_ptr(s.lengths);
   const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
@@ -497,7 +497,7 @@ template <typename scalar_t>
 RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
   using stored_t = storage_of<scalar_t>;
-  using Math = CpuAccurateMath<acc_t>;  // the extended rows: see fast_math.h
+  using Math = CpuMath<acc_t>;
   const BackwardExtras& e = *s.extras;
   const int64_t* lengths = lengths_ptr(s.lengths);
   const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
