@@ -118,7 +118,7 @@ void multiply_prepared(const StepWeight::Prepared& w, const at::Tensor& out, con
 // Both engines multiply step-shaped products, (m, k) x (k, n) with the weight
 // prepared as the loop prepares it, interleaved, best of a few rounds; the
 // faster (geometric mean over the shapes) runs every float32 product of the
-// process. About 10 ms, once per process.
+// process. About 25 ms (oneDNN JIT included), once per process.
 
 double seconds_now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -132,8 +132,13 @@ Measured measure_float32() {
   struct Shape {
     int64_t m, k, n, repeats;
   };
-  // A small and a medium step: (B, H) x (H, 4H) at B = 16, H = 256 and B = 64, H = 512.
-  const Shape shapes[] = {{16, 256, 1024, 8}, {64, 512, 2048, 2}};
+  // LSTM steps, (B, H) x (H, 4H), from the suite's smallest to a large one:
+  // the small ones carry each engine's per-call cost, which decides on the
+  // Xeon (family 6 model 167: oneDNN's matmul ties MKL's packed GEMM at B =
+  // 16 and 64 but lost 20% of the whole forward at B = 1, H = 128 and 12% at
+  // B = 20, H = 200), while on the EPYC oneDNN was 3.5-5x faster at every size.
+  const Shape shapes[] = {{1, 128, 512, 64}, {20, 200, 800, 16}, {64, 512, 2048, 2}};
+  constexpr int kShapes = sizeof(shapes) / sizeof(shapes[0]);
   Choice as_onednn, as_blas;
   as_onednn.float32 = GemmEngine::OneDnn;
   as_blas.float32 = GemmEngine::Blas;
@@ -172,8 +177,8 @@ Measured measure_float32() {
     log_onednn += std::log(flop / best_onednn / 1e9);
     log_blas += std::log(flop / best_blas / 1e9);
   }
-  result.onednn_gflops = std::exp(log_onednn / 2);
-  result.blas_gflops = std::exp(log_blas / 2);
+  result.onednn_gflops = std::exp(log_onednn / kShapes);
+  result.blas_gflops = std::exp(log_blas / kShapes);
   return result;
 }
 
