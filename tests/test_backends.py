@@ -61,7 +61,7 @@ def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
             rk.LSTM(3, 4, backend="broken")(torch.randn(2, 1, 3))
         assert "broken" not in backends.available("cpu")
     finally:
-        del backends._impls[("rnn", "broken")]
+        backends.unregister("rnn", "broken")
 
 
 def test_compiled_extension_is_built():

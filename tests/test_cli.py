@@ -41,7 +41,7 @@ def test_check_catches_a_wrong_backend():
         assert not ok
         assert "FAIL" in out.getvalue()
     finally:
-        del backends._impls[("rnn", "slightly_wrong")]
+        backends.unregister("rnn", "slightly_wrong")
 
 
 def test_relative_error_flags_nan_and_shape():

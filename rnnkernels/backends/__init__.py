@@ -4,6 +4,7 @@ A backend is a name ("reference", "cpu", "cuda", "triton") under which
 implementations of ops register themselves:
 
     register(op, name, fn, priority={"cpu": 10}, unavailable_reason=lambda device, dtype: None)
+    unregister(op, name)
 
 op "rnn"        fn(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
                 -> (out, h_n, c_n); the contract of rnnkernels.reference.rnn_layer
@@ -50,6 +51,10 @@ class Implementation(NamedTuple):
 
 
 _impls: Dict[Tuple[str, str], Implementation] = {}
+# (op, device type) -> names best first: the ranking changes only with
+# register(); each implementation, and whether it can run (an environment
+# variable, an import), is looked up on every call.
+_ranked: Dict[Tuple[str, str], List[str]] = {}
 _loaded = False
 _state = threading.local()
 
@@ -60,6 +65,13 @@ def register(op: str, name: str, fn: Callable, priority: Dict[str, int],
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     _impls[(op, name)] = Implementation(fn, priority, unavailable_reason)
+    _ranked.clear()
+
+
+def unregister(op: str, name: str) -> None:
+    """Removes what register(op, name, ...) added (tests, plug-ins)."""
+    del _impls[(op, name)]
+    _ranked.clear()
 
 
 def _load() -> Dict[Tuple[str, str], Implementation]:
@@ -85,12 +97,21 @@ def available(device=None, op: str = "rnn", dtype: Optional[torch.dtype] = None)
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     found: List[str] = []
     for dev in devices:
-        candidates = [(name, impl) for (o, name), impl in _load().items() if o == op]
-        candidates.sort(key=lambda item: -item[1].priority.get(dev.type, -1))
-        for name, impl in candidates:
+        for name, impl in _ranked_for(op, dev.type):
             if name not in found and impl.unavailable_reason(dev, dtype) is None:
                 found.append(name)
     return found
+
+
+def _ranked_for(op: str, device_type: str) -> List[Tuple[str, Implementation]]:
+    """The implementations of `op`, best first for `device_type`."""
+    impls = _load()
+    ranked = _ranked.get((op, device_type))
+    if ranked is None:
+        named = sorted(((name, impl) for (o, name), impl in impls.items() if o == op),
+                       key=lambda item: -item[1].priority.get(device_type, -1))
+        ranked = _ranked[(op, device_type)] = [name for name, _ in named]
+    return [(name, impls[(op, name)]) for name in ranked]
 
 
 def unavailable_reason(name: str, device, op: str = "rnn", dtype: Optional[torch.dtype] = None) -> Optional[str]:
@@ -132,11 +153,11 @@ def resolve(requested: Optional[str], device, op: str = "rnn", dtype: Optional[t
     device = torch.device(device)
     if requested is None or requested == "auto":
         requested = current()
-    if requested == "auto":
-        choices = available(device, op, dtype)
-        if not choices:
-            raise BackendUnavailableError(f"no backend can run {op} on {device.type} in {dtype}")
-        requested = choices[0]
+    if requested == "auto":  # the best that can run: a cell's step asks this every call
+        for name, impl in _ranked_for(op, device.type):
+            if impl.unavailable_reason(device, dtype) is None:
+                return name, impl.fn
+        raise BackendUnavailableError(f"no backend can run {op} on {device.type} in {dtype}")
     else:
         reason = unavailable_reason(requested, device, op, dtype)
         if reason is not None:
