@@ -104,7 +104,17 @@ struct GatherProjectedGrad {
   at::Tensor lengths, dh, grad_out, dst;  // (B,), (B, P) x3
 };
 
+// LayerNorm LSTM/GRU, the input side for all steps at once: rows (N, G*H)
+// <- gamma * LN(rows), in place, each row in one cache-hot pass (ATen's
+// layer_norm, a copy and a multiply made three passes and a temporary of the
+// whole (T, B, G*H)). x_hat (N, G*H): the normalised rows, or undefined
+// (not kept); rstd (N,) strided: each row's rstd, or undefined.
+struct LayerNormRows {
+  at::Tensor rows, gamma, x_hat, rstd;
+};
+
 void forward_step_cpu(const ForwardStep& step);
+void layer_norm_rows_cpu(const LayerNormRows& step);
 void backward_step_cpu(const BackwardStep& step);
 void commit_projection_cpu(const CommitProjection& step);
 void gather_projected_grad_cpu(const GatherProjectedGrad& step);

@@ -342,7 +342,11 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   at::Tensor x_hat = training && layer_norm ? at::empty({2, T, B, GH}, opts) : at::empty({0}, opts);
   at::Tensor row_stats = training && (layer_norm || extras.ln_cell_w.defined()) ? at::zeros({T, B, 4}, opts)
                                                                                : at::empty({0}, opts);
-  if (layer_norm) {  // gi <- gamma_ih * LN(gi), for all steps at once
+  if (layer_norm && x.is_cpu()) {  // gi <- gamma_ih * LN(gi), for all steps at once
+    layer_norm_rows_cpu({gi.view({T * B, GH}), extras.ln_ih,
+                         training ? x_hat[0].view({T * B, GH}) : at::Tensor(),
+                         training ? row_stats.select(2, 3).view({T * B}) : at::Tensor()});
+  } else if (layer_norm) {
     auto [gi_hat, rstd] = normalise_rows(gi.view({T * B, GH}));
     if (training) {
       x_hat[0].copy_(gi_hat.view({T, B, GH}));
@@ -596,7 +600,11 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
     (void)unused;
     if (weight_grad) {
       grads.ln_ih = d_ln_ih;
-      grads.ln_hh = (d_gh_2d * x_hat[1].view({T * B, GH})).sum(0);
+      // The gain's gradient, sum over rows of d_gh * x_hat_hh, by the same
+      // kernel (a product tensor and its sum made a (T, B, G*H) temporary).
+      grads.ln_hh = std::get<1>(at::native_layer_norm_backward(d_gh_2d, x_hat[1].view({T * B, GH}), {GH}, unit_mean,
+                                                               unit_rstd, extras.ln_hh, c10::nullopt,
+                                                               {false, true, false}));
     }
     d_gi_raw = d_gi_unscaled.mul_(rstd);
   }

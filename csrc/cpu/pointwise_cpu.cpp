@@ -648,19 +648,57 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
   }
 }
 
-// rows<scalar_t>(step, b0, b1): the forward or backward rows of one block.
+// ------------------------------------------------ LayerNorm of the input side
+
+template <typename scalar_t>
+RK_ALWAYS_INLINE void layer_norm_rows(const LayerNormRows& s, int64_t r_begin, int64_t r_end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using stored_t = storage_of<scalar_t>;
+  const int64_t n = s.rows.size(1);
+  const stored_t* gamma = storage_data<scalar_t>(s.gamma);
+  stored_t* rstd_out = s.rstd.defined() ? reinterpret_cast<stored_t*>(s.rstd.data_ptr<scalar_t>()) : nullptr;
+  const int64_t rstd_stride = s.rstd.defined() ? s.rstd.stride(0) : 0;
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    stored_t* v = storage_row<scalar_t>(s.rows, r);
+    stored_t* x_hat = storage_row<scalar_t>(s.x_hat, r);
+    acc_t mean, rstd;
+    row_moments<acc_t>(n, [&](int64_t k) { return widen<acc_t>(v[k]); }, mean, rstd);
+    with_constants([&](auto keep_x_hat) {
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const acc_t normalised = (widen<acc_t>(v[k]) - mean) * rstd;
+        if constexpr (decltype(keep_x_hat)::value) x_hat[k] = narrow<stored_t>(normalised);
+        v[k] = narrow<stored_t>(widen<acc_t>(gamma[k]) * normalised);
+      }
+    }, x_hat != nullptr);
+    if (rstd_out != nullptr) rstd_out[r * rstd_stride] = narrow<stored_t>(rstd);
+  }
+}
+
+// Every kind of block, by its step's type (double's are not cloned: see below).
+template <typename scalar_t>
+RK_ALWAYS_INLINE void block_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
+  if (s.extras != nullptr) forward_rows_extended<scalar_t>(s, b_begin, b_end);
+  else forward_rows<scalar_t>(s, b_begin, b_end);
+}
+template <typename scalar_t>
+RK_ALWAYS_INLINE void block_rows(const BackwardStep& s, int64_t b_begin, int64_t b_end) {
+  if (s.extras != nullptr) backward_rows_extended<scalar_t>(s, b_begin, b_end);
+  else backward_rows<scalar_t>(s, b_begin, b_end);
+}
+template <typename scalar_t>
+RK_ALWAYS_INLINE void block_rows(const LayerNormRows& s, int64_t r_begin, int64_t r_end) {
+  layer_norm_rows<scalar_t>(s, r_begin, r_end);
+}
+
+// rows<scalar_t>(step, b0, b1): the rows of one block.
 // float and bfloat16 go through the multiversioned clones: compiled for
 // baseline x86-64 alone, the bfloat16 rows ran unvectorised and took half of
 // a bfloat16 LSTM forward once its GEMMs ran on AMX.
 #define RK_CLONED_ROWS(scalar_t, name)                                                                   \
-  RK_CPU_CLONES void name(const ForwardStep& s, int64_t b_begin, int64_t b_end) {                        \
-    if (s.extras != nullptr) forward_rows_extended<scalar_t>(s, b_begin, b_end);                         \
-    else forward_rows<scalar_t>(s, b_begin, b_end);                                                      \
-  }                                                                                                      \
-  RK_CPU_CLONES void name(const BackwardStep& s, int64_t b_begin, int64_t b_end) {                       \
-    if (s.extras != nullptr) backward_rows_extended<scalar_t>(s, b_begin, b_end);                        \
-    else backward_rows<scalar_t>(s, b_begin, b_end);                                                     \
-  }
+  RK_CPU_CLONES void name(const ForwardStep& s, int64_t b0, int64_t b1) { block_rows<scalar_t>(s, b0, b1); }   \
+  RK_CPU_CLONES void name(const BackwardStep& s, int64_t b0, int64_t b1) { block_rows<scalar_t>(s, b0, b1); }  \
+  RK_CPU_CLONES void name(const LayerNormRows& s, int64_t b0, int64_t b1) { block_rows<scalar_t>(s, b0, b1); }
 RK_CLONED_ROWS(float, float_rows)
 RK_CLONED_ROWS(c10::BFloat16, bfloat16_rows)
 #undef RK_CLONED_ROWS
@@ -671,17 +709,14 @@ void rows(const Step& s, int64_t b_begin, int64_t b_end) {
     float_rows(s, b_begin, b_end);
   } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     bfloat16_rows(s, b_begin, b_end);
-  } else if constexpr (std::is_same_v<Step, ForwardStep>) {
-    if (s.extras != nullptr) forward_rows_extended<scalar_t>(s, b_begin, b_end);
-    else forward_rows<scalar_t>(s, b_begin, b_end);
   } else {
-    if (s.extras != nullptr) backward_rows_extended<scalar_t>(s, b_begin, b_end);
-    else backward_rows<scalar_t>(s, b_begin, b_end);
+    block_rows<scalar_t>(s, b_begin, b_end);
   }
 }
 
-// One step over the batch: `gates` is the step's (B, G*H) gate buffer, whose
-// dtype picks the instantiation and whose row width sizes the thread blocks.
+// One step over the batch (or LayerNormRows over all its rows): `gates` is
+// the step's (B, G*H) gate buffer, whose dtype picks the instantiation and
+// whose row width sizes the thread blocks.
 template <typename Step>
 void run_step(const Step& step, const at::Tensor& gates) {
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "rnnkernels_pointwise_step_cpu", [&] {
@@ -694,6 +729,8 @@ void run_step(const Step& step, const at::Tensor& gates) {
 void forward_step_cpu(const ForwardStep& step) { run_step(step, step.gi); }
 
 void backward_step_cpu(const BackwardStep& step) { run_step(step, step.d_pre); }
+
+void layer_norm_rows_cpu(const LayerNormRows& step) { run_step(step, step.rows); }
 
 void commit_projection_cpu(const CommitProjection& s) {
   const int64_t* lengths = lengths_ptr(s.lengths);
