@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from rnnkernels import _ext, backends, reference
-from rnnkernels.reference import GATES, LayerExtras
+from rnnkernels.reference import LayerExtras
 from rnnkernels.backends import BackendUnavailableError
 from rnnkernels.check import RNNCase, relative_error, run_rnn_case
 from rnnkernels.functional import rnn_forward
+from layer_args import random_layer_args
 
 # The issue's bars: bfloat16 within 1e-2 of the float64 reference.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -286,32 +287,10 @@ EXT_ALL = dict(lstm=dict(ln=True, ln_c=True, zh=0.2, zc=0.3, cells=True), gru=di
                rnn_tanh=dict(zh=0.4), rnn_relu=dict(zh=0.4))
 
 
-def ext_args(mode, ln=False, ln_c=False, zh=None, zc=None, cells=False, lengths=None, reverse=False, with_h0=True,
-             bias=True, T=5, B=4, I=3, H=6, eval_zoneout=False, seed=0, weight_scale=0.5):
+def ext_args(mode, seed=0, **options):
     """float64 CPU arguments (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras);
-    the weights' entries have standard deviation `weight_scale`."""
-    gen = torch.Generator().manual_seed(seed)
-    G = GATES[mode]
-
-    def rand(*shape, offset=0.0):
-        return torch.randn(*shape, dtype=torch.float64, generator=gen) * 0.5 + offset
-
-    def keep(p):
-        if p is None:
-            return None
-        if eval_zoneout:
-            return torch.full((T, B, H), p, dtype=torch.float64)
-        return torch.bernoulli(torch.full((T, B, H), p, dtype=torch.float64), generator=gen)
-
-    x = rand(T, B, I)
-    h0 = rand(B, H) if with_h0 else None
-    c0 = rand(B, H) if with_h0 and mode == "lstm" else None
-    w_ih, w_hh = rand(G * H, I) * (2 * weight_scale), rand(G * H, H) * (2 * weight_scale)
-    b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
-    extras = LayerExtras(rand(G * H, offset=1.0) if ln else None, rand(G * H, offset=1.0) if ln else None,
-                         rand(H, offset=1.0) if ln_c else None, rand(H) if ln_c else None, keep(zh), keep(zc), cells)
-    lengths = torch.tensor(lengths, dtype=torch.int64) if lengths is not None else None
-    return [mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras]
+    the weights' entries have standard deviation `weight_scale` (default 0.5)."""
+    return random_layer_args(mode, generator=torch.Generator().manual_seed(seed), requires_grad=False, **options)
 
 
 def ext_on(args, dtype, device, requires_grad=True):

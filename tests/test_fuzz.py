@@ -39,18 +39,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkernels as rk
 from rnnkernels.check import TOLERANCE, relative_error
-from rnnkernels.reference import GATES
+
+from triton_helpers import interpreter_on
 
 try:  # the triton backend runs CPU tensors in Triton's interpreter (see tests/test_triton_rnn.py)
-    _previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
+    with interpreter_on():
         from rnnkernels.triton_kernels import rnn as _triton_rnn  # noqa: F401
-    finally:
-        if _previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = _previous
     HAS_TRITON = True
 except ImportError:
     HAS_TRITON = False

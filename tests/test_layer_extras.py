@@ -8,7 +8,8 @@ import torch
 
 from rnnkernels import _ext
 from rnnkernels.check import TOLERANCE, relative_error
-from rnnkernels.reference import GATES, LayerExtras, rnn_layer_extended as reference_layer
+from rnnkernels.reference import LayerExtras, rnn_layer_extended as reference_layer
+from layer_args import random_layer_args
 
 pytestmark = pytest.mark.skipif(_ext.load_error() is not None, reason="needs the compiled extension")
 if _ext.load_error() is None:
@@ -26,31 +27,9 @@ LAYOUTS = [dict(), dict(lengths=[5, 2, 4, 1]), dict(lengths=[3, 5, 0, 2], revers
            dict(bias=False, reverse=True)]
 
 
-def make_args(mode, ln=False, ln_c=False, zh=None, zc=None, cells=False, lengths=None, reverse=False, with_h0=True,
-              bias=True, T=5, B=4, I=3, H=6, dtype=torch.float64, eval_zoneout=False, generator=None):
+def make_args(mode, dtype=torch.float64, **options):
     """Fresh random arguments: (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras)."""
-    gen = generator or torch.Generator().manual_seed(0)
-    G = GATES[mode]
-
-    def rand(*shape, offset=0.0):
-        return (torch.randn(*shape, dtype=torch.float64, generator=gen) * 0.5 + offset).to(dtype).requires_grad_()
-
-    def keep(p):
-        if p is None:
-            return None
-        if eval_zoneout:
-            return torch.full((T, B, H), p, dtype=dtype)
-        return torch.bernoulli(torch.full((T, B, H), p, dtype=torch.float64), generator=gen).to(dtype)
-
-    x = rand(T, B, I)
-    h0 = rand(B, H) if with_h0 else None
-    c0 = rand(B, H) if with_h0 and mode == "lstm" else None
-    w_ih, w_hh = rand(G * H, I), rand(G * H, H)
-    b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
-    extras = LayerExtras(rand(G * H, offset=1.0) if ln else None, rand(G * H, offset=1.0) if ln else None,
-                         rand(H, offset=1.0) if ln_c else None, rand(H) if ln_c else None, keep(zh), keep(zc), cells)
-    lengths = torch.tensor(lengths) if lengths is not None else None
-    return [mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras]
+    return random_layer_args(mode, dtype=dtype, **options)
 
 
 def leaves(args):

@@ -10,31 +10,23 @@ against the float64 reference (1e-5 relative, as tests/test_triton_rnn.py),
 bfloat16 / float16 against a bound derived from torch's own error in that
 dtype. The interpreter is set up as in tests/test_triton_rnn.py.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 pytest.importorskip("triton")  # an optional dependency: without it these tests skip
 
-_previous = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
+from triton_helpers import interpreter_on, run_without_interpreter  # noqa: E402
+
+with interpreter_on():
     from rnnkernels.triton_kernels import rnn as triton_rnn
     from rnnkernels.triton_kernels import rnn_step
-finally:
-    if _previous is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _previous
 
 import rnnkernels as rk  # noqa: E402
 from rnnkernels import backends  # noqa: E402
 from rnnkernels.backends import triton as triton_backend  # noqa: E402
 from rnnkernels.check import TOLERANCE, relative_error  # noqa: E402
-from rnnkernels.reference import GATES, LayerExtras, rnn_layer_extended as reference_layer  # noqa: E402
+from rnnkernels.reference import LayerExtras, rnn_layer_extended as reference_layer  # noqa: E402
+from layer_args import random_layer_args  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -59,33 +51,10 @@ LAYOUTS = [dict(), dict(lengths=[4, 0, 3]), dict(lengths=[2, 4, 1], reverse=True
            dict(bias=False, reverse=True)]
 
 
-def make_args(mode, ln=False, ln_c=False, zh=None, zc=None, cells=False, lengths=None, reverse=False, with_h0=True,
-              bias=True, T=4, B=3, I=5, H=4, eval_zoneout=False, generator=None):
+def make_args(mode, T=4, B=3, I=5, H=4, **options):
     """Fresh random float64 arguments (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras),
     float32-representable (so the float32 kernels see exactly the reference's inputs)."""
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    G = GATES[mode]
-
-    def rand(*shape, offset=0.0):
-        value = torch.randn(*shape, dtype=torch.float64, generator=gen) * 0.5 + offset
-        return value.float().double().requires_grad_()
-
-    def keep(p):
-        if p is None:
-            return None
-        if eval_zoneout:
-            return torch.full((T, B, H), p, dtype=torch.float64)
-        return torch.bernoulli(torch.full((T, B, H), p, dtype=torch.float64), generator=gen)
-
-    x = rand(T, B, I)
-    h0 = rand(B, H) if with_h0 else None
-    c0 = rand(B, H) if with_h0 and mode == "lstm" else None
-    w_ih, w_hh = rand(G * H, I), rand(G * H, H)
-    b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
-    extras = LayerExtras(rand(G * H, offset=1.0) if ln else None, rand(G * H, offset=1.0) if ln else None,
-                         rand(H, offset=1.0) if ln_c else None, rand(H) if ln_c else None, keep(zh), keep(zc), cells)
-    lengths = torch.tensor(lengths) if lengths is not None else None
-    return [mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras]
+    return random_layer_args(mode, T=T, B=B, I=I, H=H, float32_values=True, **options)
 
 
 def cast(value, dtype):
@@ -384,28 +353,14 @@ def test_bad_option_tensors_name_the_option(no_kernels):
 # ------------------------------------------------------- compiled for sm_90, no GPU
 
 _COMPILE_FOR_SM90 = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from rnnkernels.triton_kernels import rnn_step
 from rnnkernels.triton_kernels.rnn_cells import MODE_CODES, NUM_GATES, NUM_SAVED
+from triton_helpers import compile_for_sm90 as compile_kernel, rnn_argument_types
 
 FP32 = ("c_ptr", "c_prev_t_ptr", "saved_t_ptr", "dh_ptr", "dc_ptr", "xhat_hh_t_ptr", "stats_t_ptr", "d_ln_cell_t_ptr")
 
 def compile_for_sm90(kernel, dtype, constexprs):
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name == "lengths_ptr":
-            signature[name] = "*i32"
-        elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in FP32 else "*" + dtype
-        else:
-            signature[name] = "i32"
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": 4})
-    assert compiled.asm["cubin"]
+    compile_kernel(kernel, constexprs, rnn_argument_types(dtype, FP32))
 
 everything = dict(LAYER_NORM=True, CELL_NORM=True, ZONEOUT_H=True, ZONEOUT_C=True, RETURN_CELLS=True)
 for mode, dtype, flags, block_h in (
@@ -427,10 +382,7 @@ def test_ext_kernels_compile_for_sm90():
     """Triton's real compiler for an H100 (no GPU needed), in a process
     without TRITON_INTERPRET: the constexpr branches, row reductions and
     typing the interpreter does not check."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert "all compiled" in result.stdout, result.stdout + result.stderr[-3000:]
+    run_without_interpreter(_COMPILE_FOR_SM90, done="all compiled")
 
 
 _COMPILED_CASES = """
@@ -484,7 +436,4 @@ print("compiled ext kernels ok")
 def test_compiled_ext_kernels_on_cuda():
     """The compiled kernels on CUDA tensors (fp32, bf16), a fresh process:
     this module's kernels are interpreted."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILED_CASES], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert "compiled ext kernels ok" in result.stdout, result.stdout + result.stderr
+    run_without_interpreter(_COMPILED_CASES, done="compiled ext kernels ok")

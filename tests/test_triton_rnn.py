@@ -8,25 +8,16 @@ while launching, so it is set for that import and for each test of this
 module (and restored, so other test modules see the environment they expect);
 test_kernels_run_in_the_interpreter checks that it took.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 pytest.importorskip("triton")  # an optional dependency: without it these tests skip (tests/without_triton)
 
-_previous = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
+from triton_helpers import interpreter_on, run_without_interpreter  # noqa: E402
+
+with interpreter_on():
     from rnnkernels.triton_kernels import rnn as triton_rnn
     from rnnkernels.triton_kernels import rnn_cells, rnn_sequence, rnn_step
-finally:
-    if _previous is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _previous
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -287,10 +278,8 @@ def test_fresh_process_without_then_with_interpreter():
     """In a fresh process without TRITON_INTERPRET the backend refuses CPU
     tensors with a clear message; once it is set, the kernels run, even
     though triton itself was imported before."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert "set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors" in result.stdout, result.stderr
+    result = run_without_interpreter(_FRESH_PROCESS, done="set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors",
+                                     timeout=120)
     assert "lstm step ok" in result.stdout and "gru sequence ok" in result.stdout, result.stdout + result.stderr
 
 
@@ -318,39 +307,21 @@ print("compiled kernels ok")
 def test_compiled_kernels_on_cuda():
     """The compiled (not interpreted) kernels on CUDA tensors, both paths, fp32
     and bf16: a fresh process, since this module's kernels are interpreted."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILED_CASES], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert "compiled kernels ok" in result.stdout, result.stdout + result.stderr
+    run_without_interpreter(_COMPILED_CASES, done="compiled kernels ok")
 
 
 # ------------------------------------------------------- compiled for sm_90, no GPU
 
 _COMPILE_FOR_SM90 = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from rnnkernels.triton_kernels import rnn, rnn_sequence, rnn_step
 from rnnkernels.triton_kernels.rnn_cells import MODE_CODES, NUM_GATES, NUM_SAVED
+from triton_helpers import compile_for_sm90 as compile_kernel, rnn_argument_types
 
 FP32_BUFFERS = ("c_ptr", "c_prev_t_ptr", "saved_t_ptr", "dh_ptr", "dc_ptr", "c0_ptr", "c_prev_ptr", "saved_ptr",
                 "c_n_ptr", "grad_h_n_ptr", "grad_c_n_ptr", "grad_h0_ptr", "grad_c0_ptr")
 
 def compile_for_sm90(kernel, dtype, constexprs, num_warps):
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name == "lengths_ptr":
-            signature[name] = "*i32"
-        elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in FP32_BUFFERS else "*" + dtype
-        else:
-            signature[name] = "i32"
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps})
-    assert compiled.asm["cubin"]
-    return compiled
+    return compile_kernel(kernel, constexprs, rnn_argument_types(dtype, FP32_BUFFERS), num_warps)
 
 for mode, dtype, has_proj in (("lstm", "bf16", False), ("gru", "bf16", False), ("rnn_relu", "fp16", False),
                               ("rnn_tanh", "fp32", False), ("lstm", "fp32", True)):
@@ -378,10 +349,7 @@ def test_kernels_compile_for_sm90():
     bundled ptxas) for an H100, without a GPU, in a process without
     TRITON_INTERPRET: catches what the interpreter cannot (typing, constexpr
     branches, tl.dot layouts, resource limits). Checked with Triton 3.9."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert "all compiled" in result.stdout, result.stdout + result.stderr[-3000:]
+    run_without_interpreter(_COMPILE_FOR_SM90, done="all compiled")
 
 
 def _tanh_rows(X, Y, N, BLOCK: tl.constexpr):
