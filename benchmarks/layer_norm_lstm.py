@@ -1,6 +1,6 @@
 """LayerNorm LSTM: rnnkernels' fused layer against what users write today.
 
-    python benchmarks/layer_norm_lstm.py [--repeats 7] [--no-compile] [--out FILE.md]
+    python benchmarks/layer_norm_lstm.py [--repeats 7] [--no-compile] [--keep-freed-memory] [--out FILE.md]
 
 The baseline is a Python loop over a LayerNorm LSTM cell built from nn.Linear
 and nn.LayerNorm (as PyTorch's benchmarks/fastrnns/custom_lstms.py does),
@@ -20,6 +20,7 @@ from torch import nn
 
 import rnnkernels as rk
 from rnnkernels.benchmarks.machine import describe, one_line
+from rnnkernels.benchmarks.timing import add_keep_freed_memory_flag, apply_keep_freed_memory_flag
 
 SHAPES = [(35, 20, 200, 200), (100, 8, 128, 256), (50, 64, 256, 512)]  # (T, B, I, H)
 
@@ -149,10 +150,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--out", default="", help="also write the markdown table here")
+    add_keep_freed_memory_flag(parser)
     args = parser.parse_args(argv)
+    apply_keep_freed_memory_flag(parser, args)
     machine = describe("cpu")
     lines = [f"Machine: {one_line(machine)}; measured {machine['date']}", "",
-             "forward+backward ms, median of %d; ratio = baseline time / rk.LayerNormLSTM time" % args.repeats, "",
+             "forward+backward ms, median of %d, %s; ratio = baseline time / rk.LayerNormLSTM time"
+             % (args.repeats, "malloc keeps freed memory" if args.keep_freed_memory else "default malloc"), "",
              "| T, B, I, H | eager loop | compiled loop | rk.LayerNormLSTM | rk.LSTM (plain) | vs eager | vs compiled "
              "| LayerNorm / plain |", "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
