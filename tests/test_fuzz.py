@@ -215,6 +215,24 @@ def one_rounding_apart(t, generator):
 TORCH_SIGMOID, TORCH_TANH = torch.sigmoid, torch.tanh
 
 
+@contextlib.contextmanager
+def activations_replaced(sigmoid, tanh):
+    """torch.sigmoid and torch.tanh replaced while the block runs (the
+    reference backend looks them up at every call)."""
+    saved = torch.sigmoid, torch.tanh
+    torch.sigmoid, torch.tanh = sigmoid, tanh
+    try:
+        yield
+    finally:
+        torch.sigmoid, torch.tanh = saved
+
+
+def sigmoid_from_tanh():
+    """torch.sigmoid as 0.5 + 0.5 tanh(x / 2), and torch.tanh as 2 sigmoid(2x) - 1,
+    while the block runs (the float64 yardstick)."""
+    return activations_replaced(lambda x: 0.5 + 0.5 * TORCH_TANH(0.5 * x), lambda x: 2 * TORCH_SIGMOID(2 * x) - 1)
+
+
 class _GateStored(torch.autograd.Function):
     """sigmoid or tanh in float64, its value rounded to `dtype` and moved one
     ulp of it either way (staying in the function's range), its derivative
@@ -238,36 +256,17 @@ class _GateStored(torch.autograd.Function):
         return grad * ((1 - y * y) if ctx.is_tanh else y * (1 - y)), None, None, None
 
 
-@contextlib.contextmanager
 def gates_stored_one_ulp_off(dtype, generator):
     """torch.sigmoid and torch.tanh as _GateStored in dtype while the block runs
     (the reference then runs in float64)."""
-    sigmoid, tanh = torch.sigmoid, torch.tanh
-    torch.sigmoid = lambda x: _GateStored.apply(x, False, dtype, generator)
-    torch.tanh = lambda x: _GateStored.apply(x, True, dtype, generator)
-    try:
-        yield
-    finally:
-        torch.sigmoid, torch.tanh = sigmoid, tanh
+    return activations_replaced(lambda x: _GateStored.apply(x, False, dtype, generator),
+                                lambda x: _GateStored.apply(x, True, dtype, generator))
 
 
 def gradients(outputs, leaves, upstream):
     dtype = outputs[0].dtype
     grads = torch.autograd.grad(outputs, leaves, [u.to(dtype) for u in upstream], allow_unused=True)
     return [g if g is not None else torch.zeros_like(leaf) for g, leaf in zip(grads, leaves)]
-
-
-@contextlib.contextmanager
-def sigmoid_from_tanh():
-    """torch.sigmoid as 0.5 + 0.5 tanh(x / 2), and torch.tanh as 2 sigmoid(2x) - 1,
-    while the block runs (the float64 yardstick)."""
-    sigmoid, tanh = torch.sigmoid, torch.tanh
-    torch.sigmoid = lambda x: 0.5 + 0.5 * tanh(0.5 * x)
-    torch.tanh = lambda x: 2 * sigmoid(2 * x) - 1
-    try:
-        yield
-    finally:
-        torch.sigmoid, torch.tanh = sigmoid, tanh
 
 
 def worst_error(actual, expected):
