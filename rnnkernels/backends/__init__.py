@@ -97,21 +97,20 @@ def available(device=None, op: str = "rnn", dtype: Optional[torch.dtype] = None)
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     found: List[str] = []
     for dev in devices:
-        for name, impl in _ranked_for(op, dev.type):
-            if name not in found and impl.unavailable_reason(dev, dtype) is None:
+        for name in _ranked_names(op, dev.type):
+            if name not in found and _impls[(op, name)].unavailable_reason(dev, dtype) is None:
                 found.append(name)
     return found
 
 
-def _ranked_for(op: str, device_type: str) -> List[Tuple[str, Implementation]]:
-    """The implementations of `op`, best first for `device_type`."""
-    impls = _load()
+def _ranked_names(op: str, device_type: str) -> List[str]:
+    """The names of `op`'s implementations, best first for `device_type`."""
     ranked = _ranked.get((op, device_type))
     if ranked is None:
-        named = sorted(((name, impl) for (o, name), impl in impls.items() if o == op),
+        named = sorted(((name, impl) for (o, name), impl in _load().items() if o == op),
                        key=lambda item: -item[1].priority.get(device_type, -1))
         ranked = _ranked[(op, device_type)] = [name for name, _ in named]
-    return [(name, impls[(op, name)]) for name in ranked]
+    return ranked
 
 
 def unavailable_reason(name: str, device, op: str = "rnn", dtype: Optional[torch.dtype] = None) -> Optional[str]:
@@ -150,11 +149,12 @@ def current() -> str:
 def resolve(requested: Optional[str], device, op: str = "rnn", dtype: Optional[torch.dtype] = None
             ) -> Tuple[str, Callable]:
     """(name, fn) of the implementation that runs `op` on `device` for `dtype`."""
-    device = torch.device(device)
+    device = device if isinstance(device, torch.device) else torch.device(device)
     if requested is None or requested == "auto":
         requested = current()
     if requested == "auto":  # the best that can run: a cell's step asks this every call
-        for name, impl in _ranked_for(op, device.type):
+        for name in _ranked_names(op, device.type):
+            impl = _impls[(op, name)]
             if impl.unavailable_reason(device, dtype) is None:
                 return name, impl.fn
         raise BackendUnavailableError(f"no backend can run {op} on {device.type} in {dtype}")
