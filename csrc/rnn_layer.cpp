@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -212,14 +213,52 @@ at::Tensor without_padding(const at::Tensor& x, const BatchOrder& batch) {
 }
 
 // Which slice of `states` / `cells` holds the state before the k-th processed
-// step (k = 0..T); see the layout at the top. Inference keeps two slices.
+// step (k = 0..T) in training; see the layout at the top.
 struct StateSlots {
   int64_t T;
-  bool reverse, training;
-  int64_t operator()(int64_t k) const {
-    if (!training) return k % 2;
-    return reverse ? T - k : k;
+  bool reverse;
+  int64_t operator()(int64_t k) const { return reverse ? T - k : k; }
+};
+
+// The state (h, or lstm's c) entering each processed step k = 0..T of the
+// forward. Training keeps all T + 1 in one buffer (`saved`, for backward),
+// the initial state copied in. Inference reads the initial state where it is,
+// never writing it, and alternates two (B, n) buffers so that the last step
+// writes the one returned: no copy in and no clone out (at T = 1, a cell's
+// step, those were a tenth of the call).
+class StateSequence {
+ public:
+  StateSequence(const at::Tensor& initial, int64_t T, int64_t B, int64_t n, bool reverse, bool training,
+                const at::TensorOptions& opts)
+      : T_(T), slot_{T, reverse}, training_(training) {
+    if (training) {
+      saved_ = at::empty({T + 1, B, n}, opts);
+      if (initial.defined()) saved_[slot_(0)].copy_(initial); else saved_[slot_(0)].zero_();
+      views_ = saved_.unbind(0);
+      return;
+    }
+    views_.push_back(initial.defined() ? initial.contiguous() : at::zeros({B, n}, opts));
+    if (T >= 1) views_.push_back(at::empty({B, n}, opts));  // written by the last step
+    if (T >= 2) views_.push_back(at::empty({B, n}, opts));
   }
+
+  const at::Tensor& before(int64_t k) const {
+    if (training_) return views_[slot_(k)];
+    return k == 0 ? views_[0] : views_[(T_ - k) % 2 == 0 ? 1 : 2];
+  }
+  // The state after the last step, possibly a view of saved() or the caller's initial state.
+  const at::Tensor& last() const { return before(T_); }
+  // The same as a tensor of its own.
+  at::Tensor final_state() const { return training_ || T_ == 0 ? last().clone() : last(); }
+  // What backward reads: every state in training, else an empty tensor.
+  at::Tensor saved(const at::TensorOptions& opts) const { return training_ ? saved_ : at::empty({0}, opts); }
+
+ private:
+  int64_t T_;
+  StateSlots slot_;
+  bool training_;
+  at::Tensor saved_;
+  std::vector<at::Tensor> views_;
 };
 
 // ---- LayerOptions, checked and put in sorted batch order
@@ -358,10 +397,9 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   const at::Tensor bias_ih = b_ih.defined() ? b_ih.contiguous() : zero_bias;
   const at::Tensor bias_hh = b_hh.defined() ? b_hh.contiguous() : zero_bias;
 
-  const StateSlots slot{T, reverse, training};
-  const int64_t n_slots = training ? T + 1 : 2;
-  at::Tensor states = at::empty({n_slots, B, P}, opts);
-  at::Tensor cells = lstm ? at::empty({n_slots, B, H}, opts) : at::empty({0}, opts);
+  const StateSequence h_states(h0, T, B, P, reverse, training, opts);
+  const std::optional<StateSequence> c_states =
+      lstm ? std::make_optional<StateSequence>(c0, T, B, H, reverse, training, opts) : std::nullopt;
   // LSTM on the CPU saves its activations over gi: each step writes them over
   // the pre-activations it has just read, so no second (T, B, 4H) buffer is
   // faulted in and filled. At (64, 32, 256, 256) the forward pointwise pass
@@ -383,11 +421,7 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   at::Tensor fresh = save_fresh ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
   at::Tensor cell_states = extras.return_cells ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
 
-  if (h0.defined()) states[slot(0)].copy_(h0); else states[slot(0)].zero_();
-  if (lstm) {
-    if (c0.defined()) cells[slot(0)].copy_(c0); else cells[slot(0)].zero_();
-  }
-  const auto gi_at = steps_of(gi), state_at = steps_of(states), cell_at = steps_of(cells), out_at = steps_of(out);
+  const auto gi_at = steps_of(gi), out_at = steps_of(out);
   const auto x_hat_hh_at = layer_norm && training ? steps_of(x_hat[1]) : std::vector<at::Tensor>();
   const auto stats_at = steps_of(row_stats), fresh_at = steps_of(fresh), cell_out_at = steps_of(cell_states);
   const auto keep_h_at = steps_of(extras.keep_h), keep_c_at = steps_of(extras.keep_c);
@@ -407,13 +441,13 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
     step.gh = gh;
     step.b_ih = bias_ih;
     step.b_hh = bias_hh;
-    step.h_prev = state_at[slot(k)];
-    step.h_next = state_at[slot(k + 1)];
+    step.h_prev = h_states.before(k);
+    step.h_next = h_states.before(k + 1);
     const int64_t n = batch.alive[t];  // rows still running: the GEMMs skip the rest
     w_hh_t.multiply(running(gh, n), running(step.h_prev, n));
     if (lstm) {
-      step.c_prev = cell_at[slot(k)];
-      step.c_next = cell_at[slot(k + 1)];
+      step.c_prev = c_states->before(k);
+      step.c_next = c_states->before(k + 1);
     }
     step.out = out_at[t];
     if (w_hr.defined()) step.h_raw = raw_at[training ? t : 0];
@@ -434,18 +468,17 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
     }
   }
   LayerForward result;
-  result.h_n = batch.order.defined() ? batch.unsort(states[slot(T)], 0) : states[slot(T)].clone();
-  result.c_n = !lstm ? at::empty({0}, opts)
-                     : batch.order.defined() ? batch.unsort(cells[slot(T)], 0) : cells[slot(T)].clone();
+  // The final states in the caller's batch order (unsort gathers: a new tensor).
+  auto final_of = [&](const StateSequence& states) {
+    return batch.order.defined() ? batch.unsort(states.last(), 0) : states.final_state();
+  };
+  result.h_n = final_of(h_states);
+  result.c_n = lstm ? final_of(*c_states) : at::empty({0}, opts);
   result.out = batch.unsort(out, 1);
   result.cell_states = extras.return_cells ? batch.unsort(cell_states, 1) : cell_states;
-  if (!training) {  // nothing to save
-    states = at::empty({0}, opts);
-    cells = at::empty({0}, opts);
-    hidden_raw = at::empty({0}, opts);
-  }
-  result.states = states;
-  result.cells = cells;
+  if (!training) hidden_raw = at::empty({0}, opts);  // nothing to save
+  result.states = h_states.saved(opts);
+  result.cells = lstm ? c_states->saved(opts) : at::empty({0}, opts);
   result.gates = gates;
   result.hidden_raw = hidden_raw;
   result.x_hat = x_hat;
@@ -502,7 +535,7 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   grad_h_n = batch.sort(grad_h_n, 0);
   grad_c_n = batch.sort(grad_c_n, 0);
   const auto opts = x.options();
-  const StateSlots slot{T, reverse, /*training=*/true};
+  const StateSlots slot{T, reverse};
 
   // d_pre (T, B, G*H): gradient of the input-side pre-activations; gru also
   // d_gh (T, B, 3H) for the recurrent side (they differ in the n part). With

@@ -474,3 +474,26 @@ def test_float32_tanh_saturates_exactly_and_keeps_non_finite_values():
                                                      None, False, True)
     grad_w, = torch.autograd.grad(out.sum(), w)
     assert torch.equal(grad_w, torch.zeros(1, 1))
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_inference_states_match_training_and_leave_h0_alone(mode):
+    """Inference reads h0 / c0 in place and alternates two buffers (csrc/rnn_layer.cpp,
+    StateSequence): its outputs equal training's bit for bit, h0 and c0 are never
+    written, and the final states are tensors of their own, for every T from 0
+    (the final state is then h0's value) with and without reverse and lengths."""
+    G = GATES[mode]
+    for T in range(5):
+        for reverse in (False, True):
+            for lengths in (None, torch.tensor([T, max(T - 1, 0), T])):
+                x, h0 = torch.randn(T, 3, 5), torch.randn(3, 4)
+                c0 = torch.randn(3, 4) if mode == "lstm" else None
+                weights = (torch.randn(G * 4, 5), torch.randn(G * 4, 4), torch.randn(G * 4), torch.randn(G * 4))
+                kept = [t.clone() for t in (h0, c0) if t is not None]
+                inference = forward_op(mode, x, h0, c0, *weights, None, lengths, reverse, False)[:3]
+                training = forward_op(mode, x, h0, c0, *weights, None, lengths, reverse, True)[:3]
+                for ours, theirs in zip(inference, training):
+                    assert torch.equal(ours, theirs), (T, reverse, lengths)
+                for state, before, final in zip((h0, c0), kept, inference[1:]):
+                    assert torch.equal(state, before)
+                    assert final.data_ptr() != state.data_ptr()
