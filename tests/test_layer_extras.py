@@ -64,12 +64,14 @@ def test_matches_the_float64_reference(mode, options, layout, seed):
                          ids=["lstm", "gru", "rnn_tanh"])
 def test_low_precision_is_close_to_float64(dtype, mode, options, seed):
     """Against the float64 reference on the same (rounded) inputs, so that the
-    kernel's own arithmetic is what is measured. bfloat16 stores every
-    intermediate (gates, states, gradients) in 8 bits of mantissa, and LayerNorm's
-    backward cancels: there the kernel's error may also reach 3x torch's own
-    error computing the reference's math in bfloat16 on the same inputs (the
-    kernel stores the carried state gradients in bfloat16 between steps; over
-    120 configurations the worst ratio was 2.2x, at the gradients of the biases)."""
+    kernel's own arithmetic is what is measured: within the dtype's tolerance,
+    or 3x torch's own error computing the reference's math in the dtype on the
+    same inputs where that error is larger. bfloat16 stores every intermediate
+    (gates, states, gradients) in 8 bits of mantissa, and LayerNorm's backward
+    cancels (the kernel stores the carried state gradients in bfloat16 between
+    steps; over 120 configurations the worst ratio was 2.2x, at the gradients
+    of the biases). In float32 a draw in 300 is that ill-conditioned (lstm,
+    seed 143: torch's float32 erred 2.8e-5, the kernel 3.7e-5, 1.3x)."""
     gen = torch.Generator().manual_seed(seed)
     made = make_args(mode, **options, lengths=[5, 3, 4, 1], T=5, B=4, I=8, H=16, generator=gen)
 
@@ -83,10 +85,8 @@ def test_low_precision_is_close_to_float64(dtype, mode, options, seed):
     low, high = [cast(a, dtype) for a in made], [cast(a, torch.float64) for a in made]
     expected = sum(outputs_and_grads(reference_layer, high, seed), [])
     actual = sum(outputs_and_grads(kernel_layer, low, seed), [])
-    bound = TOLERANCE[dtype]
-    if dtype == torch.bfloat16:
-        torch_low = sum(outputs_and_grads(reference_layer, [cast(a, dtype) for a in made], seed), [])
-        bound = max(bound, 3 * max(relative_error(t, e) for t, e in zip(torch_low, expected)))
+    torch_low = sum(outputs_and_grads(reference_layer, [cast(a, dtype) for a in made], seed), [])
+    bound = max(TOLERANCE[dtype], 3 * max(relative_error(t, e) for t, e in zip(torch_low, expected)))
     for a, e in zip(actual, expected):
         assert relative_error(a, e) < bound
 
