@@ -9,7 +9,7 @@ import torch
 from rnnkernels import _ext
 from rnnkernels.check import TOLERANCE, relative_error
 from rnnkernels.reference import LayerExtras, rnn_layer_extended as reference_layer
-from layer_args import random_layer_args
+from layer_args import random_layer_args as make_args  # the op's arguments, freshly drawn
 
 pytestmark = pytest.mark.skipif(_ext.load_error() is not None, reason="needs the compiled extension")
 if _ext.load_error() is None:
@@ -25,11 +25,6 @@ OPTIONS = {  # mode -> option sets (ln: LayerNorm of both projections; ln_c: of 
 CASES = [(mode, options) for mode, sets in OPTIONS.items() for options in sets]
 LAYOUTS = [dict(), dict(lengths=[5, 2, 4, 1]), dict(lengths=[3, 5, 0, 2], reverse=True), dict(with_h0=False),
            dict(bias=False, reverse=True)]
-
-
-def make_args(mode, dtype=torch.float64, **options):
-    """Fresh random arguments: (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, extras)."""
-    return random_layer_args(mode, dtype=dtype, **options)
 
 
 def leaves(args):
