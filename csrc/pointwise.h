@@ -51,6 +51,8 @@ struct BackwardExtras {
   at::Tensor d_gh_raw;                // (B, G*H) out with LN(h W_hh^T): gradient of h W_hh^T itself
   at::Tensor d_ln_cell;               // (B, 2H) out with LN(c): dy * c_hat and dy, summed into the
                                       //         gradients of its gain and bias after the loop
+  at::Tensor ln_hh_grad_sums;         // (threads, G*H) of the accumulation type, or undefined: thread i
+                                      //         adds d_gh * xhat_hh of its rows, the gain's gradient
 };
 
 struct ForwardStep {
@@ -113,8 +115,21 @@ struct LayerNormRows {
   at::Tensor rows, gamma, x_hat, rstd;
 };
 
+// Its backward, all rows at once, each row in one pass: d_rows (N, G*H) <- the
+// gradient of the rows before LN from dy (N, G*H), the gradient of
+// gamma * LN(rows), which it may overwrite (d_rows and dy the same tensor).
+// x_hat and rstd as the forward saved them. With sums (threads, 2, G*H) of
+// the accumulation type, zeroed: thread i adds dy * x_hat (gamma's gradient)
+// and dy (the bias's) of its rows, and the caller adds up the threads. ATen's
+// LayerNorm backward, a rescale and a sum took four passes over the rows and
+// a temporary of their size.
+struct LayerNormRowsBackward {
+  at::Tensor dy, x_hat, rstd, gamma, d_rows, sums;
+};
+
 void forward_step_cpu(const ForwardStep& step);
 void layer_norm_rows_cpu(const LayerNormRows& step);
+void layer_norm_rows_backward_cpu(const LayerNormRowsBackward& step);
 void backward_step_cpu(const BackwardStep& step);
 void commit_projection_cpu(const CommitProjection& step);
 void gather_projected_grad_cpu(const GatherProjectedGrad& step);

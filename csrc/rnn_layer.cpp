@@ -35,6 +35,8 @@
 #include <vector>
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 
 #include "cells.h"
 #include "cpu/gemm.h"
@@ -325,6 +327,13 @@ Extras check_options(const LayerOptions& o, const LayerShape& s, const at::Tenso
   return e;
 }
 
+// (threads, n) zeros of x's accumulation type: a row per thread that a CPU
+// pass over rows may run on (csrc/pointwise.h), the caller's own among them.
+at::Tensor per_thread_sums(int64_t n, const at::Tensor& x) {
+  const int64_t threads = std::max<int64_t>(at::get_num_threads(), at::get_thread_num() + 1);
+  return at::zeros({threads, n}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+}
+
 // x_hat and rstd of LayerNorm over the last dim of gi (rows, G*H), all rows at once.
 std::tuple<at::Tensor, at::Tensor> normalise_rows(const at::Tensor& rows) {
   auto [x_hat, mean, rstd] = at::native_layer_norm(rows, {rows.size(-1)}, c10::nullopt, c10::nullopt,
@@ -562,6 +571,9 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   step_extras.ln_hh_weight = extras.ln_hh;
   step_extras.ln_cell_weight = extras.ln_cell_w;
   step_extras.ln_cell_bias = extras.ln_cell_b;
+  // The CPU rows sum the gain of LN(h W_hh^T)'s gradient as they go.
+  const at::Tensor ln_hh_grad_sums = layer_norm && weight_grad && x.is_cpu() ? per_thread_sums(GH, x) : at::Tensor();
+  step_extras.ln_hh_grad_sums = ln_hh_grad_sums;
   {  // The step loop; the GEMMs over all steps below use every thread.
     const gemm::SingleThreaded one_thread(tiny_steps(x, T, B, GH, P));
     const gemm::StepWeight w_hh_step(w_hh, /*transpose=*/false, B, /*accumulate=*/true, T);  // (G*H, P)
@@ -615,31 +627,45 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   // Everything below is one GEMM (or reduction) over all T*B rows.
   const at::Tensor d_pre_2d = d_pre.view({T * B, GH}), d_gh_2d = d_gh_all.view({T * B, GH});
   LayerGrads grads;
-  if (weight_grad && has_bias) {
-    grads.b_ih = d_pre_2d.sum(0);
-    grads.b_hh = gru ? d_gh_2d.sum(0) : grads.b_ih.clone();
-  }
   // gi = gamma_ih * LN(x W_ih^T): back through the LayerNorm, all rows at once.
   at::Tensor d_gi_raw = d_pre_2d;
-  if (layer_norm) {
-    const at::Tensor gi_hat = x_hat[0].view({T * B, GH}), rstd = row_stats.select(2, 3).reshape({T * B, 1});
-    // ATen's fused LayerNorm backward, handed x_hat itself as its input with
-    // mean 0 and rstd 1, gives rstd_gi^-1 * d gi and the gain's gradient in two
-    // passes over the rows (the same formula as torch ops took eight: at
-    // (50, 64, 256, 512) 40 of the LayerNorm LSTM's 163 ms fwd+bwd).
-    const at::Tensor unit_mean = at::zeros({T * B, 1}, opts), unit_rstd = at::ones({T * B, 1}, opts);
-    auto [d_gi_unscaled, d_ln_ih, unused] = at::native_layer_norm_backward(
-        d_pre_2d, gi_hat, {GH}, unit_mean, unit_rstd, extras.ln_ih, c10::nullopt, {true, weight_grad, false});
-    (void)unused;
+  if (layer_norm && x.is_cpu()) {
+    // One pass per row: d gi over d_pre's storage, and per thread the sums of
+    // both gains' and the input bias's gradients (csrc/pointwise.h).
+    const at::Tensor sums = weight_grad ? per_thread_sums(2 * GH, x) : at::Tensor();
+    layer_norm_rows_backward_cpu({d_pre_2d, x_hat[0].view({T * B, GH}), row_stats.select(2, 3).reshape({T * B}),
+                                  extras.ln_ih, d_pre_2d, sums});
     if (weight_grad) {
-      grads.ln_ih = d_ln_ih;
-      // The gain's gradient, sum over rows of d_gh * x_hat_hh, by the same
-      // kernel (a product tensor and its sum made a (T, B, G*H) temporary).
-      grads.ln_hh = std::get<1>(at::native_layer_norm_backward(d_gh_2d, x_hat[1].view({T * B, GH}), {GH}, unit_mean,
-                                                               unit_rstd, extras.ln_hh, c10::nullopt,
-                                                               {false, true, false}));
+      const at::Tensor total = sums.sum(0).view({2, GH}).to(x.scalar_type());
+      grads.ln_ih = total[0];
+      grads.ln_hh = ln_hh_grad_sums.sum(0).to(x.scalar_type());
+      if (has_bias) {
+        grads.b_ih = total[1];
+        grads.b_hh = gru ? d_gh_2d.sum(0) : grads.b_ih.clone();
+      }
     }
-    d_gi_raw = d_gi_unscaled.mul_(rstd);
+  } else {
+    if (weight_grad && has_bias) {
+      grads.b_ih = d_pre_2d.sum(0);
+      grads.b_hh = gru ? d_gh_2d.sum(0) : grads.b_ih.clone();
+    }
+    if (layer_norm) {
+      const at::Tensor gi_hat = x_hat[0].view({T * B, GH}), rstd = row_stats.select(2, 3).reshape({T * B, 1});
+      // ATen's fused LayerNorm backward, handed x_hat itself as its input with
+      // mean 0 and rstd 1, gives rstd_gi^-1 * d gi and the gain's gradient.
+      const at::Tensor unit_mean = at::zeros({T * B, 1}, opts), unit_rstd = at::ones({T * B, 1}, opts);
+      auto [d_gi_unscaled, d_ln_ih, unused] = at::native_layer_norm_backward(
+          d_pre_2d, gi_hat, {GH}, unit_mean, unit_rstd, extras.ln_ih, c10::nullopt, {true, weight_grad, false});
+      (void)unused;
+      if (weight_grad) {
+        grads.ln_ih = d_ln_ih;
+        // The gain's gradient, sum over rows of d_gh * x_hat_hh, by the same kernel.
+        grads.ln_hh = std::get<1>(at::native_layer_norm_backward(d_gh_2d, x_hat[1].view({T * B, GH}), {GH}, unit_mean,
+                                                                 unit_rstd, extras.ln_hh, c10::nullopt,
+                                                                 {false, true, false}));
+      }
+      d_gi_raw = d_gi_unscaled.mul_(rstd);
+    }
   }
   if (ln_cell && weight_grad) {
     const at::Tensor sums = d_ln_cell.view({T * B, 2 * H}).sum(0);

@@ -109,6 +109,49 @@ def test_gradcheck(mode, options, second_order):
     assert check(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_layer_norm_backward_summed_over_threads(mode, seed):
+    """A batch of 96 rows of 4H = 128 values: enough that the step rows (past
+    rnn_layer.cpp's tiny_steps) and the input side's LayerNorm backward run on
+    two threads, each summing the
+    gains' and the input bias's gradients over its own rows (csrc/pointwise.h:
+    ln_hh_grad_sums, LayerNormRowsBackward), with uneven lengths: equal to the
+    float64 reference."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 9, (96,), generator=gen).tolist()
+    args = make_args(mode, ln=True, ln_c=mode == "lstm", lengths=lengths, T=8, B=96, I=5, H=32, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected, expected_grads = outputs_and_grads(reference_layer, args, seed)
+        actual, actual_grads = outputs_and_grads(kernel_layer, args, seed)
+    finally:
+        torch.set_num_threads(threads)
+    for a, e in zip(actual + actual_grads, expected + expected_grads):
+        assert relative_error(a, e) < TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("wanted", ["input", "parameters"])
+def test_layer_norm_partial_gradients(mode, wanted, seed):
+    """Only x, or only the parameters, requiring grad (the backward then skips
+    the other side's work): the same gradients as when everything does."""
+    args = make_args(mode, ln=True, lengths=[5, 2, 4, 1], generator=torch.Generator().manual_seed(seed))
+    _, all_grads = outputs_and_grads(reference_layer, args, seed)
+    full = dict(zip(map(id, leaves(args)), all_grads))
+    keep = {id(args[1])} if wanted == "input" else {id(t) for t in leaves(args)} - {id(args[1]), id(args[2]), id(args[3])}
+
+    def select(t):
+        return t.detach().requires_grad_(id(t) in keep) if isinstance(t, torch.Tensor) and t.requires_grad else t
+
+    partial = [select(a) for a in args[:-1]] + [LayerExtras(*[select(t) for t in args[-1][:6]], args[-1].return_cells)]
+    originals = [t for t in leaves(args) if id(t) in keep]
+    _, grads = outputs_and_grads(kernel_layer, partial, seed)
+    assert len(grads) == len(originals) > 0
+    for g, original in zip(grads, originals):
+        assert relative_error(g, full[id(original)]) < TOLERANCE[torch.float64]
+
 def test_evaluation_zoneout_is_the_expectation():
     """keep = p everywhere (evaluation) gives E[state] under the Bernoulli draws
     for a linear map of the fresh state: h = p h_prev + (1 - p) h_fresh."""

@@ -505,6 +505,8 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
   const stored_t* ln_hh = storage_data<scalar_t>(e.ln_hh_weight);
   const stored_t* ln_c_w = storage_data<scalar_t>(e.ln_cell_weight);
   const stored_t* ln_c_b = storage_data<scalar_t>(e.ln_cell_bias);
+  acc_t* ln_hh_sums =
+      e.ln_hh_grad_sums.defined() ? e.ln_hh_grad_sums.data_ptr<acc_t>() + at::get_thread_num() * GH : nullptr;
   // Per-thread rows in the compute type: the gradient of the fresh h, the
   // part of d h_prev that skips the cell, and (lstm) the gradient of tanh's
   // argument and LN(c)'s normalised row.
@@ -639,11 +641,17 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
       acc_t mean_dyg, mean_dyg_x_hat;
       backward_means<acc_t>(GH, [&](int64_t k) { return widen<acc_t>(d_gh[k]) * widen<acc_t>(ln_hh[k]); },
                             [&](int64_t k) { return widen<acc_t>(xhat[k]); }, mean_dyg, mean_dyg_x_hat);
+      // The gain's gradient while the row is in cache (a pass over all rows
+      // after the loop re-read (T, B, G*H) of x_hat from memory).
+      with_constants([&](auto sum) {
 #pragma omp simd
-      for (int64_t k = 0; k < GH; ++k) {
-        d_gh_raw[k] = narrow<stored_t>(cells::layer_norm_backward<acc_t>(
-            widen<acc_t>(d_gh[k]) * widen<acc_t>(ln_hh[k]), widen<acc_t>(xhat[k]), rstd, mean_dyg, mean_dyg_x_hat));
-      }
+        for (int64_t k = 0; k < GH; ++k) {
+          const acc_t d = widen<acc_t>(d_gh[k]), normalised = widen<acc_t>(xhat[k]);
+          if constexpr (decltype(sum)::value) ln_hh_sums[k] += d * normalised;
+          d_gh_raw[k] = narrow<stored_t>(cells::layer_norm_backward<acc_t>(d * widen<acc_t>(ln_hh[k]), normalised,
+                                                                           rstd, mean_dyg, mean_dyg_x_hat));
+        }
+      }, ln_hh_sums != nullptr);
     }
   }
 }
@@ -675,6 +683,38 @@ RK_ALWAYS_INLINE void layer_norm_rows(const LayerNormRows& s, int64_t r_begin, i
   }
 }
 
+template <typename scalar_t>
+RK_ALWAYS_INLINE void layer_norm_rows_backward(const LayerNormRowsBackward& s, int64_t r_begin, int64_t r_end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using stored_t = storage_of<scalar_t>;
+  const int64_t n = s.dy.size(1);
+  const stored_t* gamma = storage_data<scalar_t>(s.gamma);
+  const stored_t* rstd_in = reinterpret_cast<const stored_t*>(s.rstd.data_ptr<scalar_t>());
+  const int64_t rstd_stride = s.rstd.stride(0);
+  acc_t* sums = s.sums.defined() ? s.sums.data_ptr<acc_t>() + at::get_thread_num() * 2 * n : nullptr;
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    const stored_t* dy = storage_row<scalar_t>(s.dy, r);
+    const stored_t* x_hat = storage_row<scalar_t>(s.x_hat, r);
+    stored_t* d_rows = storage_row<scalar_t>(s.d_rows, r);
+    const acc_t rstd = widen<acc_t>(rstd_in[r * rstd_stride]);
+    acc_t mean_dyg, mean_dyg_x_hat;
+    backward_means<acc_t>(n, [&](int64_t k) { return widen<acc_t>(dy[k]) * widen<acc_t>(gamma[k]); },
+                          [&](int64_t k) { return widen<acc_t>(x_hat[k]); }, mean_dyg, mean_dyg_x_hat);
+    with_constants([&](auto sum) {
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const acc_t d = widen<acc_t>(dy[k]), normalised = widen<acc_t>(x_hat[k]);
+        if constexpr (decltype(sum)::value) {
+          sums[k] += d * normalised;
+          sums[n + k] += d;
+        }
+        d_rows[k] = narrow<stored_t>(
+            cells::layer_norm_backward<acc_t>(d * widen<acc_t>(gamma[k]), normalised, rstd, mean_dyg, mean_dyg_x_hat));
+      }
+    }, sums != nullptr);
+  }
+}
+
 // Every kind of block, by its step's type (double's are not cloned: see below).
 template <typename scalar_t>
 RK_ALWAYS_INLINE void block_rows(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
@@ -690,6 +730,10 @@ template <typename scalar_t>
 RK_ALWAYS_INLINE void block_rows(const LayerNormRows& s, int64_t r_begin, int64_t r_end) {
   layer_norm_rows<scalar_t>(s, r_begin, r_end);
 }
+template <typename scalar_t>
+RK_ALWAYS_INLINE void block_rows(const LayerNormRowsBackward& s, int64_t r_begin, int64_t r_end) {
+  layer_norm_rows_backward<scalar_t>(s, r_begin, r_end);
+}
 
 // rows<scalar_t>(step, b0, b1): the rows of one block.
 // float and bfloat16 go through the multiversioned clones: compiled for
@@ -698,7 +742,8 @@ RK_ALWAYS_INLINE void block_rows(const LayerNormRows& s, int64_t r_begin, int64_
 #define RK_CLONED_ROWS(scalar_t, name)                                                                   \
   RK_CPU_CLONES void name(const ForwardStep& s, int64_t b0, int64_t b1) { block_rows<scalar_t>(s, b0, b1); }   \
   RK_CPU_CLONES void name(const BackwardStep& s, int64_t b0, int64_t b1) { block_rows<scalar_t>(s, b0, b1); }  \
-  RK_CPU_CLONES void name(const LayerNormRows& s, int64_t b0, int64_t b1) { block_rows<scalar_t>(s, b0, b1); }
+  RK_CPU_CLONES void name(const LayerNormRows& s, int64_t b0, int64_t b1) { block_rows<scalar_t>(s, b0, b1); }  \
+  RK_CPU_CLONES void name(const LayerNormRowsBackward& s, int64_t b0, int64_t b1) { block_rows<scalar_t>(s, b0, b1); }
 RK_CLONED_ROWS(float, float_rows)
 RK_CLONED_ROWS(c10::BFloat16, bfloat16_rows)
 #undef RK_CLONED_ROWS
@@ -731,6 +776,8 @@ void forward_step_cpu(const ForwardStep& step) { run_step(step, step.gi); }
 void backward_step_cpu(const BackwardStep& step) { run_step(step, step.d_pre); }
 
 void layer_norm_rows_cpu(const LayerNormRows& step) { run_step(step, step.rows); }
+
+void layer_norm_rows_backward_cpu(const LayerNormRowsBackward& step) { run_step(step, step.dy); }
 
 void commit_projection_cpu(const CommitProjection& s) {
   const int64_t* lengths = lengths_ptr(s.lengths);
