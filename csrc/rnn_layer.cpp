@@ -631,7 +631,8 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   at::Tensor d_gi_raw = d_pre_2d;
   if (layer_norm && x.is_cpu()) {
     // One pass per row: d gi over d_pre's storage, and per thread the sums of
-    // both gains' and the input bias's gradients (csrc/pointwise.h).
+    // gamma_ih's and the input bias's gradients (csrc/pointwise.h); gamma_hh's
+    // were summed by the step rows.
     const at::Tensor sums = weight_grad ? per_thread_sums(2 * GH, x) : at::Tensor();
     layer_norm_rows_backward_cpu({d_pre_2d, x_hat[0].view({T * B, GH}), row_stats.select(2, 3).reshape({T * B}),
                                   extras.ln_ih, d_pre_2d, sums});
