@@ -353,6 +353,29 @@ RK_ALWAYS_INLINE void with_constants(Body&& body, bool flag, Flags... flags) {
   }
 }
 
+// Back through y = gamma * LN(v) for one row of n: d_v from dy, x_hat and
+// rstd as the forward saved them (d_v may be dy itself). gain_sums and
+// bias_sums, when not null, get dy * x_hat and dy added: the row's share of
+// gamma's gradient and of a bias added after it.
+template <typename acc_t, typename stored_t>
+RK_ALWAYS_INLINE void layer_norm_row_backward(int64_t n, const stored_t* dy, const stored_t* gamma,
+                                              const stored_t* x_hat, acc_t rstd, stored_t* d_v, acc_t* gain_sums,
+                                              acc_t* bias_sums) {
+  acc_t mean_dyg, mean_dyg_x_hat;
+  backward_means<acc_t>(n, [&](int64_t k) { return widen<acc_t>(dy[k]) * widen<acc_t>(gamma[k]); },
+                        [&](int64_t k) { return widen<acc_t>(x_hat[k]); }, mean_dyg, mean_dyg_x_hat);
+  with_constants([&](auto gain, auto bias) {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) {
+      const acc_t d = widen<acc_t>(dy[k]), normalised = widen<acc_t>(x_hat[k]);
+      if constexpr (decltype(gain)::value) gain_sums[k] += d * normalised;
+      if constexpr (decltype(bias)::value) bias_sums[k] += d;
+      d_v[k] = narrow<stored_t>(
+          cells::layer_norm_backward<acc_t>(d * widen<acc_t>(gamma[k]), normalised, rstd, mean_dyg, mean_dyg_x_hat));
+    }
+  }, gain_sums != nullptr, bias_sums != nullptr);
+}
+
 template <typename scalar_t>
 RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begin, int64_t b_end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -636,22 +659,10 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
       }
     }
     if (ln_hh != nullptr) {  // back through gh = gamma_hh * LN(h W_hh^T)
-      const stored_t* xhat = storage_row<scalar_t>(e.xhat_hh, b);
-      const acc_t rstd = widen<acc_t>(stats[0]);
-      acc_t mean_dyg, mean_dyg_x_hat;
-      backward_means<acc_t>(GH, [&](int64_t k) { return widen<acc_t>(d_gh[k]) * widen<acc_t>(ln_hh[k]); },
-                            [&](int64_t k) { return widen<acc_t>(xhat[k]); }, mean_dyg, mean_dyg_x_hat);
-      // The gain's gradient while the row is in cache (a pass over all rows
-      // after the loop re-read (T, B, G*H) of x_hat from memory).
-      with_constants([&](auto sum) {
-#pragma omp simd
-        for (int64_t k = 0; k < GH; ++k) {
-          const acc_t d = widen<acc_t>(d_gh[k]), normalised = widen<acc_t>(xhat[k]);
-          if constexpr (decltype(sum)::value) ln_hh_sums[k] += d * normalised;
-          d_gh_raw[k] = narrow<stored_t>(cells::layer_norm_backward<acc_t>(d * widen<acc_t>(ln_hh[k]), normalised,
-                                                                           rstd, mean_dyg, mean_dyg_x_hat));
-        }
-      }, ln_hh_sums != nullptr);
+      // The gain's gradient summed while the row is in cache (a pass over all
+      // rows after the loop re-read (T, B, G*H) of x_hat from memory).
+      layer_norm_row_backward<acc_t>(GH, d_gh, ln_hh, storage_row<scalar_t>(e.xhat_hh, b), widen<acc_t>(stats[0]),
+                                     d_gh_raw, ln_hh_sums, static_cast<acc_t*>(nullptr));
     }
   }
 }
@@ -693,25 +704,9 @@ RK_ALWAYS_INLINE void layer_norm_rows_backward(const LayerNormRowsBackward& s, i
   const int64_t rstd_stride = s.rstd.stride(0);
   acc_t* sums = s.sums.defined() ? s.sums.data_ptr<acc_t>() + at::get_thread_num() * 2 * n : nullptr;
   for (int64_t r = r_begin; r < r_end; ++r) {
-    const stored_t* dy = storage_row<scalar_t>(s.dy, r);
-    const stored_t* x_hat = storage_row<scalar_t>(s.x_hat, r);
-    stored_t* d_rows = storage_row<scalar_t>(s.d_rows, r);
-    const acc_t rstd = widen<acc_t>(rstd_in[r * rstd_stride]);
-    acc_t mean_dyg, mean_dyg_x_hat;
-    backward_means<acc_t>(n, [&](int64_t k) { return widen<acc_t>(dy[k]) * widen<acc_t>(gamma[k]); },
-                          [&](int64_t k) { return widen<acc_t>(x_hat[k]); }, mean_dyg, mean_dyg_x_hat);
-    with_constants([&](auto sum) {
-#pragma omp simd
-      for (int64_t k = 0; k < n; ++k) {
-        const acc_t d = widen<acc_t>(dy[k]), normalised = widen<acc_t>(x_hat[k]);
-        if constexpr (decltype(sum)::value) {
-          sums[k] += d * normalised;
-          sums[n + k] += d;
-        }
-        d_rows[k] = narrow<stored_t>(
-            cells::layer_norm_backward<acc_t>(d * widen<acc_t>(gamma[k]), normalised, rstd, mean_dyg, mean_dyg_x_hat));
-      }
-    }, sums != nullptr);
+    layer_norm_row_backward<acc_t>(n, storage_row<scalar_t>(s.dy, r), gamma, storage_row<scalar_t>(s.x_hat, r),
+                                   widen<acc_t>(rstd_in[r * rstd_stride]), storage_row<scalar_t>(s.d_rows, r), sums,
+                                   sums != nullptr ? sums + n : nullptr);
   }
 }
 
