@@ -1,10 +1,11 @@
 import os
 import sys
 
+from .app.runtime import launched_by_torchrun
 from .cli import main
 
 code = main()
-if os.environ.get("TORCHELASTIC_RUN_ID") is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+if launched_by_torchrun():
     # A rank under torchrun ends here without interpreter finalization: gloo's worker thread may
     # still be freeing the last collective's tensors, which takes the GIL, and a thread taking it
     # while the interpreter finalizes is killed through a noexcept frame (std::terminate, SIGABRT
@@ -13,5 +14,5 @@ if os.environ.get("TORCHELASTIC_RUN_ID") is not None or int(os.environ.get("WORL
     # its files and left the process group by now; only the standard streams need flushing.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else 1)
+    os._exit(code)
 sys.exit(code)

@@ -12,6 +12,11 @@ from .errors import UserError
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def launched_by_torchrun() -> bool:
+    """Whether this process is a rank that torchrun (torch.distributed.run) started."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 class Runtime:
     """Device, dtype, backend and (under torchrun) the process group of this run."""
 
@@ -30,7 +35,7 @@ class Runtime:
                 raise UserError(f"--threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
         self.world, self.rank, self.local_rank = 1, 0, 0
-        self.distributed = allow_distributed and "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+        self.distributed = allow_distributed and launched_by_torchrun()
         if self.distributed:
             self.world, self.rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
             self.local_rank = int(os.environ["LOCAL_RANK"])
