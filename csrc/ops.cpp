@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include "cpu/gemm.h"
+#include "cpu/rows_times_weight.h"
 
 TORCH_LIBRARY(rnnkernels, m) {
   // Which optional parts this build has: lets Python tell "not built" apart
@@ -18,6 +19,9 @@ TORCH_LIBRARY(rnnkernels, m) {
   // set_cpu_gemm_engine("auto" | "onednn" | "blas") switches it for the process.
   m.def("cpu_gemm_engine() -> str");
   m.def("set_cpu_gemm_engine(str name) -> ()");
+  // a (m, k) w (n, k)^T by csrc/cpu/rows_times_weight.h, the kernel of a
+  // single step's products, for its tests and benchmarks/rows_times_weight.py.
+  m.def("cpu_rows_times_weight(Tensor a, Tensor w) -> Tensor");
 }
 
 static std::string build_info() {
@@ -29,6 +33,21 @@ static std::string build_info() {
   return parts;
 }
 
+static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w) {
+  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1),
+              "rnnkernels.cpu_rows_times_weight: expected a (m, k) and w (n, k), got ", a.sizes(), " and ", w.sizes());
+  TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && a.is_cpu() && w.is_cpu(),
+              "rnnkernels.cpu_rows_times_weight: expected float32 CPU tensors");
+  const at::Tensor a_rows = a.contiguous(), w_rows = w.contiguous();
+  at::Tensor out = at::empty({a.size(0), w.size(0)}, a.options());
+  TORCH_CHECK(rnnkernels::cpu::rows_times_weight(a.size(0), w.size(0), a.size(1), a_rows.data_ptr<float>(),
+                                                 a.size(1), w_rows.data_ptr<float>(), w.size(1),
+                                                 out.data_ptr<float>(), w.size(0)),
+              "rnnkernels.cpu_rows_times_weight: does not run here (needs AVX-512, k >= 1 and 1 <= m <= 32, "
+              "or m <= 64 with k >= 512), got m = ", a.size(0), ", k = ", a.size(1));
+  return out;
+}
+
 static void set_cpu_gemm_engine(c10::string_view name) { rnnkernels::gemm::set_gemm_engine(std::string(name)); }
 
 TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
@@ -36,6 +55,8 @@ TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
   m.impl("cpu_gemm_engine", &rnnkernels::gemm::gemm_engine_info);
   m.impl("set_cpu_gemm_engine", &set_cpu_gemm_engine);
 }
+
+TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) { m.impl("cpu_rows_times_weight", &cpu_rows_times_weight); }
 
 // The .so is imported as a Python module (rnnkernels._C), which loads the op
 // registrations above; it exposes no Python functions of its own.

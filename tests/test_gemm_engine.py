@@ -62,6 +62,10 @@ ENGINE_CASES = [
     RNNCase(mode="lstm", steps=5, batch=18, input_size=20, hidden_size=64, proj_size=48),
     RNNCase(mode="lstm", steps=2, batch=3, input_size=5, hidden_size=7),
     RNNCase(mode="gru", steps=3, batch=40, input_size=16, hidden_size=64, lengths=[3, 1] * 20),
+    # A cell's single step: rows_times_weight (up to 32 rows; lengths shrink the step's rows), then BLAS.
+    RNNCase(mode="lstm", steps=1, batch=13, input_size=37, hidden_size=20, lengths=[1] * 13),
+    RNNCase(mode="rnn_tanh", steps=1, batch=32, input_size=16, hidden_size=33),
+    RNNCase(mode="gru", steps=1, batch=33, input_size=24, hidden_size=16),
 ]
 
 
@@ -149,6 +153,53 @@ def test_padding_never_reaches_an_output_or_gradient(engine, mode, poison):
     assert torch.allclose(torch.nan_to_num(x_ours.grad), torch.nan_to_num(x_ref.grad), rtol=1e-10, atol=1e-12)
 
 
+def rows_times_weight_or_skip(a, w):
+    try:
+        return torch.ops.rnnkernels.cpu_rows_times_weight(a, w)
+    except RuntimeError as error:
+        if "does not run here" in str(error) and not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+            pytest.skip("rows_times_weight needs AVX-512")
+        raise
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 16, 31, 32, 64])
+def test_rows_times_weight_matches_float64(m, seed):
+    """Every tile shape (4 x 4 blocks, the last 1-3 rows, columns past the
+    last block of 16) and every k tail, within float32's worst-case bound
+    for a length-k sum."""
+    for k in (1, 15, 16, 17, 300, 512):
+        if m > 32 and k < 512:
+            continue
+        for n in (1, 5, 16, 40, 1024):
+            a, w = torch.randn(m, k), torch.randn(n, k)
+            got = rows_times_weight_or_skip(a, w).double()
+            expected = a.double() @ w.double().t()
+            bound = (k + 1) * 2.0 ** -24 * (a.double().abs() @ w.double().abs().t())
+            assert ((got - expected).abs() <= bound).all(), (m, k, n)
+
+
+def test_rows_times_weight_is_thread_count_independent(seed):
+    a, w = torch.randn(16, 300), torch.randn(2048, 300)  # enough work for both threads
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = rows_times_weight_or_skip(a, w)
+        torch.set_num_threads(2)
+        two, again = rows_times_weight_or_skip(a, w), rows_times_weight_or_skip(a, w)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(one, two) and torch.equal(two, again)
+
+
+def test_rows_times_weight_refuses_what_it_does_not_take():
+    with pytest.raises(RuntimeError, match="does not run here"):
+        torch.ops.rnnkernels.cpu_rows_times_weight(torch.randn(33, 256), torch.randn(8, 256))
+    with pytest.raises(RuntimeError, match="expected a \\(m, k\\) and w \\(n, k\\)"):
+        torch.ops.rnnkernels.cpu_rows_times_weight(torch.randn(3, 4), torch.randn(8, 5))
+    with pytest.raises(RuntimeError, match="expected float32 CPU tensors"):
+        torch.ops.rnnkernels.cpu_rows_times_weight(torch.randn(3, 4).double(), torch.randn(8, 4).double())
+
+
 def test_fma_peak_is_measured():
     peak = torch.ops.rnnkernels.fma_peak_gflops(1)
     assert 1.0 < peak < 1e5
@@ -164,6 +215,6 @@ def test_the_build_without_onednn_compiles():
              "-I", sysconfig.get_paths()["include"]]
     for path in include_paths():
         flags += ["-isystem", path]
-    for source in ("csrc/cpu/gemm.cpp", "csrc/cpu/onednn.cpp"):
+    for source in ("csrc/cpu/gemm.cpp", "csrc/cpu/onednn.cpp", "csrc/cpu/rows_times_weight.cpp"):
         result = subprocess.run(["g++", *flags, os.path.join(REPO, source)], capture_output=True, text=True)
         assert result.returncode == 0, f"{source}:\n{result.stderr[-3000:]}"

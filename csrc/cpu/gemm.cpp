@@ -15,6 +15,7 @@
 
 #include "cpu/blas.h"
 #include "cpu/onednn.h"
+#include "cpu/rows_times_weight.h"
 
 namespace rnnkernels {
 namespace gemm {
@@ -102,6 +103,21 @@ int64_t leading_dim(const at::Tensor& t) {
   if (t.size(1) > 1 && t.stride(1) != 1) return -1;
   if (t.size(0) == 1) return std::max<int64_t>(t.size(1), 1);
   return t.stride(0) >= t.size(1) ? t.stride(0) : -1;
+}
+
+// out = a b for a few rows of a, b (k, n) being the transposed view of a
+// row-major float32 W (n, k) (a single step's product on the weight as
+// stored): cpu::rows_times_weight, which reads W as it is, where it runs.
+bool few_rows_times_transposed(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (accumulate || !out.is_cpu() || !cpu::rows_times_weight_takes(a.size(0), a.size(1))) return false;
+  for (const at::Tensor* t : {&out, &a, &b}) {
+    if (t->scalar_type() != at::kFloat) return false;
+  }
+  const at::Tensor w = b.t();
+  const int64_t lda = leading_dim(a), ldw = leading_dim(w), ldc = leading_dim(out);
+  if (lda <= 0 || ldw <= 0 || ldc <= 0) return false;
+  return cpu::rows_times_weight(a.size(0), w.size(0), a.size(1), a.data_ptr<float>(), lda, w.data_ptr<float>(), ldw,
+                                out.data_ptr<float>(), ldc);
 }
 
 void multiply_prepared(const StepWeight::Prepared& w, const at::Tensor& out, const at::Tensor& a, bool accumulate) {
@@ -274,6 +290,7 @@ void StepWeight::multiply(const at::Tensor& out, const at::Tensor& a) const {
   if (out.size(0) == 0) return;
   if (prepared_) return multiply_prepared(*prepared_, out, a, accumulate_);
   const at::Tensor& b = matrix_;  // (k, n), row-major or a transposed view
+  if (few_rows_times_transposed(out, a, b, accumulate_)) return;
   const bool b_transposed = b.size(1) > 1 && b.stride(1) != 1;
   const int64_t lda = leading_dim(a), ldb = b_transposed ? leading_dim(b.t()) : leading_dim(b), ldc = leading_dim(out);
   if (out.is_cpu() && (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) && lda > 0 &&
@@ -297,6 +314,7 @@ void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, boo
     if (!accumulate) result.zero_();
     return;
   }
+  if (few_rows_times_transposed(out, a, b, accumulate)) return;
 #ifdef RNNKERNELS_WITH_ONEDNN
   if (out.is_cpu() && onednn_runs(out.scalar_type(), current_choice()) && onednn::matmul(out, a, b, accumulate))
     return;

@@ -13,6 +13,9 @@
 // onednn|blas pins it, and a build without oneDNN has only blas.
 // Non-CPU tensors (the same loop runs on CUDA) and dtypes an engine does not
 // take (float64 on oneDNN) go to BLAS or ATen: every call is answered.
+// Under either engine, a float32 product of a few rows with a weight as the
+// layer stores it and used once (a cell's step, a layer of T < 4) runs on
+// cpu/rows_times_weight.h, which needs no per-call copy of the weight.
 #pragma once
 
 #include <ATen/ATen.h>
