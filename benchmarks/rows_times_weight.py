@@ -33,7 +33,7 @@ def best_us(fn, calls: int, repeats: int) -> float:
     return best * 1e6
 
 
-def bench(m: int, k: int, n: int, repeats: int) -> dict:
+def bench(m: int, k: int, n: int, repeats: int, peak_gflops) -> dict:
     generator = torch.Generator().manual_seed(m * 1_000_003 + k * 1009 + n)
     a, w = torch.randn(m, k, generator=generator), torch.randn(n, k, generator=generator)
     kernel = torch.ops.rnnkernels.cpu_rows_times_weight
@@ -51,10 +51,11 @@ def bench(m: int, k: int, n: int, repeats: int) -> dict:
         expected = a.double() @ w.double().t()
         error = ((got.double() - expected).abs() / (a.double().abs() @ w.double().abs().t())).max().item()
         kernel_us = best_us(lambda: kernel(a, w), calls, repeats)
-        row.update(kernel_us=kernel_us, speedup=blas_us / kernel_us, kernel_gflops=2 * m * k * n / kernel_us / 1e3,
-                   max_relative_error=f"{error:.1e}")
+        gflops = 2 * m * k * n / kernel_us / 1e3
+        row.update(kernel_us=kernel_us, speedup=blas_us / kernel_us, kernel_gflops=gflops,
+                   kernel_pct_of_peak=f"{100 * gflops / peak_gflops:.0f}%" if peak_gflops else "", max_relative_error=f"{error:.1e}")
     else:
-        row.update(kernel_us="BLAS", speedup="", kernel_gflops="", max_relative_error="")
+        row.update(kernel_us="BLAS", speedup="", kernel_gflops="", kernel_pct_of_peak="", max_relative_error="")
     return row
 
 
@@ -64,12 +65,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write the markdown table here")
     args = parser.parse_args(argv)
     info = machine_info(torch.device("cpu"))
-    rows = [bench(m, k, n, args.repeats) for m, k, n in SHAPES]
+    peak = info["fma_peak_gflops"]
+    peak_gflops = float(peak) if peak != "unknown" else None
+    rows = [bench(m, k, n, args.repeats, peak_gflops) for m, k, n in SHAPES]
     text = ("# A step's product a (m, k) W^T on the stored weight: rows_times_weight vs BLAS\n\n"
             f"`python benchmarks/rows_times_weight.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
             + "".join(f"- {key}: {value}\n" for key, value in info.items())
             + "\nbest of repeats of a mean over many calls, each side through its torch op (dispatch included); "
-              "speedup = blas_us / kernel_us; error relative to |a| |W|^T against float64; "
+              "speedup = blas_us / kernel_us; kernel_pct_of_peak = kernel_gflops / fma_peak_gflops; error relative to |a| |W|^T against float64; "
               "\"BLAS\": rows the kernel leaves to BLAS (rows_times_weight_takes)\n\n"
             + markdown_table(rows))
     print(text)

@@ -5,6 +5,8 @@ layer-op call per step. (PyTorch's own cell tests run in test_upstream_rnn.)"""
 import pytest
 import torch
 from torch import nn
+import torch.nn.utils.prune  # noqa: F401  (torch.nn.utils.prune)
+import torch.nn.utils.parametrize  # noqa: F401
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import rnnkernels as rk
@@ -73,6 +75,29 @@ def test_parity_float32(torch_cls, rk_cls, kwargs, seed):
     grads_ref = torch.autograd.grad(out_ref.sum(), list(reference.parameters()))
     grads = torch.autograd.grad(out.sum(), list(ours.parameters()))
     assert max(relative_error(a, b) for a, b in zip(grads, grads_ref)) < 1e-5
+
+
+class _Doubled(nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+def test_pruned_and_parametrized_weights_are_used(torch_cls, rk_cls, kwargs, seed):
+    """A cell reads its weights from _parameters only where they are registered
+    there: pruning replaces weight_hh with a masked plain attribute and
+    parametrize weight_ih with a property, and both must reach the step."""
+    reference, ours = twins(torch_cls, rk_cls, kwargs)
+    for cell in (reference, ours):
+        torch.nn.utils.prune.random_unstructured(cell, "weight_hh", amount=0.5)
+        nn.utils.parametrize.register_parametrization(cell, "weight_ih", _Doubled())
+    ours.weight_hh_mask.copy_(reference.weight_hh_mask)
+    xs, state = torch.randn(4, 3, 3, dtype=torch.double), state_like(torch_cls, (3, 5), torch.double)
+    (out_ref, _), (out, _) = run_steps(reference, xs, state), run_steps(ours, xs, state)
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-12)
+    grads_ref = torch.autograd.grad(out_ref.sum(), [reference.weight_hh_orig, reference.parametrizations.weight_ih.original])
+    grads = torch.autograd.grad(out.sum(), [ours.weight_hh_orig, ours.parametrizations.weight_ih.original])
+    torch.testing.assert_close(grads, grads_ref, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
