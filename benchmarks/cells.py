@@ -77,7 +77,7 @@ def run(device="cpu", dtype=torch.float32, backends: Optional[Sequence[str]] = N
 
 
 def main(argv=None) -> int:
-    from rnnkernels.bench import machine_info, markdown_table, summary
+    from rnnkernels.bench import machine_info, markdown_table, publish, report_head, summary
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -90,15 +90,11 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     info = machine_info(device)
     rows = run(device=device, full=True, repeats=args.repeats)
-    text = (f"# Decoder loop: {STEPS} steps of a cell, torch.nn against rnnkernels\n\n"
-            f"`python -m rnnkernels.benchmarks.cells {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
-            + "".join(f"- {k}: {v}\n" for k, v in info.items())
+    command = f"python -m rnnkernels.benchmarks.cells {' '.join(sys.argv[1:] if argv is None else argv)}"
+    text = (report_head(f"Decoder loop: {STEPS} steps of a cell, torch.nn against rnnkernels", command, info)
             + "\nspeedup = torch time / rnnkernels time (> 1: faster); median of interleaved repeats\n\n"
             + markdown_table(rows) + "\n```\n" + "\n".join(summary(rows)) + "\n```\n")
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    publish(text, args.markdown)
     return 0
 
 

@@ -12,7 +12,7 @@ import time
 import torch
 
 import rnnkernels  # noqa: F401  (loads torch.ops.rnnkernels)
-from rnnkernels.bench import machine_info, markdown_table
+from rnnkernels.bench import machine_info, markdown_table, publish, report_head
 
 # (m, k, n): LSTM (n = 4k) and GRU (n = 3k) steps of the cells benchmark
 # (batch 1, 16, 64; hidden 256, 512) and the rows around the BLAS crossover.
@@ -53,7 +53,8 @@ def bench(m: int, k: int, n: int, repeats: int, peak_gflops) -> dict:
         kernel_us = best_us(lambda: kernel(a, w), calls, repeats)
         gflops = 2 * m * k * n / kernel_us / 1e3
         row.update(kernel_us=kernel_us, speedup=blas_us / kernel_us, kernel_gflops=gflops,
-                   kernel_pct_of_peak=f"{100 * gflops / peak_gflops:.0f}%" if peak_gflops else "", max_relative_error=f"{error:.1e}")
+                   kernel_pct_of_peak=f"{100 * gflops / peak_gflops:.0f}%" if peak_gflops else "",
+                   max_relative_error=f"{error:.1e}")
     else:
         row.update(kernel_us="BLAS", speedup="", kernel_gflops="", kernel_pct_of_peak="", max_relative_error="")
     return row
@@ -68,17 +69,14 @@ def main(argv=None) -> int:
     peak = info["fma_peak_gflops"]
     peak_gflops = float(peak) if peak != "unknown" else None
     rows = [bench(m, k, n, args.repeats, peak_gflops) for m, k, n in SHAPES]
-    text = ("# A step's product a (m, k) W^T on the stored weight: rows_times_weight vs BLAS\n\n"
-            f"`python benchmarks/rows_times_weight.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
-            + "".join(f"- {key}: {value}\n" for key, value in info.items())
+    command = f"python benchmarks/rows_times_weight.py {' '.join(sys.argv[1:] if argv is None else argv)}"
+    text = (report_head("A step's product a (m, k) W^T on the stored weight: rows_times_weight vs BLAS", command, info)
             + "\nbest of repeats of a mean over many calls, each side through its torch op (dispatch included); "
-              "speedup = blas_us / kernel_us; kernel_pct_of_peak = kernel_gflops / fma_peak_gflops; error relative to |a| |W|^T against float64; "
+              "speedup = blas_us / kernel_us; kernel_pct_of_peak = kernel_gflops / fma_peak_gflops; "
+              "error relative to |a| |W|^T against float64; "
               "\"BLAS\": rows the kernel leaves to BLAS (rows_times_weight_takes)\n\n"
             + markdown_table(rows))
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish(text, args.out)
     return 0
 
 

@@ -32,6 +32,20 @@ def machine_info(device: torch.device) -> Dict[str, str]:
     return describe(device)
 
 
+def report_head(title: str, command: str, info: Dict[str, str]) -> str:
+    """A results file's first lines: its title, the command that wrote it and
+    the machine it ran on (machine_info), as every table in benchmarks/results/ has."""
+    return f"# {title}\n\n`{command}`\n\n" + "".join(f"- {key}: {value}\n" for key, value in info.items())
+
+
+def publish(text: str, path=None) -> None:
+    """Prints a results file's text and, given a path, writes it there."""
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.2f}" if value < 100 else f"{value:.0f}"

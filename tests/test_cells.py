@@ -95,8 +95,11 @@ def test_pruned_and_parametrized_weights_are_used(torch_cls, rk_cls, kwargs, see
     xs, state = torch.randn(4, 3, 3, dtype=torch.double), state_like(torch_cls, (3, 5), torch.double)
     (out_ref, _), (out, _) = run_steps(reference, xs, state), run_steps(ours, xs, state)
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-12)
-    grads_ref = torch.autograd.grad(out_ref.sum(), [reference.weight_hh_orig, reference.parametrizations.weight_ih.original])
-    grads = torch.autograd.grad(out.sum(), [ours.weight_hh_orig, ours.parametrizations.weight_ih.original])
+    def leaves(cell):
+        return [cell.weight_hh_orig, cell.parametrizations.weight_ih.original]
+
+    grads_ref = torch.autograd.grad(out_ref.sum(), leaves(reference))
+    grads = torch.autograd.grad(out.sum(), leaves(ours))
     torch.testing.assert_close(grads, grads_ref, rtol=1e-10, atol=1e-12)
 
 
