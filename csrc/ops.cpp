@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include "cpu/gemm.h"
+#include "cpu/lstm_row_avx512.h"
 #include "cpu/rows_times_weight.h"
 
 TORCH_LIBRARY(rnnkernels, m) {
@@ -22,6 +23,11 @@ TORCH_LIBRARY(rnnkernels, m) {
   // a (m, k) w (n, k)^T by csrc/cpu/rows_times_weight.h, the kernel of a
   // single step's products, for its tests and benchmarks/rows_times_weight.py.
   m.def("cpu_rows_times_weight(Tensor a, Tensor w) -> Tensor");
+  // Whether the LSTM forward rows run csrc/cpu/lstm_row_avx512.h (AVX-512 CPUs);
+  // set_cpu_vector_rows(False) runs the scalar-vectorised rows instead (tests,
+  // benchmarks; RNNKERNELS_CPU_VECTOR_ROWS=0 sets it at start).
+  m.def("cpu_vector_rows() -> bool");
+  m.def("set_cpu_vector_rows(bool on) -> ()");
 }
 
 static std::string build_info() {
@@ -54,6 +60,8 @@ TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
   m.impl("build_info", &build_info);
   m.impl("cpu_gemm_engine", &rnnkernels::gemm::gemm_engine_info);
   m.impl("set_cpu_gemm_engine", &set_cpu_gemm_engine);
+  m.impl("cpu_vector_rows", [] { return rnnkernels::cpu::vector_rows_run(); });
+  m.impl("set_cpu_vector_rows", [](bool on) { rnnkernels::cpu::set_vector_rows(on); });
 }
 
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) { m.impl("cpu_rows_times_weight", &cpu_rows_times_weight); }

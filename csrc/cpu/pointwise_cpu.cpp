@@ -17,6 +17,7 @@
 
 #include "cells.h"
 #include "cpu/fast_math.h"
+#include "cpu/lstm_row_avx512.h"
 #include "pointwise.h"
 
 namespace rnnkernels {
@@ -157,6 +158,12 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
     if (lstm) {
       const stored_t* c_prev = storage_row<scalar_t>(s.c_prev, b);
       stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
+      if constexpr (std::is_same_v<acc_t, float>) {
+        if (cpu::vector_rows_run()) {
+          cpu::lstm_forward_row(H, gi, gh, b_ih, b_hh, c_prev, c_next, h_dst, out_dst, saved);
+          continue;
+        }
+      }
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         cells::LstmActivations<acc_t> act;
