@@ -49,6 +49,15 @@ def run(inputs, training):
     return out, c_n, gates
 
 
+def both_paths(inputs, training):
+    """(vector rows' results, scalar rows' results) of the same step."""
+    with vector_rows(True):
+        vector = run(inputs, training)
+    with vector_rows(False):
+        scalar = run(inputs, training)
+    return vector, scalar
+
+
 def test_vector_rows_are_on_here():
     assert torch.ops.rnnkernels.cpu_vector_rows()
 
@@ -56,29 +65,26 @@ def test_vector_rows_are_on_here():
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 def test_float32_vector_rows_match_scalar_rows_and_float64(training, seed):
     inputs = step_inputs(torch.float32)
-    with vector_rows(True):
-        vector = run(inputs, training)
-    with vector_rows(False):
-        scalar = run(inputs, training)
-    for got, expected in zip(vector, scalar):
-        # Both are within a few ulp of the exact values; where the scalar
-        # rows saturate (sigmoid 0 or 1, tanh +-1) the vector rows must too.
-        torch.testing.assert_close(got, expected, rtol=5e-7, atol=1e-37, equal_nan=True)
+    vector, scalar = both_paths(inputs, training)
+    exact = run([t.double() for t in inputs], training)
+    # c = sigmoid(f) c0 + sigmoid(i) tanh(g) may cancel: its error is bounded
+    # by the terms, |c0| + 1, not by |c| (and h = sigmoid(o) tanh(c) inherits
+    # it); the activations do not cancel and are bounded relative to themselves.
+    term_scale = inputs[2].double().abs() + 1
+    for got, expected, reference, scale in zip(vector, scalar, exact, (term_scale, term_scale, None)):
+        bound = 4 * 2.0**-24 * (scale if scale is not None else reference.abs())
+        for result in (got, expected):  # each path within 4 float32 ulp of the terms of float64's value
+            error = (result.double() - reference).abs()
+            assert torch.equal(result.isnan(), reference.isnan())
+            finite = reference.isfinite()
+            assert (error[finite] <= bound.expand_as(error)[finite] + 1e-37).all()
+        # Where the scalar rows saturate (sigmoid 0 or 1, tanh +-1) the vector rows must too.
         saturated = (expected.abs() == 1) | (expected == 0)
         assert torch.equal(got[saturated], expected[saturated])
-    exact = run([t.double() for t in inputs], training)
-    finite = exact[0].isfinite() & (exact[0].abs() > 1e-30)
-    rel = ((vector[0].double() - exact[0]).abs() / exact[0].abs())[finite]
-    assert rel.max().item() < 3e-6
-    assert torch.equal(vector[0].isnan(), exact[0].isnan())
 
 
 def test_bfloat16_vector_rows_round_as_the_scalar_rows(seed):
-    inputs = step_inputs(torch.bfloat16)
-    with vector_rows(True):
-        vector = run(inputs, True)
-    with vector_rows(False):
-        scalar = run(inputs, True)
+    vector, scalar = both_paths(step_inputs(torch.bfloat16), True)
     for got, expected in zip(vector, scalar):
         assert torch.equal(got.isnan(), expected.isnan())
         same = (got == expected) | (got.isnan() & expected.isnan())
@@ -87,4 +93,4 @@ def test_bfloat16_vector_rows_round_as_the_scalar_rows(seed):
         # and the others one bfloat16 ulp apart.
         assert same.float().mean().item() > 0.99
         bits_apart = (got.view(torch.int16).int() - expected.view(torch.int16).int()).abs()
-        assert bits_apart[~same].max().item() <= 1 if (~same).any() else True
+        assert bits_apart[~same].le(1).all()
