@@ -1,6 +1,6 @@
-"""The LSTM forward rows on explicit AVX-512 vectors (csrc/cpu/lstm_row_avx512.h)
+"""The LSTM and GRU forward rows on explicit AVX-512 vectors (csrc/cpu/vector_rows.h)
 against the scalar-vectorised rows of csrc/cpu/pointwise_cpu.cpp, whole 1-layer
-LSTM layers at the suite's shapes, float32 and bfloat16, both in one process
+LSTM and GRU layers at the suite's shapes, float32 and bfloat16, both in one process
 (torch.ops.rnnkernels.set_cpu_vector_rows switches between them), interleaved.
 
     python benchmarks/vector_rows.py [--out benchmarks/results/vector_rows_cpu.md]
@@ -23,9 +23,12 @@ def with_rows(vector: bool, fn):
     return call
 
 
-def bench(dtype: torch.dtype, shape, repeats: int) -> dict:
+LAYERS = {"lstm": rk.LSTM, "gru": rk.GRU}
+
+
+def bench(cell: str, dtype: torch.dtype, shape, repeats: int) -> dict:
     T, B, I, H = shape
-    layer = rk.LSTM(I, H).to(dtype)
+    layer = LAYERS[cell](I, H).to(dtype)
     x = torch.randn(T, B, I).to(dtype)
     x_grad = x.clone().requires_grad_()
 
@@ -36,7 +39,7 @@ def bench(dtype: torch.dtype, shape, repeats: int) -> dict:
     def forward_backward():
         layer(x_grad)[0].float().sum().backward()
 
-    row = {"dtype": str(dtype).replace("torch.", ""), "T, B, I, H": ", ".join(map(str, shape))}
+    row = {"cell": cell, "dtype": str(dtype).replace("torch.", ""), "T, B, I, H": ", ".join(map(str, shape))}
     for name, fn in (("fwd", forward), ("fwd+bwd", forward_backward)):
         ms = time_side_by_side({"scalar": with_rows(False, fn), "vector": with_rows(True, fn)}, "cpu",
                                repeats=repeats)
@@ -57,11 +60,12 @@ def main(argv=None) -> int:
         print("the vector rows do not run on this CPU (they need AVX-512 F, BW, DQ and VL)", file=sys.stderr)
         return 1
     info = machine_info(torch.device("cpu"))
-    rows = [bench(dtype, shape, args.repeats) for dtype in (torch.float32, torch.bfloat16) for shape in CPU_SHAPES]
+    rows = [bench(cell, dtype, shape, args.repeats)
+            for cell in LAYERS for dtype in (torch.float32, torch.bfloat16) for shape in CPU_SHAPES]
     torch.ops.rnnkernels.set_cpu_vector_rows(True)
     command = f"python benchmarks/vector_rows.py {' '.join(sys.argv[1:] if argv is None else argv)}"
-    text = (report_head("LSTM forward rows: explicit AVX-512 vectors vs scalar-vectorised", command, info)
-            + "\nmedian of interleaved repeats, 1-layer rk.LSTM; speedup = scalar ms / vector ms (> 1: the "
+    text = (report_head("LSTM and GRU forward rows: explicit AVX-512 vectors vs scalar-vectorised", command, info)
+            + "\nmedian of interleaved repeats, 1-layer rk.LSTM / rk.GRU; speedup = scalar ms / vector ms (> 1: the "
               "vector rows are faster); fwd under no_grad\n\n" + markdown_table(rows))
     publish(text, args.out)
     return 0

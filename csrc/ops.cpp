@@ -9,7 +9,7 @@
 #include <torch/extension.h>
 
 #include "cpu/gemm.h"
-#include "cpu/lstm_row_avx512.h"
+#include "cpu/vector_rows.h"
 #include "cpu/rows_times_weight.h"
 
 TORCH_LIBRARY(rnnkernels, m) {
@@ -23,7 +23,7 @@ TORCH_LIBRARY(rnnkernels, m) {
   // a (m, k) w (n, k)^T by csrc/cpu/rows_times_weight.h, the kernel of a
   // single step's products, for its tests and benchmarks/rows_times_weight.py.
   m.def("cpu_rows_times_weight(Tensor a, Tensor w) -> Tensor");
-  // Whether the LSTM forward rows run csrc/cpu/lstm_row_avx512.h (AVX-512 CPUs);
+  // Whether the LSTM and GRU forward rows run csrc/cpu/vector_rows.h (AVX-512 CPUs);
   // set_cpu_vector_rows(False) runs the scalar-vectorised rows instead (tests,
   // benchmarks; RNNKERNELS_CPU_VECTOR_ROWS=0 sets it at start).
   m.def("cpu_vector_rows() -> bool");

@@ -17,7 +17,7 @@
 
 #include "cells.h"
 #include "cpu/fast_math.h"
-#include "cpu/lstm_row_avx512.h"
+#include "cpu/vector_rows.h"
 #include "pointwise.h"
 
 namespace rnnkernels {
@@ -182,6 +182,12 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
     } else if (gru) {
       auto in = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]); };
       auto rec = [&](int64_t k) { return widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
+      if constexpr (std::is_same_v<acc_t, float>) {
+        if (cpu::vector_rows_run()) {
+          cpu::gru_forward_row(H, gi, gh, b_ih, b_hh, h_prev, h_dst, out_dst, saved);
+          continue;
+        }
+      }
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         cells::GruActivations<acc_t> act;

@@ -1,4 +1,4 @@
-// The row function and everything it inlines are compiled for AVX-512: the
+// The row functions and everything they inline are compiled for AVX-512: the
 // target pragma comes before cells.h, so cells.h's templates instantiated
 // here carry it too; pointwise_cpu.cpp calls in only where
 // vector_rows_run(). Nothing inside the pragma may be a function another
@@ -6,13 +6,13 @@
 // for both): the standard headers come before it, the vector type and the
 // math policy live in an anonymous namespace, and only cells.h's templates
 // on them are used.
-#include "cpu/lstm_row_avx512.h"
+#include "cpu/vector_rows.h"
 
 #include <atomic>
 #include <cstdlib>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RNNKERNELS_LSTM_ROW_AVX512 1
+#define RNNKERNELS_VECTOR_ROWS_AVX512 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
 #include <immintrin.h>
@@ -26,7 +26,7 @@
 namespace rnnkernels {
 namespace cpu {
 
-#ifdef RNNKERNELS_LSTM_ROW_AVX512
+#ifdef RNNKERNELS_VECTOR_ROWS_AVX512
 namespace {
 
 // 16 floats; the operators cells.h's gate math uses.
@@ -105,13 +105,18 @@ inline void store(uint16_t* p, __mmask16 lanes, Vec16 x) {
   _mm256_mask_storeu_epi16(p, lanes, _mm512_cvtepi32_epi16(rounded));
 }
 
+// fn(j, lanes) for the 16-unit chunks of a row of H, the last one masked.
+template <typename F>
+inline void for_each_chunk(int64_t H, const F& fn) {
+  for (int64_t j = 0; j < H; j += 16) fn(j, j + 16 <= H ? __mmask16(0xFFFF) : __mmask16((1u << (H - j)) - 1));
+}
+
 }  // namespace
 
 template <typename stored_t>
 void lstm_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const stored_t* b_ih, const stored_t* b_hh,
                       const stored_t* c_prev, stored_t* c_next, stored_t* h_dst, stored_t* out_dst, stored_t* saved) {
-  for (int64_t j = 0; j < H; j += 16) {
-    const __mmask16 lanes = j + 16 <= H ? __mmask16(0xFFFF) : __mmask16((1u << (H - j)) - 1);
+  for_each_chunk(H, [&](int64_t j, __mmask16 lanes) {
     auto pre = [&](int64_t k) {
       return load(gi + k, lanes) + load(b_ih + k, lanes) + load(gh + k, lanes) + load(b_hh + k, lanes);
     };
@@ -126,13 +131,27 @@ void lstm_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const s
     store(saved + H + j, lanes, act.f);
     store(saved + 2 * H + j, lanes, act.g);
     store(saved + 3 * H + j, lanes, act.o);
-  }
+  });
 }
 
-template void lstm_forward_row<float>(int64_t, const float*, const float*, const float*, const float*, const float*,
-                                      float*, float*, float*, float*);
-template void lstm_forward_row<uint16_t>(int64_t, const uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*,
-                                         const uint16_t*, uint16_t*, uint16_t*, uint16_t*, uint16_t*);
+template <typename stored_t>
+void gru_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const stored_t* b_ih, const stored_t* b_hh,
+                     const stored_t* h_prev, stored_t* h_dst, stored_t* out_dst, stored_t* saved) {
+  for_each_chunk(H, [&](int64_t j, __mmask16 lanes) {
+    auto in = [&](int64_t k) { return load(gi + k, lanes) + load(b_ih + k, lanes); };
+    auto rec = [&](int64_t k) { return load(gh + k, lanes) + load(b_hh + k, lanes); };
+    cells::GruActivations<Vec16> act;
+    const Vec16 h = cells::gru_forward<Vec16, Avx512Math>(in(j), in(H + j), in(2 * H + j), rec(j), rec(H + j),
+                                                          rec(2 * H + j), load(h_prev + j, lanes), act);
+    store(h_dst + j, lanes, h);
+    store(out_dst + j, lanes, h);
+    store(saved + j, lanes, act.r);
+    store(saved + H + j, lanes, act.z);
+    store(saved + 2 * H + j, lanes, act.n);
+    store(saved + 3 * H + j, lanes, act.gh_n);
+  });
+}
+
 #pragma GCC pop_options
 
 namespace {
@@ -156,12 +175,21 @@ void set_vector_rows(bool) {}
 template <typename stored_t>
 void lstm_forward_row(int64_t, const stored_t*, const stored_t*, const stored_t*, const stored_t*, const stored_t*,
                       stored_t*, stored_t*, stored_t*, stored_t*) {}
+template <typename stored_t>
+void gru_forward_row(int64_t, const stored_t*, const stored_t*, const stored_t*, const stored_t*, const stored_t*,
+                     stored_t*, stored_t*, stored_t*) {}
 
+#endif
+
+// (The AVX-512 ones keep the target of their template's definition.)
 template void lstm_forward_row<float>(int64_t, const float*, const float*, const float*, const float*, const float*,
                                       float*, float*, float*, float*);
 template void lstm_forward_row<uint16_t>(int64_t, const uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*,
                                          const uint16_t*, uint16_t*, uint16_t*, uint16_t*, uint16_t*);
-#endif
+template void gru_forward_row<float>(int64_t, const float*, const float*, const float*, const float*, const float*,
+                                     float*, float*, float*);
+template void gru_forward_row<uint16_t>(int64_t, const uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*,
+                                        const uint16_t*, uint16_t*, uint16_t*, uint16_t*);
 
 }  // namespace cpu
 }  // namespace rnnkernels
