@@ -51,7 +51,7 @@ inline __m512 splat(float x) { return _mm512_set1_ps(x); }
 struct Avx512Math {
   static Vec16 exp(Vec16 x_in) {
     // max(c, x) and min(c, x) return x when x is NaN (the second operand).
-    __m512 x = _mm512_min_ps(splat(88.0f), _mm512_max_ps(splat(-88.0f), x_in.v));
+    const __m512 x = _mm512_min_ps(splat(88.0f), _mm512_max_ps(splat(-88.0f), x_in.v));
     const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, splat(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 r = _mm512_fmadd_ps(k, splat(2.12194440e-4f), _mm512_fnmadd_ps(k, splat(0.693359375f), x));
@@ -65,7 +65,7 @@ struct Avx512Math {
     return Vec16(_mm512_scalef_ps(p, k));
   }
 
-  // 1 / d for d >= 1 (1 + exp(...)): y (1 + (1 - d y)) from vrcp14ps' y.
+  // 1 / d for d >= 1 (1 + exp(...)): y + y (1 - d y) from vrcp14ps. y.
   static Vec16 reciprocal(Vec16 d) {
     const __m512 y = _mm512_rcp14_ps(d.v);
     const __m512 refined = _mm512_fmadd_ps(y, _mm512_fnmadd_ps(d.v, y, splat(1.0f)), y);
