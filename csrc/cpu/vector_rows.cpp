@@ -65,7 +65,7 @@ struct Avx512Math {
     return Vec16(_mm512_scalef_ps(p, k));
   }
 
-  // 1 / d for d >= 1 (1 + exp(...)): y + y (1 - d y) from vrcp14ps. y.
+  // 1 / d for d >= 1 (1 + exp(...)): y + y (1 - d y) from vrcp14ps' y.
   static Vec16 reciprocal(Vec16 d) {
     const __m512 y = _mm512_rcp14_ps(d.v);
     const __m512 refined = _mm512_fmadd_ps(y, _mm512_fnmadd_ps(d.v, y, splat(1.0f)), y);
