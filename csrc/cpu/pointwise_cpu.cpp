@@ -130,6 +130,8 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
   if (!s.saved.defined()) scratch.resize(std::max<size_t>(scratch.size(), saved_gate_count(s.mode) * H));
   const stored_t* b_ih = reinterpret_cast<const stored_t*>(s.b_ih.data_ptr<scalar_t>());
   const stored_t* b_hh = reinterpret_cast<const stored_t*>(s.b_hh.data_ptr<scalar_t>());
+  // float and bfloat16 storage (float compute) may run csrc/cpu/vector_rows.h.
+  const bool vector_rows = std::is_same_v<acc_t, float> && cpu::vector_rows_run();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const stored_t* gi = storage_row<scalar_t>(s.gi, b);
     const stored_t* gh = storage_row<scalar_t>(s.gh, b);
@@ -159,7 +161,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       const stored_t* c_prev = storage_row<scalar_t>(s.c_prev, b);
       stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
       if constexpr (std::is_same_v<acc_t, float>) {
-        if (cpu::vector_rows_run()) {
+        if (vector_rows) {
           cpu::lstm_forward_row(H, gi, gh, b_ih, b_hh, c_prev, c_next, h_dst, out_dst, saved);
           continue;
         }
@@ -183,7 +185,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       auto in = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]); };
       auto rec = [&](int64_t k) { return widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
       if constexpr (std::is_same_v<acc_t, float>) {
-        if (cpu::vector_rows_run()) {
+        if (vector_rows) {
           cpu::gru_forward_row(H, gi, gh, b_ih, b_hh, h_prev, h_dst, out_dst, saved);
           continue;
         }

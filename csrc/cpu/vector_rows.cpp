@@ -105,6 +105,16 @@ inline void store(uint16_t* p, __mmask16 lanes, Vec16 x) {
   _mm256_mask_storeu_epi16(p, lanes, _mm512_cvtepi32_epi16(rounded));
 }
 
+// Units [j, j + 16) of the four gate blocks of a saved-activations row.
+template <typename stored_t>
+inline void store_gates(stored_t* saved, int64_t H, int64_t j, __mmask16 lanes, Vec16 g0, Vec16 g1, Vec16 g2,
+                        Vec16 g3) {
+  store(saved + j, lanes, g0);
+  store(saved + H + j, lanes, g1);
+  store(saved + 2 * H + j, lanes, g2);
+  store(saved + 3 * H + j, lanes, g3);
+}
+
 // fn(j, lanes) for the 16-unit chunks of a row of H, the last one masked.
 template <typename F>
 inline void for_each_chunk(int64_t H, const F& fn) {
@@ -127,10 +137,7 @@ void lstm_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const s
     store(c_next + j, lanes, c);
     store(h_dst + j, lanes, h);
     store(out_dst + j, lanes, h);
-    store(saved + j, lanes, act.i);
-    store(saved + H + j, lanes, act.f);
-    store(saved + 2 * H + j, lanes, act.g);
-    store(saved + 3 * H + j, lanes, act.o);
+    store_gates(saved, H, j, lanes, act.i, act.f, act.g, act.o);
   });
 }
 
@@ -145,10 +152,7 @@ void gru_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const st
                                                           rec(2 * H + j), load(h_prev + j, lanes), act);
     store(h_dst + j, lanes, h);
     store(out_dst + j, lanes, h);
-    store(saved + j, lanes, act.r);
-    store(saved + H + j, lanes, act.z);
-    store(saved + 2 * H + j, lanes, act.n);
-    store(saved + 3 * H + j, lanes, act.gh_n);
+    store_gates(saved, H, j, lanes, act.r, act.z, act.n, act.gh_n);
   });
 }
 
