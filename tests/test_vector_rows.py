@@ -14,8 +14,17 @@ forward_op = torch.ops.rnnkernels.rnn_layer_forward
 H = 203
 TANH_ONE = 9.0109138488769531  # the least float whose tanh rounds to 1 in float32
 
-pytestmark = pytest.mark.skipif(
-    "AVX512" not in torch.backends.cpu.get_cpu_capability(), reason="the vector rows need AVX-512")
+
+
+def cpu_flags():
+    """The CPU's feature flags as the kernels' __builtin_cpu_supports sees them (Linux)."""
+    with open("/proc/cpuinfo") as f:
+        return next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+
+
+# Without these the vector rows stay off: both paths below are then the scalar
+# rows, which the float64 comparisons still check.
+HAS_VECTOR_ROWS = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(cpu_flags())
 
 
 @contextlib.contextmanager
@@ -74,8 +83,12 @@ def both_paths(inputs, training):
     return vector, scalar
 
 
-def test_vector_rows_are_on_here():
-    assert torch.ops.rnnkernels.cpu_vector_rows()
+def test_vector_rows_run_exactly_where_the_cpu_has_them():
+    assert torch.ops.rnnkernels.cpu_vector_rows() == HAS_VECTOR_ROWS
+    with vector_rows(True):
+        assert torch.ops.rnnkernels.cpu_vector_rows() == HAS_VECTOR_ROWS
+    with vector_rows(False):
+        assert not torch.ops.rnnkernels.cpu_vector_rows()
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
