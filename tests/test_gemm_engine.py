@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnkernels as rk
 from rnnkernels import _ext
 from rnnkernels.check import TOLERANCE, RNNCase, run_rnn_case
+from cpu_features import cpu_flags
 
 pytestmark = pytest.mark.skipif(_ext.load_error() is not None, reason="needs the compiled extension")
 
@@ -151,12 +152,6 @@ def test_padding_never_reaches_an_output_or_gradient(engine, mode, poison):
         assert torch.isfinite(p.grad).all(), name
         assert torch.allclose(p.grad, q.grad, rtol=1e-10, atol=1e-12), name
     assert torch.allclose(torch.nan_to_num(x_ours.grad), torch.nan_to_num(x_ref.grad), rtol=1e-10, atol=1e-12)
-
-
-def cpu_flags():
-    """The CPU's feature flags as the kernels' __builtin_cpu_supports sees them (Linux)."""
-    with open("/proc/cpuinfo") as f:
-        return next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
 
 
 HAS_AVX512F = "avx512f" in cpu_flags()

@@ -9,22 +9,15 @@ import pytest
 import torch
 
 import rnnkernels  # noqa: F401  (loads torch.ops.rnnkernels)
+from cpu_features import cpu_flags
 
 forward_op = torch.ops.rnnkernels.rnn_layer_forward
 H = 203
 TANH_ONE = 9.0109138488769531  # the least float whose tanh rounds to 1 in float32
 
-
-
-def cpu_flags():
-    """The CPU's feature flags as the kernels' __builtin_cpu_supports sees them (Linux)."""
-    with open("/proc/cpuinfo") as f:
-        return next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
-
-
 # Without these the vector rows stay off: both paths below are then the scalar
 # rows, which the float64 comparisons still check.
-HAS_VECTOR_ROWS = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(cpu_flags())
+HAS_VECTOR_ROWS = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags()
 
 
 @contextlib.contextmanager
