@@ -112,11 +112,19 @@ __attribute__((target("avx512f"))) void column_range(int64_t n0, int64_t n1, int
 }  // namespace
 #endif
 
+bool rows_times_weight_runs() {
+#ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_AVX512
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+#else
+  return false;
+#endif
+}
+
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
                        float* c, int64_t ldc) {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_AVX512
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (!avx512 || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
+  if (!rows_times_weight_runs() || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
   // Threads take whole blocks of columns; the columns past the last full block go to the last.
   const int64_t blocks = n / kBlockColumns;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / (m * k * kBlockColumns));

@@ -34,6 +34,9 @@ namespace cpu {
 // up to 32 rows, and up to 64 where k >= 512 makes each row's share longer).
 constexpr bool rows_times_weight_takes(int64_t m, int64_t k) { return m >= 1 && (m <= 32 || (m <= 64 && k >= 512)); }
 
+// Whether this build and CPU run the kernel at all (AVX-512).
+bool rows_times_weight_runs();
+
 // c (m, n) = a (m, k) w (n, k)^T, all row-major float32 with leading
 // dimensions lda, ldw, ldc; threads split n. False (nothing written) where
 // this CPU has no AVX-512 or rows_times_weight_takes(m, k) is false.
