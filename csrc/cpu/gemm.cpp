@@ -269,15 +269,16 @@ void set_gemm_engine(const std::string& name) {
 bool onednn_built() { return built_onednn(); }
 
 namespace {
-// Whether the products of a step weight too small to pack (W (n, k) float32,
-// used transposed, at most max_m rows) run on cpu/rows_times_weight.h, on W
-// as stored: there its dot tiles beat MKL's sgemm on a (k, n) copy. Whole
-// layers at batch 1, T = 200, I = 64, H = 128, 2 threads on the Xeon
-// (family 6 model 167), torch.nn time / rk time, forward: LSTM 0.81 -> 0.87,
-// GRU 2.94 -> 3.67, RNN-tanh 2.39 -> 2.89 (benchmarks/cpu_rnn_kernels.py).
-bool rows_times_stored(const at::Tensor& stored, int64_t max_m) {
-  return stored.is_cpu() && stored.scalar_type() == at::kFloat && cpu::rows_times_weight_runs() &&
-         cpu::rows_times_weight_takes(max_m, stored.size(1));
+// Whether a step weight too small for MKL's pack (W (n, k) float32 used
+// transposed, at most max_m rows, max_m * n * k <= kPackMacs) is multiplied
+// on cpu/rows_times_weight.h, on W as stored, under either engine. Whole
+// layers at (T, B, I, H) = (200, 1, 64, 128) on the Xeon (family 6 model
+// 167), 2 threads, forward, torch.nn time / rk time: against MKL's sgemm on a
+// (k, n) copy, LSTM 0.81 -> 0.87, GRU 2.94 -> 3.67, RNN-tanh 2.39 -> 2.89;
+// oneDNN's matmul there took 1.24x the time of rows_times_weight.
+bool rows_times_stored(const at::Tensor& stored, bool transpose, int64_t max_m) {
+  return transpose && stored.is_cpu() && stored.scalar_type() == at::kFloat && max_m * stored.numel() <= kPackMacs &&
+         cpu::rows_times_weight_runs() && cpu::rows_times_weight_takes(max_m, stored.size(1));
 }
 }  // namespace
 
@@ -286,11 +287,11 @@ StepWeight::StepWeight(const at::Tensor& stored, bool transpose, int64_t max_m, 
   // Preparing (oneDNN's reorder, MKL's pack, or a contiguous (k, n) copy, on
   // which MKL ran these GEMMs 1.2-1.8x faster than on a transposed view) costs
   // about one pass over W; a layer of a few steps (a cell: one) multiplies
-  // the stored weight as it is, and so do layers whose steps
-  // rows_times_weight takes (rows_times_stored).
-  if (uses >= kMinUsesToPrepare) {
+  // the stored weight as it is, and so do small steps that rows_times_weight
+  // takes (rows_times_stored).
+  if (uses >= kMinUsesToPrepare && !rows_times_stored(stored, transpose, max_m)) {
     prepared_ = prepare(stored, transpose, max_m, accumulate, current_choice());
-    if (!prepared_ && transpose && !rows_times_stored(stored, max_m)) {
+    if (!prepared_ && transpose) {
       matrix_ = stored.t().contiguous();
       return;
     }
