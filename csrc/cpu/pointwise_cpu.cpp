@@ -139,6 +139,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
     stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
     stored_t* out = storage_row<scalar_t>(s.out, b);
     stored_t* saved = s.saved.defined() ? storage_row<scalar_t>(s.saved, b) : scratch.data();
+    stored_t* saved_or_null = s.saved.defined() ? saved : nullptr;  // the vector rows store no gates in inference
     if (!alive(lengths, b, s.t)) {  // frozen state, zero output
       if (lstm) copy_row(storage_row<scalar_t>(s.c_next, b), storage_row<scalar_t>(s.c_prev, b), H);
       if (projected) {
@@ -162,7 +163,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
       if constexpr (std::is_same_v<acc_t, float>) {
         if (vector_rows) {
-          cpu::lstm_forward_row(H, gi, gh, b_ih, b_hh, c_prev, c_next, h_dst, out_dst, saved);
+          cpu::lstm_forward_row(H, gi, gh, b_ih, b_hh, c_prev, c_next, h_dst, out_dst, saved_or_null);
           continue;
         }
       }
@@ -186,7 +187,7 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       auto rec = [&](int64_t k) { return widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
       if constexpr (std::is_same_v<acc_t, float>) {
         if (vector_rows) {
-          cpu::gru_forward_row(H, gi, gh, b_ih, b_hh, h_prev, h_dst, out_dst, saved);
+          cpu::gru_forward_row(H, gi, gh, b_ih, b_hh, h_prev, h_dst, out_dst, saved_or_null);
           continue;
         }
       }

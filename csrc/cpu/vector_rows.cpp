@@ -137,7 +137,7 @@ void lstm_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const s
     store(c_next + j, lanes, c);
     store(h_dst + j, lanes, h);
     store(out_dst + j, lanes, h);
-    store_gates(saved, H, j, lanes, act.i, act.f, act.g, act.o);
+    if (saved != nullptr) store_gates(saved, H, j, lanes, act.i, act.f, act.g, act.o);
   });
 }
 
@@ -152,7 +152,7 @@ void gru_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const st
                                                           rec(2 * H + j), load(h_prev + j, lanes), act);
     store(h_dst + j, lanes, h);
     store(out_dst + j, lanes, h);
-    store_gates(saved, H, j, lanes, act.r, act.z, act.n, act.gh_n);
+    if (saved != nullptr) store_gates(saved, H, j, lanes, act.r, act.z, act.n, act.gh_n);
   });
 }
 

@@ -25,14 +25,15 @@ void set_vector_rows(bool on);
 // LSTM, unit j of a row of H units: pre_g = gi[gH + j] + b_ih[gH + j] +
 // gh[gH + j] + b_hh[gH + j] for gates g = i, f, g, o; writes c_next[j],
 // h_dst[j] and out_dst[j] (h), and the activations to saved[gH + j] (saved
-// may be gi: unit j's gates are written after they are read).
+// may be gi: unit j's gates are written after they are read; null in
+// inference, which stores no gates).
 template <typename stored_t>
 void lstm_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const stored_t* b_ih, const stored_t* b_hh,
                       const stored_t* c_prev, stored_t* c_next, stored_t* h_dst, stored_t* out_dst, stored_t* saved);
 
 // GRU, unit j: gi_g + b_ih_g and gh_g + b_hh_g for g = r, z, n go to cells.h's
 // gru_forward with h_prev[j]; h to h_dst[j] and out_dst[j]; r, z, n and gh_n
-// (b_hh's n part included) to saved[gH + j].
+// (b_hh's n part included) to saved[gH + j] (null: not stored).
 template <typename stored_t>
 void gru_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const stored_t* b_ih, const stored_t* b_hh,
                      const stored_t* h_prev, stored_t* h_dst, stored_t* out_dst, stored_t* saved);
