@@ -60,7 +60,8 @@ struct ForwardStep {
   int64_t t;           // time index of this step
   at::Tensor lengths;  // (B,) int64 on x's device, or undefined: every row alive
   at::Tensor gi;       // (B, G*H) x[t] W_ih^T (no bias)
-  at::Tensor gh;       // (B, G*H) h_prev W_hh^T (no bias)
+  at::Tensor gh;       // (B, G*H) h_prev W_hh^T (no bias), or undefined: the CPU loop added it into gi
+                       // (lstm and rnn, without per-step extras: see rnn_layer.cpp)
   at::Tensor b_ih;     // (G*H,) biases (zeros when the layer has none), added here so
   at::Tensor b_hh;     //        that both GEMMs write their outputs without a bias copy
   at::Tensor h_prev;   // (B, P)

@@ -105,11 +105,12 @@ int64_t leading_dim(const at::Tensor& t) {
   return t.stride(0) >= t.size(1) ? t.stride(0) : -1;
 }
 
-// out = a b for a few rows of a, b (k, n) being the transposed view of a
-// row-major float32 W (n, k) (a single step's product on the weight as
-// stored): cpu::rows_times_weight, which reads W as it is, where it runs.
+// out = a b (or out += a b) for a few rows of a, b (k, n) being the
+// transposed view of a row-major float32 W (n, k) (a single step's product on
+// the weight as stored): cpu::rows_times_weight, which reads W as it is,
+// where it runs.
 bool few_rows_times_transposed(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  if (accumulate || !out.is_cpu() || !cpu::rows_times_weight_takes(a.size(0), a.size(1))) return false;
+  if (!out.is_cpu() || !cpu::rows_times_weight_takes(a.size(0), a.size(1))) return false;
   for (const at::Tensor* t : {&out, &a, &b}) {
     if (t->scalar_type() != at::kFloat) return false;
   }
@@ -117,7 +118,7 @@ bool few_rows_times_transposed(const at::Tensor& out, const at::Tensor& a, const
   const int64_t lda = leading_dim(a), ldw = leading_dim(w), ldc = leading_dim(out);
   if (lda <= 0 || ldw <= 0 || ldc <= 0) return false;
   return cpu::rows_times_weight(a.size(0), w.size(0), a.size(1), a.data_ptr<float>(), lda, w.data_ptr<float>(), ldw,
-                                out.data_ptr<float>(), ldc);
+                                out.data_ptr<float>(), ldc, accumulate);
 }
 
 void multiply_prepared(const StepWeight::Prepared& w, const at::Tensor& out, const at::Tensor& a, bool accumulate) {

@@ -132,9 +132,14 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
   const stored_t* b_hh = reinterpret_cast<const stored_t*>(s.b_hh.data_ptr<scalar_t>());
   // float and bfloat16 storage (float compute) may run csrc/cpu/vector_rows.h.
   const bool vector_rows = std::is_same_v<acc_t, float> && cpu::vector_rows_run();
+  // gh already summed into gi: the vector rows skip it, the scalar ones add a
+  // row of zeros (x + 0 is x: the same sums either way).
+  const bool gh_in_gi = !s.gh.defined();
+  thread_local std::vector<stored_t> zero_gh;
+  if (gh_in_gi) zero_gh.resize(std::max<size_t>(zero_gh.size(), s.gi.size(1)), stored_t(0));
   for (int64_t b = b_begin; b < b_end; ++b) {
     const stored_t* gi = storage_row<scalar_t>(s.gi, b);
-    const stored_t* gh = storage_row<scalar_t>(s.gh, b);
+    const stored_t* gh = gh_in_gi ? zero_gh.data() : storage_row<scalar_t>(s.gh, b);
     const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
     stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
     stored_t* out = storage_row<scalar_t>(s.out, b);
@@ -163,7 +168,8 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
       stored_t* c_next = storage_row<scalar_t>(s.c_next, b);
       if constexpr (std::is_same_v<acc_t, float>) {
         if (vector_rows) {
-          cpu::lstm_forward_row(H, gi, gh, b_ih, b_hh, c_prev, c_next, h_dst, out_dst, saved_or_null);
+          cpu::lstm_forward_row(H, gi, gh_in_gi ? nullptr : gh, b_ih, b_hh, c_prev, c_next, h_dst, out_dst,
+                                saved_or_null);
           continue;
         }
       }

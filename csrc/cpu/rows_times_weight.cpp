@@ -61,10 +61,12 @@ RK_AVX512 void accumulate_lanes(__m512* sums, int64_t p, __mmask16 valid, const 
   }
 }
 
-// c[i][j] = a_i . w_j for ROWS rows of a and COLS rows of w (ROWS * COLS = 16
-// dot products of length k, 16 lanes along k at a time, the tail masked).
+// c[i][j] = a_i . w_j (or c[i][j] += with `accumulate`) for ROWS rows of a and
+// COLS rows of w (ROWS * COLS = 16 dot products of length k, 16 lanes along k
+// at a time, the tail masked).
 template <int ROWS, int COLS>
-RK_AVX512 void dot_tile(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c, int64_t ldc) {
+RK_AVX512 void dot_tile(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c, int64_t ldc,
+                        bool accumulate) {
   static_assert(ROWS * COLS == 16, "one register of sums per dot product, 16 of them");
   __m512 sums[16];
   for (auto& s : sums) s = _mm512_setzero_ps();
@@ -75,7 +77,8 @@ RK_AVX512 void dot_tile(int64_t k, const float* a, int64_t lda, const float* w, 
   _mm512_store_ps(dots, sum_lanes_of_16(sums));
   for (int lane = 0; lane < 16; ++lane) {
     const int which = (lane >> 2) + 4 * (lane & 3);
-    c[(which / COLS) * ldc + which % COLS] = dots[lane];
+    float& out = c[(which / COLS) * ldc + which % COLS];
+    out = accumulate ? out + dots[lane] : dots[lane];
   }
 }
 
@@ -93,19 +96,22 @@ RK_AVX512 float dot(int64_t k, const float* a, const float* w) {
 // the last 1-3 rows one at a time against all 16), then single columns.
 __attribute__((target("avx512f"))) void column_range(int64_t n0, int64_t n1, int64_t m, int64_t k, const float* a,
                                                      int64_t lda, const float* w, int64_t ldw, float* c,
-                                                     int64_t ldc) {
+                                                     int64_t ldc, bool accumulate) {
   int64_t j = n0;
   for (; j + kBlockColumns <= n1; j += kBlockColumns) {
     int64_t i = 0;
     for (; i + 4 <= m; i += 4) {
       for (int64_t q = 0; q < kBlockColumns; q += 4) {
-        dot_tile<4, 4>(k, a + i * lda, lda, w + (j + q) * ldw, ldw, c + i * ldc + j + q, ldc);
+        dot_tile<4, 4>(k, a + i * lda, lda, w + (j + q) * ldw, ldw, c + i * ldc + j + q, ldc, accumulate);
       }
     }
-    for (; i < m; ++i) dot_tile<1, 16>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc);
+    for (; i < m; ++i) dot_tile<1, 16>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, accumulate);
   }
   for (; j < n1; ++j) {
-    for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = dot(k, a + i * lda, w + j * ldw);
+    for (int64_t i = 0; i < m; ++i) {
+      const float d = dot(k, a + i * lda, w + j * ldw);
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + d : d;
+    }
   }
 }
 
@@ -122,7 +128,7 @@ bool rows_times_weight_runs() {
 }
 
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
-                       float* c, int64_t ldc) {
+                       float* c, int64_t ldc, bool accumulate) {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_AVX512
   if (!rows_times_weight_runs() || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
   // Threads take whole blocks of columns; the columns past the last full block go to the last.
@@ -130,11 +136,11 @@ bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t 
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / (m * k * kBlockColumns));
   at::parallel_for(0, std::max<int64_t>(blocks, 1), grain, [&](int64_t b0, int64_t b1) {
     const int64_t n1 = b1 >= blocks ? n : b1 * kBlockColumns;
-    column_range(b0 * kBlockColumns, n1, m, k, a, lda, w, ldw, c, ldc);
+    column_range(b0 * kBlockColumns, n1, m, k, a, lda, w, ldw, c, ldc, accumulate);
   });
   return true;
 #else
-  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)w, (void)ldw, (void)c, (void)ldc;
+  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)w, (void)ldw, (void)c, (void)ldc, (void)accumulate;
   return false;
 #endif
 }

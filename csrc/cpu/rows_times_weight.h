@@ -37,11 +37,12 @@ constexpr bool rows_times_weight_takes(int64_t m, int64_t k) { return m >= 1 && 
 // Whether this build and CPU run the kernel at all (AVX-512).
 bool rows_times_weight_runs();
 
-// c (m, n) = a (m, k) w (n, k)^T, all row-major float32 with leading
+// c (m, n) = a (m, k) w (n, k)^T, or c += a w^T with `accumulate` (each
+// product summed in full, then added), all row-major float32 with leading
 // dimensions lda, ldw, ldc; threads split n. False (nothing written) where
 // this CPU has no AVX-512 or rows_times_weight_takes(m, k) is false.
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
-                       float* c, int64_t ldc);
+                       float* c, int64_t ldc, bool accumulate = false);
 
 }  // namespace cpu
 }  // namespace rnnkernels

@@ -128,6 +128,7 @@ void lstm_forward_row(int64_t H, const stored_t* gi, const stored_t* gh, const s
                       const stored_t* c_prev, stored_t* c_next, stored_t* h_dst, stored_t* out_dst, stored_t* saved) {
   for_each_chunk(H, [&](int64_t j, __mmask16 lanes) {
     auto pre = [&](int64_t k) {
+      if (gh == nullptr) return load(gi + k, lanes) + load(b_ih + k, lanes) + load(b_hh + k, lanes);
       return load(gi + k, lanes) + load(b_ih + k, lanes) + load(gh + k, lanes) + load(b_hh + k, lanes);
     };
     cells::LstmActivations<Vec16> act;

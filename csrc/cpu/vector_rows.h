@@ -23,7 +23,7 @@ void set_vector_rows(bool on);
 // stored_t is float or bfloat16's bits (uint16_t), computed in float.
 //
 // LSTM, unit j of a row of H units: pre_g = gi[gH + j] + b_ih[gH + j] +
-// gh[gH + j] + b_hh[gH + j] for gates g = i, f, g, o; writes c_next[j],
+// gh[gH + j] + b_hh[gH + j] for gates g = i, f, g, o (gh null: already in gi); writes c_next[j],
 // h_dst[j] and out_dst[j] (h), and the activations to saved[gH + j] (saved
 // may be gi: unit j's gates are written after they are read; null in
 // inference, which stores no gates).
