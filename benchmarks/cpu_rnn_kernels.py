@@ -7,7 +7,9 @@ For each (T, B, input, hidden) of issue 3, each cell, 1 layer and 2 layers
 bidirectional: forward (no grad) and forward+backward times of torch.nn and
 rk (same weights, same input), interleaved, median of repeats after warm-up;
 prints the ratio torch/rk (> 1: rk is faster), rk's GFLOP/s and its fraction
-of the machine's measured FMA peak (benchmarks/machine.py). Then padded
+of the machine's measured FMA peak (benchmarks/machine.py), and the ceiling:
+the ratio a kernel would reach if its GEMMs ran at the 1024^3 matmul rate and
+nothing else took time (a target above it asks for a faster GEMM). Then padded
 input with uneven lengths (rk) against the same data as a PackedSequence
 (torch.nn). The machine is shared and noisy: read the ratios, not the times.
 """
@@ -97,6 +99,7 @@ def bench_config(cell, shape, layers, bidirectional, repeats):
         "fwd_torch_ms": f_torch * 1e3, "fwd_rk_ms": f_rk * 1e3, "fwd_ratio": f_torch / f_rk,
         "fb_torch_ms": fb_torch * 1e3, "fb_rk_ms": fb_rk * 1e3, "fb_ratio": fb_torch / fb_rk,
         "fwd_rk_gflops": flops / f_rk / 1e9, "fb_rk_gflops": 3 * flops / fb_rk / 1e9,
+        "fwd_flops": flops, "fb_flops": 3 * flops,
     }
 
 
@@ -122,8 +125,9 @@ def bench_lengths(cell, shape, repeats):
     return {"torch_ms": t_torch * 1e3, "rk_ms": t_rk * 1e3, "ratio": t_torch / t_rk}
 
 
-def sgemm_rate(repeats=5):
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def gemm_rate(repeats=5):
+    """GFLOP/s of torch's 1024^3 matmul in the benchmark's dtype."""
+    a, b = torch.randn(1024, 1024, dtype=DTYPE), torch.randn(1024, 1024, dtype=DTYPE)
     for _ in range(2):
         a @ b
     times = [timed(lambda: a @ b) for _ in range(repeats)]
@@ -159,14 +163,19 @@ def main(argv=None):
     repeats = args.repeats or (3 if args.quick else 7)
     shapes = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES
     cells = args.cells.split(",")
+    rate = gemm_rate()
     lines = [f"Machine: {one_line(machine)}; measured {machine['date']}", "",
              f"{args.dtype}, {'process CPU time' if args.cpu_time else 'wall time'}, median of {repeats}, "
              f"{'malloc keeps freed memory' if args.keep_freed_memory else 'default malloc'}; "
-             f"ratio = torch.nn time / rk time (> 1: rk faster); float32 sgemm 1024^3: {sgemm_rate():.0f} GFLOP/s; "
-             f"% of peak = GEMM FLOPs / time / measured FMA peak", "",
-             "| cell | layers | T, B, I, H | fwd torch ms | fwd rk ms | fwd ratio | rk fwd % of peak | fwd+bwd torch ms "
-             "| fwd+bwd rk ms | fwd+bwd ratio | rk fwd+bwd GFLOP/s | rk fwd+bwd % of peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"ratio = torch.nn time / rk time (> 1: rk faster); {args.dtype} matmul 1024^3: {rate:.0f} GFLOP/s; "
+             f"% of peak = GEMM FLOPs / time / measured float32 FMA peak"
+             f"{' (AMX runs bfloat16 above it)' if DTYPE == torch.bfloat16 else ''}; "
+             "ceiling = torch.nn time / (GEMM FLOPs at the 1024^3 matmul rate): the ratio of a kernel whose GEMMs "
+             "ran at that rate and everything else took no time", "",
+             "| cell | layers | T, B, I, H | fwd torch ms | fwd rk ms | fwd ratio | fwd ceiling | rk fwd % of peak "
+             "| fwd+bwd torch ms | fwd+bwd rk ms | fwd+bwd ratio | fwd+bwd ceiling | rk fwd+bwd GFLOP/s "
+             "| rk fwd+bwd % of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     summary = {}
     for cell in cells:
@@ -174,18 +183,22 @@ def main(argv=None):
             for shape in shapes:
                 r = bench_config(cell, shape, layers, bidirectional, repeats)
                 summary.setdefault(cell, []).append(r)
+                r["fwd_ceiling"] = r["fwd_torch_ms"] / (r["fwd_flops"] / rate / 1e6)
+                r["fb_ceiling"] = r["fb_torch_ms"] / (r["fb_flops"] / rate / 1e6)
                 line = (f"| {cell} | {layers}{' bi' if bidirectional else ''} | {shape} | {r['fwd_torch_ms']:.2f} | "
-                        f"{r['fwd_rk_ms']:.2f} | {r['fwd_ratio']:.2f} | {100 * r['fwd_rk_gflops'] / peak:.0f}% | "
-                        f"{r['fb_torch_ms']:.2f} | {r['fb_rk_ms']:.2f} | {r['fb_ratio']:.2f} | {r['fb_rk_gflops']:.0f} | "
+                        f"{r['fwd_rk_ms']:.2f} | {r['fwd_ratio']:.2f} | {r['fwd_ceiling']:.2f} | "
+                        f"{100 * r['fwd_rk_gflops'] / peak:.0f}% | {r['fb_torch_ms']:.2f} | {r['fb_rk_ms']:.2f} | "
+                        f"{r['fb_ratio']:.2f} | {r['fb_ceiling']:.2f} | {r['fb_rk_gflops']:.0f} | "
                         f"{100 * r['fb_rk_gflops'] / peak:.0f}% |")
                 lines.append(line)
                 print(line, flush=True)
-    lines += ["", "| cell | median fwd ratio | median fwd+bwd ratio | min fwd ratio | min fwd+bwd ratio |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| cell | median fwd ratio | median fwd+bwd ratio | min fwd ratio | min fwd+bwd ratio "
+              "| median fwd ceiling | median fwd+bwd ceiling |", "|---|---|---|---|---|---|---|"]
     for cell, rows in summary.items():
-        lines.append(f"| {cell} | {statistics.median(r['fwd_ratio'] for r in rows):.2f} | "
-                     f"{statistics.median(r['fb_ratio'] for r in rows):.2f} | {min(r['fwd_ratio'] for r in rows):.2f} | "
-                     f"{min(r['fb_ratio'] for r in rows):.2f} |")
+        median = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
+        lines.append(f"| {cell} | {median('fwd_ratio'):.2f} | {median('fb_ratio'):.2f} | "
+                     f"{min(r['fwd_ratio'] for r in rows):.2f} | {min(r['fb_ratio'] for r in rows):.2f} | "
+                     f"{median('fwd_ceiling'):.2f} | {median('fb_ceiling'):.2f} |")
     lines += ["", "Uneven lengths, fwd+bwd: rk padded + lengths vs torch.nn PackedSequence (1 layer)", "",
               "| cell | T, B, I, H | torch packed ms | rk padded ms | ratio |", "|---|---|---|---|---|"]
     print("\n".join(lines[-len(summary) - 6:]), flush=True)
