@@ -28,6 +28,7 @@
 #include <c10/util/irange.h>
 
 #include <algorithm>
+#include <exception>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,6 +38,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <omp.h>
+#include <ATen/ThreadLocalState.h>
 
 #include "cells.h"
 #include "cpu/gemm.h"
@@ -347,6 +350,21 @@ struct LayerForward {
   at::Tensor x_hat, row_stats, fresh;  // saved by the extras (see rnn_ops.cpp)
 };
 
+// The checks of a forward's arguments but lengths and options (forward_impl,
+// and rnn_bidirectional_inference for both directions before either runs).
+LayerShape check_forward(c10::string_view mode_name, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                         const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
+                         const at::Tensor& b_hh, const at::Tensor& w_hr) {
+  const LayerShape s = check_layer(mode_name, x, w_ih, w_hh, w_hr);
+  if (h0.defined()) check_arg(h0, "h0", {s.B, s.P}, x, w_hr.defined() ? "(batch, proj_size)" : "(batch, hidden_size)");
+  TORCH_CHECK(s.mode == Mode::Lstm || !c0.defined(), "rnnkernels: c0 is only for lstm, got one for ",
+              std::string(mode_name));
+  if (c0.defined()) check_arg(c0, "c0", {s.B, s.H}, x, "(batch, hidden_size)");
+  if (b_ih.defined()) check_arg(b_ih, "b_ih", {s.G * s.H}, x, "(gates * hidden_size,)");
+  if (b_hh.defined()) check_arg(b_hh, "b_hh", {s.G * s.H}, x, "(gates * hidden_size,)");
+  return s;
+}
+
 LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, const c10::optional<at::Tensor>& h0_opt,
                           const c10::optional<at::Tensor>& c0_opt, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
                           const c10::optional<at::Tensor>& b_ih_opt, const c10::optional<at::Tensor>& b_hh_opt,
@@ -354,15 +372,10 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
                           bool reverse, bool training, const LayerOptions& options) {
   // ---- validate everything before any work
   at::Tensor w_hr = defined_or_empty(w_hr_opt);
-  const LayerShape s = check_layer(mode_name, x_in, w_ih_in, w_hh_in, w_hr);
-  const bool lstm = s.mode == Mode::Lstm;
   at::Tensor h0 = defined_or_empty(h0_opt), c0 = defined_or_empty(c0_opt);
   at::Tensor b_ih = defined_or_empty(b_ih_opt), b_hh = defined_or_empty(b_hh_opt);
-  if (h0.defined()) check_arg(h0, "h0", {s.B, s.P}, x_in, w_hr.defined() ? "(batch, proj_size)" : "(batch, hidden_size)");
-  TORCH_CHECK(lstm || !c0.defined(), "rnnkernels: c0 is only for lstm, got one for ", std::string(mode_name));
-  if (c0.defined()) check_arg(c0, "c0", {s.B, s.H}, x_in, "(batch, hidden_size)");
-  if (b_ih.defined()) check_arg(b_ih, "b_ih", {s.G * s.H}, x_in, "(gates * hidden_size,)");
-  if (b_hh.defined()) check_arg(b_hh, "b_hh", {s.G * s.H}, x_in, "(gates * hidden_size,)");
+  const LayerShape s = check_forward(mode_name, x_in, h0, c0, w_ih_in, w_hh_in, b_ih, b_hh, w_hr);
+  const bool lstm = s.mode == Mode::Lstm;
   const BatchOrder batch(check_lengths(defined_or_empty(lengths_opt), s), s, x_in);
   const Extras extras = check_options(options, s, x_in, w_hr.defined(), batch);
   const at::Tensor& lengths = batch.lengths;
@@ -714,6 +727,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths, bool reverse, bool training) {
   LayerForward r = forward_impl(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training, {});
   return {r.out, r.h_n, r.c_n, r.states, r.cells, r.gates, r.hidden_raw};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_bidirectional_inference(
+    c10::string_view mode, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
+    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& h0_reverse, const c10::optional<at::Tensor>& c0_reverse,
+    const at::Tensor& w_ih_reverse, const at::Tensor& w_hh_reverse, const c10::optional<at::Tensor>& b_ih_reverse,
+    const c10::optional<at::Tensor>& b_hh_reverse, const c10::optional<at::Tensor>& lengths) {
+  TORCH_CHECK(x.is_cpu(), "rnnkernels.rnn_bidirectional_inference: CPU tensors only, got ", x.device());
+  const at::Tensor none;
+  for (const bool reverse : {false, true}) {
+    const LayerShape s = check_forward(mode, x, defined_or_empty(reverse ? h0_reverse : h0),
+                                       defined_or_empty(reverse ? c0_reverse : c0), reverse ? w_ih_reverse : w_ih,
+                                       reverse ? w_hh_reverse : w_hh, defined_or_empty(reverse ? b_ih_reverse : b_ih),
+                                       defined_or_empty(reverse ? b_hh_reverse : b_hh), none);
+    check_lengths(defined_or_empty(lengths), s);
+  }
+  gemm::gemm_engine();  // a first call measures the engines on the caller's threads, before the split
+  LayerForward results[2];
+  std::exception_ptr failures[2];
+  auto run = [&](bool reverse) {
+    try {
+      results[reverse] = reverse ? forward_impl(mode, x, h0_reverse, c0_reverse, w_ih_reverse, w_hh_reverse,
+                                                b_ih_reverse, b_hh_reverse, c10::nullopt, lengths, true, false, {})
+                                 : forward_impl(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, c10::nullopt, lengths, false,
+                                                false, {});
+    } catch (...) {
+      failures[reverse] = std::current_exception();
+    }
+  };
+  // One OpenMP thread per direction: inside the region at::parallel_for runs
+  // inline and MKL and oneDNN run sequentially (nested regions get one
+  // thread), so each loop is single-threaded. A team of one runs both. The
+  // caller's thread-local state (grad mode, dispatch keys) goes with the
+  // other thread, as at::launch passes it.
+  const at::ThreadLocalState caller_state;
+#pragma omp parallel num_threads(2)
+  {
+    const at::ThreadLocalStateGuard state(caller_state);
+    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
+    for (int direction = thread; direction < 2; direction += team) run(direction == 1);
+  }
+  for (const auto& failure : failures) {
+    if (failure) std::rethrow_exception(failure);
+  }
+  return {results[0].out, results[0].h_n, results[0].c_n, results[1].out, results[1].h_n, results[1].c_n};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>

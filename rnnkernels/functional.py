@@ -302,6 +302,26 @@ def _on_two_streams(run, reverse_inputs: Sequence[Optional[Tensor]]):
     return [forward, reverse]
 
 
+def _on_two_threads(mode, x, layer, layers, extras, h0, c0, lengths, backend):
+    """Both directions of layer `layer` on two CPU threads at once (see
+    rnn_ops.bidirectional_inference: inference on the cpu backend, without
+    projection or per-layer extras), or None where that does not apply."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    if not x.is_cpu or any(e is not None for _, e in extras) or layers[2 * layer][4] is not None:
+        return None
+    if backends.resolve(backend, x.device, "rnn", x.dtype)[0] != "cpu":
+        return None
+    from . import rnn_ops  # the extension is loaded: the cpu backend runs
+
+    def direction(d):
+        idx = 2 * layer + d
+        w_ih, _, b_ih, b_hh, _ = layers[idx]
+        return h0[idx], c0[idx] if c0 is not None else None, w_ih, extras[d][0], b_ih, b_hh
+
+    return rnn_ops.bidirectional_inference(mode, x, direction(0), direction(1), lengths)
+
+
 def rnn_forward(
     mode: str,
     input: Tensor,
@@ -380,11 +400,14 @@ def rnn_forward(
                 backend=backend,
             )
 
+        results = None
         if directions == 2 and _two_streams(layer_input):
             idx = layer * directions + 1
             results = _on_two_streams(run, [layer_input, h0[idx], c0[idx] if c0 is not None else None,
                                             *layers[idx]])
-        else:
+        elif directions == 2:
+            results = _on_two_threads(mode, layer_input, layer, layers, extras, h0, c0, lengths, backend)
+        if results is None:
             results = [run(direction) for direction in range(directions)]
         for out, h, c, *cells in results:
             outs.append(out)

@@ -101,6 +101,11 @@ class AutocastPlan(NamedTuple):
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 
 
+def any_autocast() -> bool:
+    """Whether some autocast may be on (always True on a torch without the query)."""
+    return _any_autocast()
+
+
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The autocast dtype active for `device_type`, or None (torch >= 2.4 API, older one as fallback)."""
     try:

@@ -55,6 +55,19 @@ def _forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, revers
     return out, h_n, c_n, states, cells, gates, hidden_raw
 
 
+@torch.library.register_fake("rnnkernels::rnn_bidirectional_inference")
+def _bidirectional_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
+                        lengths):
+    T, B = x.shape[0], x.shape[1]
+    H, _ = _sizes(mode, w_ih, None)
+
+    def direction():
+        c_n = x.new_empty((B, H)) if mode == "lstm" else x.new_empty((0,))
+        return x.new_empty((T, B, H)), x.new_empty((B, H)), c_n
+
+    return (*direction(), *direction())
+
+
 @torch.library.register_fake("rnnkernels::rnn_layer_backward")
 def _backward_fake(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths, reverse, states, cells,
                    gates, hidden_raw, has_bias, input_grad, weight_grad):
@@ -177,3 +190,45 @@ def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
         with _below_autograd():
             out, h_n, c_n, *_ = _OP(*args)
     return out, h_n, (c_n if mode == "lstm" else None)
+
+
+# Where one thread per direction pays (2-layer bidirectional forward on the
+# 2-core Xeon, family 6 model 167, against the directions one after the other
+# on two threads each, tests' shapes (T, B, I, H) of benchmarks/suite.py):
+# LSTM 1.05-1.69x, GRU 1.02-1.75x and RNN-tanh 1.02-1.67x up to steps of
+# 2^24 multiply-adds (B G H H: (16, 256, 128, 128) LSTM); above, MKL's own
+# split of a step's GEMM scales as well (GRU 0.97-0.98x at (35, 20, 650, 650)
+# and (50, 64, 256, 512) before this bound; 1.00-1.02x with it).
+# Below 2^22 multiply-adds in all (T B G H (I + H)) the region's start is
+# not worth it.
+_MIN_MACS_FOR_TWO_THREADS = 1 << 22
+_MAX_STEP_MACS_FOR_TWO_THREADS = 1 << 24
+
+
+def bidirectional_inference(mode, x, forward, reverse, lengths):
+    """Both directions of a bidirectional CPU layer at once, each on a thread
+    of its own (op rnn_bidirectional_inference), as [(out, h_n, c_n), (out,
+    h_n, c_n)]; or None where that does not apply: anything but an eager CPU
+    inference call (nothing requires grad, or grad mode is off) of two or
+    more threads, with a projection, under autocast, functorch or forward AD,
+    or too small. forward, reverse: (h0, c0, w_ih, w_hh, b_ih, b_hh)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # first: traced code must not read the thread count
+        return None
+    tensors = (x, *forward, *reverse)
+    if not x.is_cpu or torch.get_num_threads() < 2:
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    if interop.any_autocast() or interop.needs_reference(tensors) or interop.expanded_weights_in(tensors):
+        return None
+    T, B = x.shape[0], x.shape[1]
+    w_ih, w_hh = forward[2], forward[3]
+    step_macs = B * w_hh.shape[0] * w_hh.shape[1]
+    if T * B * w_ih.shape[0] * (w_ih.shape[1] + w_hh.shape[1]) < _MIN_MACS_FOR_TWO_THREADS \
+            or step_macs > _MAX_STEP_MACS_FOR_TWO_THREADS:
+        return None
+    with _below_autograd():
+        out, h_n, c_n, out_r, h_n_r, c_n_r = torch.ops.rnnkernels.rnn_bidirectional_inference(
+            mode, x, *forward, *reverse, lengths)
+    lstm = mode == "lstm"
+    return [(out, h_n, c_n if lstm else None), (out_r, h_n_r, c_n_r if lstm else None)]
