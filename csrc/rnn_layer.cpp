@@ -729,14 +729,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {r.out, r.h_n, r.c_n, r.states, r.cells, r.gates, r.hidden_raw};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_bidirectional_inference(
+namespace {
+
+// run(false) and run(true), the two directions of a bidirectional layer, at
+// once, one OpenMP thread each: inside the region at::parallel_for runs
+// inline and MKL and oneDNN run sequentially (nested regions get one
+// thread), so each loop is single-threaded. A team of one runs both. The
+// caller's thread-local state (grad mode, dispatch keys) goes with the other
+// thread, as at::launch passes it. Rethrows a direction's failure.
+template <typename Run>
+void on_two_threads(const Run& run) {
+  gemm::gemm_engine();  // a first call measures the engines on the caller's threads, before the split
+  std::exception_ptr failures[2];
+  const at::ThreadLocalState caller_state;
+#pragma omp parallel num_threads(2)
+  {
+    const at::ThreadLocalStateGuard state(caller_state);
+    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
+    for (int direction = thread; direction < 2; direction += team) {
+      try {
+        run(direction == 1);
+      } catch (...) {
+        failures[direction] = std::current_exception();
+      }
+    }
+  }
+  for (const auto& failure : failures) {
+    if (failure) std::rethrow_exception(failure);
+  }
+}
+
+}  // namespace
+
+std::vector<at::Tensor> rnn_bidirectional_forward(
     c10::string_view mode, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& h0_reverse, const c10::optional<at::Tensor>& c0_reverse,
     const at::Tensor& w_ih_reverse, const at::Tensor& w_hh_reverse, const c10::optional<at::Tensor>& b_ih_reverse,
-    const c10::optional<at::Tensor>& b_hh_reverse, const c10::optional<at::Tensor>& lengths) {
-  TORCH_CHECK(x.is_cpu(), "rnnkernels.rnn_bidirectional_inference: CPU tensors only, got ", x.device());
+    const c10::optional<at::Tensor>& b_hh_reverse, const c10::optional<at::Tensor>& lengths, bool training) {
+  TORCH_CHECK(x.is_cpu(), "rnnkernels.rnn_bidirectional_forward: CPU tensors only, got ", x.device());
   const at::Tensor none;
   for (const bool reverse : {false, true}) {
     const LayerShape s = check_forward(mode, x, defined_or_empty(reverse ? h0_reverse : h0),
@@ -745,35 +777,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                        defined_or_empty(reverse ? b_hh_reverse : b_hh), none);
     check_lengths(defined_or_empty(lengths), s);
   }
-  gemm::gemm_engine();  // a first call measures the engines on the caller's threads, before the split
   LayerForward results[2];
-  std::exception_ptr failures[2];
-  auto run = [&](bool reverse) {
-    try {
-      results[reverse] = reverse ? forward_impl(mode, x, h0_reverse, c0_reverse, w_ih_reverse, w_hh_reverse,
-                                                b_ih_reverse, b_hh_reverse, c10::nullopt, lengths, true, false, {})
-                                 : forward_impl(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, c10::nullopt, lengths, false,
-                                                false, {});
-    } catch (...) {
-      failures[reverse] = std::current_exception();
-    }
-  };
-  // One OpenMP thread per direction: inside the region at::parallel_for runs
-  // inline and MKL and oneDNN run sequentially (nested regions get one
-  // thread), so each loop is single-threaded. A team of one runs both. The
-  // caller's thread-local state (grad mode, dispatch keys) goes with the
-  // other thread, as at::launch passes it.
-  const at::ThreadLocalState caller_state;
-#pragma omp parallel num_threads(2)
-  {
-    const at::ThreadLocalStateGuard state(caller_state);
-    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
-    for (int direction = thread; direction < 2; direction += team) run(direction == 1);
+  on_two_threads([&](bool reverse) {
+    results[reverse] = reverse ? forward_impl(mode, x, h0_reverse, c0_reverse, w_ih_reverse, w_hh_reverse,
+                                              b_ih_reverse, b_hh_reverse, c10::nullopt, lengths, true, training, {})
+                               : forward_impl(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, c10::nullopt, lengths, false,
+                                              training, {});
+  });
+  std::vector<at::Tensor> outputs;
+  for (const LayerForward& r : results) {
+    for (const at::Tensor& t : {r.out, r.h_n, r.c_n, r.states, r.cells, r.gates}) outputs.push_back(t);
   }
-  for (const auto& failure : failures) {
-    if (failure) std::rethrow_exception(failure);
+  return outputs;
+}
+
+std::vector<at::Tensor> rnn_bidirectional_backward(
+    c10::string_view mode, const c10::optional<at::Tensor>& grad_output, const c10::optional<at::Tensor>& grad_h_n,
+    const c10::optional<at::Tensor>& grad_c_n, const c10::optional<at::Tensor>& grad_output_reverse,
+    const c10::optional<at::Tensor>& grad_h_n_reverse, const c10::optional<at::Tensor>& grad_c_n_reverse,
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_ih_reverse,
+    const at::Tensor& w_hh_reverse, const c10::optional<at::Tensor>& lengths, const at::Tensor& states,
+    const at::Tensor& cells, const at::Tensor& gates, const at::Tensor& states_reverse,
+    const at::Tensor& cells_reverse, const at::Tensor& gates_reverse, bool has_bias, bool input_grad,
+    bool weight_grad) {
+  TORCH_CHECK(x.is_cpu(), "rnnkernels.rnn_bidirectional_backward: CPU tensors only, got ", x.device());
+  const at::Tensor none;
+  LayerGrads grads[2];
+  on_two_threads([&](bool reverse) {
+    grads[reverse] =
+        reverse ? backward_impl(mode, grad_output_reverse, grad_h_n_reverse, grad_c_n_reverse, c10::nullopt, x,
+                                w_ih_reverse, w_hh_reverse, c10::nullopt, lengths, true, states_reverse,
+                                cells_reverse, gates_reverse, none, has_bias, input_grad, weight_grad, {}, none, none,
+                                none)
+                : backward_impl(mode, grad_output, grad_h_n, grad_c_n, c10::nullopt, x, w_ih, w_hh, c10::nullopt,
+                                lengths, false, states, cells, gates, none, has_bias, input_grad, weight_grad, {},
+                                none, none, none);
+  });
+  std::vector<at::Tensor> outputs;
+  for (const LayerGrads& g : grads) {
+    for (const at::Tensor& t : {g.x, g.h0, g.c0, g.w_ih, g.w_hh, g.b_ih, g.b_hh}) outputs.push_back(or_empty(t, x));
   }
-  return {results[0].out, results[0].h_n, results[0].c_n, results[1].out, results[1].h_n, results[1].c_n};
+  return outputs;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>

@@ -4,6 +4,8 @@
 // its pointwise steps and registers these same functions for its key.
 #pragma once
 
+#include <vector>
+
 #include <ATen/ATen.h>
 
 #include <tuple>
@@ -30,16 +32,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths, bool reverse, bool training);
 
-// Both directions of a bidirectional layer's inference forward (no
-// projection, no extras) at once, one thread each; returns (output, h_n, c_n,
-// output_reverse, h_n_reverse, c_n_reverse); see rnn_ops.cpp.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_bidirectional_inference(
+// Both directions of a bidirectional layer (no projection, no extras) at
+// once, one thread each; see rnn_ops.cpp for what they return.
+std::vector<at::Tensor> rnn_bidirectional_forward(
     c10::string_view mode, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& h0_reverse, const c10::optional<at::Tensor>& c0_reverse,
     const at::Tensor& w_ih_reverse, const at::Tensor& w_hh_reverse, const c10::optional<at::Tensor>& b_ih_reverse,
-    const c10::optional<at::Tensor>& b_hh_reverse, const c10::optional<at::Tensor>& lengths);
+    const c10::optional<at::Tensor>& b_hh_reverse, const c10::optional<at::Tensor>& lengths, bool training);
+std::vector<at::Tensor> rnn_bidirectional_backward(
+    c10::string_view mode, const c10::optional<at::Tensor>& grad_output, const c10::optional<at::Tensor>& grad_h_n,
+    const c10::optional<at::Tensor>& grad_c_n, const c10::optional<at::Tensor>& grad_output_reverse,
+    const c10::optional<at::Tensor>& grad_h_n_reverse, const c10::optional<at::Tensor>& grad_c_n_reverse,
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_ih_reverse,
+    const at::Tensor& w_hh_reverse, const c10::optional<at::Tensor>& lengths, const at::Tensor& states,
+    const at::Tensor& cells, const at::Tensor& gates, const at::Tensor& states_reverse,
+    const at::Tensor& cells_reverse, const at::Tensor& gates_reverse, bool has_bias, bool input_grad,
+    bool weight_grad);
 
 // Returns (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>

@@ -15,13 +15,17 @@
 //   bias gradients (else empty); has_bias: whether biases were given.
 //   -> grad_x, grad_h0, grad_c0 (lstm; else empty), grad_w_ih, grad_w_hh,
 //      grad_b_ih, grad_b_hh, grad_w_hr (empty when absent or not asked for).
-// rnn_bidirectional_inference: both directions of a bidirectional layer's
-//   inference forward (training false, no projection) at once, each on a
-//   thread of its own: on 2 cores the two single-threaded loops beat one
+// rnn_bidirectional_forward / rnn_bidirectional_backward: both directions of
+//   a bidirectional layer (no projection, no extras) at once, each on a
+//   thread of its own: on 2 cores two single-threaded loops beat one
 //   two-threaded loop after the other wherever a step is too small to split
-//   well. Arguments as rnn_layer_forward's, then the reverse direction's
-//   h0, c0, w_ih, w_hh, b_ih, b_hh; the lengths are shared.
-//   -> output, h_n, c_n, output_reverse, h_n_reverse, c_n_reverse.
+//   well. Arguments as rnn_layer_forward's (then the reverse direction's h0,
+//   c0, w_ih, w_hh, b_ih, b_hh; the lengths are shared)
+//   -> [output, h_n, c_n, states, cells, gates] of the forward direction, then
+//   of the reverse one. The backward takes each direction's incoming
+//   gradients, weights and saved tensors -> [grad_x, grad_h0, grad_c0,
+//   grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] of each (grad_x of the layer
+//   is their sum).
 // rnn_layer_forward_ext / rnn_layer_backward_ext: the same loop with what a
 // layer adds to torch.nn's cell (no projection):
 //   ln_ih_weight, ln_hh_weight (G*H,): gates from gamma_ih LN(x W_ih^T) +
@@ -50,10 +54,15 @@ TORCH_LIBRARY_FRAGMENT(rnnkernels, m) {
       "Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
       "Tensor grad_w_hr)");
   m.def(
-      "rnn_bidirectional_inference(str mode, Tensor x, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
+      "rnn_bidirectional_forward(str mode, Tensor x, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, Tensor? h0_reverse, Tensor? c0_reverse, Tensor w_ih_reverse, "
-      "Tensor w_hh_reverse, Tensor? b_ih_reverse, Tensor? b_hh_reverse, Tensor? lengths) -> (Tensor output, "
-      "Tensor h_n, Tensor c_n, Tensor output_reverse, Tensor h_n_reverse, Tensor c_n_reverse)");
+      "Tensor w_hh_reverse, Tensor? b_ih_reverse, Tensor? b_hh_reverse, Tensor? lengths, bool training) -> Tensor[]");
+  m.def(
+      "rnn_bidirectional_backward(str mode, Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
+      "Tensor? grad_output_reverse, Tensor? grad_h_n_reverse, Tensor? grad_c_n_reverse, Tensor x, Tensor w_ih, "
+      "Tensor w_hh, Tensor w_ih_reverse, Tensor w_hh_reverse, Tensor? lengths, Tensor states, Tensor cells, "
+      "Tensor gates, Tensor states_reverse, Tensor cells_reverse, Tensor gates_reverse, bool has_bias, "
+      "bool input_grad, bool weight_grad) -> Tensor[]");
   m.def(
       "rnn_layer_forward_ext(str mode, Tensor x, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
       "Tensor? b_hh, Tensor? lengths, bool reverse, bool training, Tensor? ln_ih_weight, Tensor? ln_hh_weight, "
@@ -73,7 +82,8 @@ TORCH_LIBRARY_FRAGMENT(rnnkernels, m) {
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
   m.impl("rnn_layer_forward", &rnnkernels::rnn_layer_forward);
   m.impl("rnn_layer_backward", &rnnkernels::rnn_layer_backward);
-  m.impl("rnn_bidirectional_inference", &rnnkernels::rnn_bidirectional_inference);
+  m.impl("rnn_bidirectional_forward", &rnnkernels::rnn_bidirectional_forward);
+  m.impl("rnn_bidirectional_backward", &rnnkernels::rnn_bidirectional_backward);
   m.impl("rnn_layer_forward_ext", &rnnkernels::rnn_layer_forward_ext);
   m.impl("rnn_layer_backward_ext", &rnnkernels::rnn_layer_backward_ext);
 }

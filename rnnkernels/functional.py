@@ -304,8 +304,8 @@ def _on_two_streams(run, reverse_inputs: Sequence[Optional[Tensor]]):
 
 def _on_two_threads(mode, x, layer, layers, extras, h0, c0, lengths, backend):
     """Both directions of layer `layer` on two CPU threads at once (see
-    rnn_ops.bidirectional_inference: inference on the cpu backend, without
-    projection or per-layer extras), or None where that does not apply."""
+    rnn_ops.bidirectional: the cpu backend, without projection or per-layer
+    extras), or None where that does not apply."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
     if not x.is_cpu or any(e is not None for _, e in extras) or layers[2 * layer][4] is not None:
@@ -319,7 +319,7 @@ def _on_two_threads(mode, x, layer, layers, extras, h0, c0, lengths, backend):
         w_ih, _, b_ih, b_hh, _ = layers[idx]
         return h0[idx], c0[idx] if c0 is not None else None, w_ih, extras[d][0], b_ih, b_hh
 
-    return rnn_ops.bidirectional_inference(mode, x, direction(0), direction(1), lengths)
+    return rnn_ops.bidirectional(mode, x, direction(0), direction(1), lengths)
 
 
 def rnn_forward(

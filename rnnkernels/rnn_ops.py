@@ -55,17 +55,24 @@ def _forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, revers
     return out, h_n, c_n, states, cells, gates, hidden_raw
 
 
-@torch.library.register_fake("rnnkernels::rnn_bidirectional_inference")
-def _bidirectional_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
-                        lengths):
-    T, B = x.shape[0], x.shape[1]
-    H, _ = _sizes(mode, w_ih, None)
+@torch.library.register_fake("rnnkernels::rnn_bidirectional_forward")
+def _bidirectional_forward_fake(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
+                                lengths, training):
+    outputs = []
+    for reverse in (False, True):  # rnn_layer_forward's outputs but hidden_raw (no projection here)
+        outputs += _forward_fake(mode, x, None, None, w_ih, w_hh, None, None, None, lengths, reverse, training)[:6]
+    return outputs
 
-    def direction():
-        c_n = x.new_empty((B, H)) if mode == "lstm" else x.new_empty((0,))
-        return x.new_empty((T, B, H)), x.new_empty((B, H)), c_n
 
-    return (*direction(), *direction())
+@torch.library.register_fake("rnnkernels::rnn_bidirectional_backward")
+def _bidirectional_backward_fake(mode, grad_output, grad_h_n, grad_c_n, grad_output_r, grad_h_n_r, grad_c_n_r, x, w_ih,
+                                 w_hh, w_ih_r, w_hh_r, lengths, states, cells, gates, states_r, cells_r, gates_r,
+                                 has_bias, input_grad, weight_grad):
+    outputs = []
+    for reverse in (False, True):  # rnn_layer_backward's gradients but grad_w_hr
+        outputs += _backward_fake(mode, None, None, None, x, w_ih, w_hh, None, lengths, reverse, states, cells, gates,
+                                  x.new_empty((0,)), has_bias, input_grad, weight_grad)[:7]
+    return outputs
 
 
 @torch.library.register_fake("rnnkernels::rnn_layer_backward")
@@ -192,43 +199,103 @@ def rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     return out, h_n, (c_n if mode == "lstm" else None)
 
 
-# Where one thread per direction pays (2-layer bidirectional forward on the
-# 2-core Xeon, family 6 model 167, against the directions one after the other
-# on two threads each, tests' shapes (T, B, I, H) of benchmarks/suite.py):
-# LSTM 1.05-1.69x, GRU 1.02-1.75x and RNN-tanh 1.02-1.67x up to steps of
-# 2^24 multiply-adds (B G H H: (16, 256, 128, 128) LSTM); above, MKL's own
-# split of a step's GEMM scales as well (GRU 0.97-0.98x at (35, 20, 650, 650)
-# and (50, 64, 256, 512) before this bound; 1.00-1.02x with it).
-# Below 2^22 multiply-adds in all (T B G H (I + H)) the region's start is
-# not worth it.
+# Where one thread per direction pays, against the directions one after the
+# other on two threads each: 2-layer bidirectional layers on the 2-core Xeon
+# (family 6 model 167) at the suite's shapes (T, B, I, H) of
+# benchmarks/suite.py. Forward: LSTM 1.05-1.69x, GRU 1.02-1.75x, RNN-tanh
+# 1.02-1.67x up to steps of 2^24 multiply-adds (B G H H: (16, 256, 128, 128)
+# LSTM); above, MKL's own split of a step's GEMM scales as well (GRU
+# 0.97-0.98x at (35, 20, 650, 650) and (50, 64, 256, 512)). Forward+backward:
+# 1.06-1.67x up to 2^23, but GRU 0.90x at (16, 256, 128, 128) (2^23.6), whose
+# weight gradients over 4096 rows split well on their own. Below 2^22
+# multiply-adds in all (T B G H (I + H)) the region's start does not pay.
 _MIN_MACS_FOR_TWO_THREADS = 1 << 22
 _MAX_STEP_MACS_FOR_TWO_THREADS = 1 << 24
+_MAX_STEP_MACS_FOR_TWO_THREADS_TRAINING = 1 << 23
+_PAIR_FORWARD = torch.ops.rnnkernels.rnn_bidirectional_forward.default
+_PAIR_BACKWARD = torch.ops.rnnkernels.rnn_bidirectional_backward.default
 
 
-def bidirectional_inference(mode, x, forward, reverse, lengths):
+class _BidirectionalFunction(torch.autograd.Function):
+    """Both directions' forward in one op (training: activations saved), and
+    their backward in one op; a create_graph backward differentiates each
+    direction's recompute (interop.differentiable_grads), as _backward does.
+    Inputs: mode, lengths, x, then (h0, c0, w_ih, w_hh, b_ih, b_hh) of each
+    direction; outputs (out, h_n, c_n) of each."""
+
+    @staticmethod
+    def forward(ctx, mode, lengths, x, *weights):
+        with _below_autograd():
+            outputs = _PAIR_FORWARD(mode, x, *weights, lengths, True)
+        ctx.mode = mode
+        ctx.weights_present = tuple(t is not None for t in weights)
+        saved = (x, lengths, *weights)
+        ctx.saved_present = tuple(t is not None for t in saved)
+        ctx.save_for_backward(*(t for t in saved if t is not None), *outputs[3:6], *outputs[9:12])
+        ctx.set_materialize_grads(False)
+        results = (*outputs[0:3], *outputs[6:9])
+        if mode != "lstm":
+            ctx.mark_non_differentiable(results[2], results[5])
+        return results
+
+    @staticmethod
+    def backward(ctx, *grads):
+        tensors = list(ctx.saved_tensors)
+        activations = tensors[-6:]
+        given = iter(tensors[:-6])
+        x, lengths, *weights = [next(given) if present else None for present in ctx.saved_present]
+        lstm = ctx.mode == "lstm"
+        grads = [g if (i % 3 != 2 or lstm) else None for i, g in enumerate(grads)]  # no c_n gradient but lstm's
+        needs = ctx.needs_input_grad  # mode, lengths, x, then 6 per direction
+        if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable too
+            grad_x, per_direction = None, []
+            for d in (0, 1):
+                h0, c0, w_ih, w_hh, b_ih, b_hh = weights[6 * d:6 * d + 6]
+                wanted = (needs[2], *needs[3 + 6 * d:9 + 6 * d], False, False)
+                g = interop.differentiable_grads(ctx.mode, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, lengths), wanted,
+                                                 tuple(grads[3 * d:3 * d + 3]), d == 1)
+                grad_x = g[0] if grad_x is None else (grad_x if g[0] is None else grad_x + g[0])
+                per_direction += list(g[1:7])
+            return (None, None, grad_x, *per_direction)
+        has_bias = ctx.weights_present[4] or ctx.weights_present[5]
+        weight_grad = any(needs[5:9]) or any(needs[11:15])
+        result = _PAIR_BACKWARD(ctx.mode, *grads, x, weights[2], weights[3], weights[8], weights[9], lengths,
+                                *activations, has_bias, needs[2], weight_grad)
+        grad_x = result[0] + result[7] if needs[2] else None
+        per_direction = []
+        for d in (0, 1):
+            for k in range(6):  # h0, c0, w_ih, w_hh, b_ih, b_hh
+                present = ctx.weights_present[6 * d + k] and (k != 1 or lstm)
+                per_direction.append(result[7 * d + 1 + k] if needs[3 + 6 * d + k] and present else None)
+        return (None, None, grad_x, *per_direction)
+
+
+def bidirectional(mode, x, forward, reverse, lengths):
     """Both directions of a bidirectional CPU layer at once, each on a thread
-    of its own (op rnn_bidirectional_inference), as [(out, h_n, c_n), (out,
-    h_n, c_n)]; or None where that does not apply: anything but an eager CPU
-    inference call (nothing requires grad, or grad mode is off) of two or
-    more threads, with a projection, under autocast, functorch or forward AD,
-    or too small. forward, reverse: (h0, c0, w_ih, w_hh, b_ih, b_hh)."""
+    of its own (ops rnn_bidirectional_forward / _backward), as [(out, h_n,
+    c_n), (out, h_n, c_n)]; or None where that does not apply: anything but an
+    eager CPU call with two or more threads, with a projection, under
+    autocast, functorch or forward AD, or a size where it does not pay.
+    forward, reverse: (h0, c0, w_ih, w_hh, b_ih, b_hh)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():  # first: traced code must not read the thread count
         return None
     tensors = (x, *forward, *reverse)
     if not x.is_cpu or torch.get_num_threads() < 2:
         return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return None
     if interop.any_autocast() or interop.needs_reference(tensors) or interop.expanded_weights_in(tensors):
         return None
     T, B = x.shape[0], x.shape[1]
     w_ih, w_hh = forward[2], forward[3]
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     step_macs = B * w_hh.shape[0] * w_hh.shape[1]
-    if T * B * w_ih.shape[0] * (w_ih.shape[1] + w_hh.shape[1]) < _MIN_MACS_FOR_TWO_THREADS \
-            or step_macs > _MAX_STEP_MACS_FOR_TWO_THREADS:
+    if T * B * w_ih.shape[0] * (w_ih.shape[1] + w_hh.shape[1]) < _MIN_MACS_FOR_TWO_THREADS or step_macs > (
+            _MAX_STEP_MACS_FOR_TWO_THREADS_TRAINING if training else _MAX_STEP_MACS_FOR_TWO_THREADS):
         return None
-    with _below_autograd():
-        out, h_n, c_n, out_r, h_n_r, c_n_r = torch.ops.rnnkernels.rnn_bidirectional_inference(
-            mode, x, *forward, *reverse, lengths)
     lstm = mode == "lstm"
+    if training:
+        out, h_n, c_n, out_r, h_n_r, c_n_r = _BidirectionalFunction.apply(mode, lengths, x, *forward, *reverse)
+    else:
+        with _below_autograd():
+            out, h_n, c_n, _, _, _, out_r, h_n_r, c_n_r, _, _, _ = _PAIR_FORWARD(mode, x, *forward, *reverse, lengths,
+                                                                                 False)
     return [(out, h_n, c_n if lstm else None), (out_r, h_n_r, c_n_r if lstm else None)]
