@@ -351,7 +351,7 @@ struct LayerForward {
 };
 
 // The checks of a forward's arguments but lengths and options (forward_impl,
-// and rnn_bidirectional_inference for both directions before either runs).
+// and rnn_bidirectional_forward for both directions before either runs).
 LayerShape check_forward(c10::string_view mode_name, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
                          const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
                          const at::Tensor& b_hh, const at::Tensor& w_hr) {
