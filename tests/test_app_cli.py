@@ -25,7 +25,11 @@ DATES = ["train", "seq2seq", "--data", "builtin:dates", "--train-size", "200", "
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    # The CPU GEMM engine is chosen per process by timing both (csrc/cpu/gemm.h); on a loaded
+    # machine two processes can choose differently (seen in CI: a 1e-7 change of the evaluated
+    # loss), so the runs these tests compare bit for bit pin it.
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                RNNKERNELS_CPU_GEMM=os.environ.get("RNNKERNELS_CPU_GEMM", "blas"))
 
 
 def rk(*argv, cwd=ROOT, timeout=300, **kwargs) -> subprocess.CompletedProcess:
