@@ -19,7 +19,8 @@ from cpu_features import cpu_flags
 
 pytestmark = pytest.mark.skipif(_ext.load_error() is not None, reason="needs the compiled extension")
 
-ENGINES = ["blas"] + (["onednn"] if _ext.built_with("onednn") else [])
+PANELS_RUN = {"avx2", "fma"} <= cpu_flags()
+ENGINES = ["blas"] + (["onednn"] if _ext.built_with("onednn") else []) + (["panels"] if PANELS_RUN else [])
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,7 +37,8 @@ def test_engine_choice_is_reported():
     info = torch.ops.rnnkernels.cpu_gemm_engine()
     assert info.startswith("float32: ")
     if _ext.built_with("onednn") and not os.environ.get("RNNKERNELS_CPU_GEMM"):
-        assert "measured on float32 steps: onednn" in info and "oneDNN 3." in info
+        assert "measured on float32 steps, GFLOP/s: onednn" in info and "oneDNN 3." in info
+        assert (" panels " in info) == PANELS_RUN
     if not _ext.built_with("onednn"):
         assert "no oneDNN" in info
     with gemm_engine("blas"):
@@ -44,8 +46,11 @@ def test_engine_choice_is_reported():
 
 
 def test_bad_engine_names_are_refused():
-    with pytest.raises(RuntimeError, match="must be 'auto', 'onednn' or 'blas', got 'mkl'"):
+    with pytest.raises(RuntimeError, match="must be 'auto', 'onednn', 'blas' or 'panels', got 'mkl'"):
         torch.ops.rnnkernels.set_cpu_gemm_engine("mkl")
+    if not PANELS_RUN:
+        with pytest.raises(RuntimeError, match="'panels' needs an x86-64 CPU with AVX2 and FMA"):
+            torch.ops.rnnkernels.set_cpu_gemm_engine("panels")
     if not _ext.built_with("onednn"):
         with pytest.raises(RuntimeError, match="'onednn' is not in this build"):
             torch.ops.rnnkernels.set_cpu_gemm_engine("onednn")
@@ -62,6 +67,9 @@ ENGINE_CASES = [
             + [7] * 5),
     RNNCase(mode="lstm", steps=5, batch=18, input_size=20, hidden_size=64, proj_size=48),
     RNNCase(mode="lstm", steps=2, batch=3, input_size=5, hidden_size=7),
+    # Gate widths that end in a partial panel of 16 columns (panels: 4H = 360, 3H = 225), 3 and 5 rows past 6s.
+    RNNCase(mode="lstm", steps=5, batch=9, input_size=12, hidden_size=90, with_h0=True),
+    RNNCase(mode="gru", steps=4, batch=17, input_size=10, hidden_size=75, lengths=[4, 3, 1] * 5 + [2, 2]),
     RNNCase(mode="gru", steps=3, batch=40, input_size=16, hidden_size=64, lengths=[3, 1] * 20),
     # A cell's single step: rows_times_weight (up to 32 rows; lengths shrink the step's rows), then BLAS.
     RNNCase(mode="lstm", steps=1, batch=13, input_size=37, hidden_size=20, lengths=[1] * 13),

@@ -15,6 +15,7 @@
 
 #include "cpu/blas.h"
 #include "cpu/onednn.h"
+#include "cpu/panel_gemm.h"
 #include "cpu/rows_times_weight.h"
 
 namespace rnnkernels {
@@ -31,8 +32,12 @@ constexpr int64_t kMinUsesToPrepare = 4;
 
 struct Choice {
   bool made = false;
-  GemmEngine float32 = GemmEngine::Blas;  // the engine of float32 products
-  bool pinned_blas = false;               // "blas" asked for: no oneDNN at all
+  GemmEngine float32 = GemmEngine::Blas;  // the engine of float32 step products
+  // The engine of float32 products over all steps (matmul below): float32's,
+  // or under Panels, which only multiplies prepared step weights, the faster
+  // of the other two.
+  GemmEngine float32_matmul = GemmEngine::Blas;
+  bool pinned_blas = false;  // "blas" asked for: no oneDNN at all
   std::string how;
 };
 
@@ -48,15 +53,17 @@ bool built_onednn() {
 }
 
 // Whether products of this dtype run on oneDNN under the current choice:
-// float32 as measured, bfloat16 whenever it is built (BLAS has no bfloat16
-// GEMM here; ATen's would repack the weight every step).
-bool onednn_runs(at::ScalarType dtype, const Choice& c) {
+// float32 as measured (`engine`: the step or the all-steps one), bfloat16
+// whenever it is built (BLAS has no bfloat16 GEMM here; ATen's would repack
+// the weight every step).
+bool onednn_runs(at::ScalarType dtype, const Choice& c, GemmEngine engine) {
 #ifdef RNNKERNELS_WITH_ONEDNN
   if (!onednn::takes(dtype) || c.pinned_blas) return false;
-  return dtype == at::kBFloat16 || c.float32 == GemmEngine::OneDnn;
+  return dtype == at::kBFloat16 || engine == GemmEngine::OneDnn;
 #else
   (void)dtype;
   (void)c;
+  (void)engine;
   return false;
 #endif
 }
@@ -67,6 +74,7 @@ const Choice& current_choice();
 
 struct StepWeight::Prepared {
   std::unique_ptr<blas::PackedMatrix> packed;
+  std::unique_ptr<cpu::PanelMatrix> panels;
 #ifdef RNNKERNELS_WITH_ONEDNN
   std::unique_ptr<onednn::RepeatedMatmul> onednn;
 #endif
@@ -79,8 +87,14 @@ std::unique_ptr<StepWeight::Prepared> prepare(const at::Tensor& stored, bool tra
                                               bool accumulate, const Choice& c) {
   if (!stored.is_cpu() || !stored.is_contiguous() || max_m <= 0 || stored.numel() == 0) return nullptr;
   auto prepared = std::make_unique<StepWeight::Prepared>();
+  if (stored.scalar_type() == at::kFloat && c.float32 == GemmEngine::Panels && cpu::panel_gemm_runs()) {
+    const int64_t k = transpose ? stored.size(1) : stored.size(0), n = transpose ? stored.size(0) : stored.size(1);
+    prepared->panels =
+        std::make_unique<cpu::PanelMatrix>(stored.data_ptr<float>(), stored.size(1), transpose, k, n);
+    return prepared;
+  }
 #ifdef RNNKERNELS_WITH_ONEDNN
-  if (onednn_runs(stored.scalar_type(), c)) {
+  if (onednn_runs(stored.scalar_type(), c, c.float32)) {
     try {
       prepared->onednn = std::make_unique<onednn::RepeatedMatmul>(stored, transpose, max_m, accumulate);
       return prepared;
@@ -127,6 +141,7 @@ void multiply_prepared(const StepWeight::Prepared& w, const at::Tensor& out, con
 #endif
   const int64_t lda = leading_dim(a), ldc = leading_dim(out);
   TORCH_INTERNAL_ASSERT(lda > 0 && ldc > 0, "rnnkernels: step GEMM operands must be row-major");
+  if (w.panels) return w.panels->multiply(a.size(0), a.data_ptr<float>(), lda, out.data_ptr<float>(), ldc, accumulate);
   w.packed->multiply(a.size(0), a.data_ptr<float>(), lda, accumulate ? 1.0f : 0.0f, out.data_ptr<float>(), ldc);
 }
 
@@ -141,8 +156,15 @@ double seconds_now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+const char* engine_name(GemmEngine e) {
+  return e == GemmEngine::OneDnn ? "onednn" : e == GemmEngine::Panels ? "panels" : "blas";
+}
+
+bool panels_run() { return cpu::panel_gemm_runs(); }
+
 struct Measured {
-  double onednn_gflops = 0, blas_gflops = 0;
+  // GFLOP/s of each engine (geometric mean over the shapes); 0: not in this build or CPU
+  double gflops[3] = {0, 0, 0};  // indexed by GemmEngine
 };
 
 Measured measure_float32() {
@@ -153,14 +175,18 @@ Measured measure_float32() {
   // the small ones carry each engine's per-call cost, which decides on the
   // Xeon (family 6 model 167: oneDNN's matmul ties MKL's packed GEMM at B =
   // 16 and 64 but lost 20% of the whole forward at B = 1, H = 128 and 12% at
-  // B = 20, H = 200), while on the EPYC oneDNN was 3.5-5x faster at every size.
+  // B = 20, H = 200), while on the EPYC (Zen 5) oneDNN was 3.5-5x faster at
+  // every size, and on the EPYC Zen 2 the panels 1.1-2.7x faster than oneDNN.
   const Shape shapes[] = {{1, 128, 512, 64}, {20, 200, 800, 16}, {64, 512, 2048, 2}};
   constexpr int kShapes = sizeof(shapes) / sizeof(shapes[0]);
-  Choice as_onednn, as_blas;
-  as_onednn.float32 = GemmEngine::OneDnn;
-  as_blas.float32 = GemmEngine::Blas;
-  Measured result;
-  double log_onednn = 0, log_blas = 0;
+  const GemmEngine engines[] = {GemmEngine::OneDnn, GemmEngine::Blas, GemmEngine::Panels};
+  Choice as[3];
+  bool available[3];
+  for (int e = 0; e < 3; ++e) {
+    as[e].float32 = engines[e];
+    available[e] = engines[e] == GemmEngine::Blas || (engines[e] == GemmEngine::OneDnn ? built_onednn() : panels_run());
+  }
+  double log_gflops[3] = {0, 0, 0};
   at::AutoDispatchBelowAutograd no_autograd;
   // A generator of its own: drawing from torch's default one would change
   // the caller's random stream (zoneout masks drawn after the first call).
@@ -169,33 +195,36 @@ Measured measure_float32() {
     const auto opts = at::TensorOptions().dtype(at::kFloat);
     const at::Tensor a = at::rand({s.m, s.k}, generator, opts), w = at::rand({s.n, s.k}, generator, opts);
     const at::Tensor out = at::empty({s.m, s.n}, opts);
-    const auto w_onednn = prepare(w, /*transpose=*/true, s.m, false, as_onednn);
-    const auto w_blas = prepare(w, /*transpose=*/true, s.m, false, as_blas);
     const at::Tensor w_plain = w.t().contiguous();
-    auto run = [&](const std::unique_ptr<StepWeight::Prepared>& p) {
+    std::unique_ptr<StepWeight::Prepared> prepared[3];
+    for (int e = 0; e < 3; ++e) {
+      if (available[e]) prepared[e] = prepare(w, /*transpose=*/true, s.m, false, as[e]);
+    }
+    auto run = [&](int e) {
       for (int64_t i = 0; i < s.repeats; ++i) {
-        if (p) multiply_prepared(*p, out, a, false);
+        if (prepared[e]) multiply_prepared(*prepared[e], out, a, false);
         else at::mm_out(const_cast<at::Tensor&>(out), a, w_plain);
       }
     };
-    double best_onednn = 1e30, best_blas = 1e30;
-    run(w_onednn);  // first calls: JIT and page faults
-    run(w_blas);
-    for (int round = 0; round < 4; ++round) {
-      double t0 = seconds_now();
-      run(w_onednn);
-      double t1 = seconds_now();
-      run(w_blas);
-      double t2 = seconds_now();
-      best_onednn = std::min(best_onednn, t1 - t0);
-      best_blas = std::min(best_blas, t2 - t1);
+    double best[3] = {1e30, 1e30, 1e30};
+    for (int e = 0; e < 3; ++e) {
+      if (available[e]) run(e);  // first calls: JIT and page faults
+    }
+    for (int round = 0; round < 4; ++round) {  // interleaved, so a slow spell of the machine hits all
+      for (int e = 0; e < 3; ++e) {
+        if (!available[e]) continue;
+        const double t0 = seconds_now();
+        run(e);
+        best[e] = std::min(best[e], seconds_now() - t0);
+      }
     }
     const double flop = 2.0 * s.m * s.k * s.n * s.repeats;
-    log_onednn += std::log(flop / best_onednn / 1e9);
-    log_blas += std::log(flop / best_blas / 1e9);
+    for (int e = 0; e < 3; ++e) log_gflops[e] += std::log(flop / best[e] / 1e9);
   }
-  result.onednn_gflops = std::exp(log_onednn / kShapes);
-  result.blas_gflops = std::exp(log_blas / kShapes);
+  Measured result;
+  for (int e = 0; e < 3; ++e) {
+    if (available[e]) result.gflops[int(engines[e])] = std::exp(log_gflops[e] / kShapes);
+  }
   return result;
 }
 
@@ -214,25 +243,39 @@ Choice make_choice(const std::string& requested) {
     c.pinned_blas = true;
     c.how = "blas (pinned)";
   } else if (requested == "onednn") {
-    c.float32 = GemmEngine::OneDnn;
+    c.float32 = c.float32_matmul = GemmEngine::OneDnn;
     c.how = "onednn (pinned)";
-  } else if (!built_onednn()) {
-    c.how = "blas (this build has no oneDNN)";
+  } else if (requested == "panels") {
+    c.float32 = GemmEngine::Panels;
+    c.float32_matmul = built_onednn() ? GemmEngine::OneDnn : GemmEngine::Blas;
+    c.how = std::string("panels (pinned; products over all steps: ") + engine_name(c.float32_matmul) + ")";
   } else {
     const Measured m = measure_float32();
-    c.float32 = m.onednn_gflops >= m.blas_gflops ? GemmEngine::OneDnn : GemmEngine::Blas;
-    c.how = std::string(c.float32 == GemmEngine::OneDnn ? "onednn" : "blas") + " (measured on float32 steps: onednn " +
-            fixed(m.onednn_gflops) + " GFLOP/s, blas " + fixed(m.blas_gflops) + " GFLOP/s)";
+    const double* g = m.gflops;
+    const auto onednn = int(GemmEngine::OneDnn), blas = int(GemmEngine::Blas), panels = int(GemmEngine::Panels);
+    c.float32_matmul = g[onednn] >= g[blas] ? GemmEngine::OneDnn : GemmEngine::Blas;
+    c.float32 = g[panels] > g[int(c.float32_matmul)] ? GemmEngine::Panels : c.float32_matmul;
+    std::string measured;
+    for (const int e : {onednn, blas, panels}) {
+      if (g[e] > 0) measured += std::string(measured.empty() ? "" : ", ") + engine_name(GemmEngine(e)) + " " + fixed(g[e]);
+    }
+    c.how = std::string(engine_name(c.float32)) + " (measured on float32 steps, GFLOP/s: " + measured + ")";
+    if (!built_onednn()) c.how += " (this build has no oneDNN)";
+    if (c.float32 == GemmEngine::Panels) {
+      c.how += std::string("; float32 products over all steps: ") + engine_name(c.float32_matmul);
+    }
   }
   return c;
 }
 
 void check_engine_name(const std::string& name) {
-  TORCH_CHECK(name == "auto" || name == "onednn" || name == "blas",
-              "rnnkernels: the CPU GEMM engine must be 'auto', 'onednn' or 'blas', got '", name, "'");
+  TORCH_CHECK(name == "auto" || name == "onednn" || name == "blas" || name == "panels",
+              "rnnkernels: the CPU GEMM engine must be 'auto', 'onednn', 'blas' or 'panels', got '", name, "'");
   TORCH_CHECK(name != "onednn" || built_onednn(),
               "rnnkernels: the CPU GEMM engine 'onednn' is not in this build (setup.py found no oneDNN; "
               "pip install onednn-cpu-gomp onednn-devel-cpu-gomp, then rebuild)");
+  TORCH_CHECK(name != "panels" || panels_run(),
+              "rnnkernels: the CPU GEMM engine 'panels' needs an x86-64 CPU with AVX2 and FMA");
 }
 
 const Choice& current_choice() {
@@ -253,7 +296,7 @@ GemmEngine gemm_engine() { return current_choice().float32; }
 std::string gemm_engine_info() {
   const Choice& c = current_choice();
   std::string info = "float32: " + c.how + "; bfloat16: " +
-                     (onednn_runs(at::kBFloat16, c) ? "onednn" : "aten") + "; float64: blas";
+                     (onednn_runs(at::kBFloat16, c, c.float32) ? "onednn" : "aten") + "; float64: blas";
 #ifdef RNNKERNELS_WITH_ONEDNN
   info += "; " + onednn::version();
 #endif
@@ -332,7 +375,7 @@ void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, boo
   }
   if (few_rows_times_transposed(out, a, b, accumulate)) return;
 #ifdef RNNKERNELS_WITH_ONEDNN
-  if (out.is_cpu() && onednn_runs(out.scalar_type(), current_choice()) && onednn::matmul(out, a, b, accumulate))
+  if (out.is_cpu() && onednn_runs(out.scalar_type(), current_choice(), current_choice().float32_matmul) && onednn::matmul(out, a, b, accumulate))
     return;
 #endif
   if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);

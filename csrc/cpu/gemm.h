@@ -26,7 +26,7 @@
 namespace rnnkernels {
 namespace gemm {
 
-enum class GemmEngine { OneDnn, Blas };
+enum class GemmEngine { OneDnn = 0, Blas = 1, Panels = 2 };
 
 // The engine in use (measured at the first call unless pinned).
 GemmEngine gemm_engine();
