@@ -235,3 +235,33 @@ def test_the_build_without_onednn_compiles():
     for source in ("csrc/cpu/gemm.cpp", "csrc/cpu/onednn.cpp", "csrc/cpu/rows_times_weight.cpp"):
         result = subprocess.run(["g++", *flags, os.path.join(REPO, source)], capture_output=True, text=True)
         assert result.returncode == 0, f"{source}:\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rk.LSTM(6, 8, num_layers=2, bidirectional=True, backend="cpu"),
+    lambda: rk.GRU(6, 8, backend="cpu"),
+    lambda: rk.LayerNormLSTM(6, 8, backend="cpu"),
+], ids=["lstm-2bi", "gru", "layernorm-lstm"])
+def test_bfloat16_without_avx512_computes_in_float32(make, monkeypatch, seed):
+    """Where oneDNN has no native bfloat16 kernels (CPUs without AVX-512) a
+    bfloat16 layer runs the float32 kernels: the float32 result rounded,
+    gradients in bfloat16. Forced here, so it runs on every CPU."""
+    from rnnkernels import functional
+    monkeypatch.setattr(functional, "_CPU_BFLOAT16_NATIVE", False)
+    ours = make().bfloat16()
+    ours.train()  # torch.nn's default mode; nothing random in these layers
+    twin = make().float()
+    twin.load_state_dict({k: v.float() for k, v in ours.state_dict().items()})
+    x = torch.randn(5, 3, 6).bfloat16().requires_grad_()
+    x32 = x.detach().float().requires_grad_()
+    lengths = torch.tensor([5, 2, 4])
+    out, _ = ours(x, lengths=lengths)
+    expected, _ = twin(x32, lengths=lengths)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.bfloat16())
+    grad = torch.randn_like(expected)
+    out.backward(grad.bfloat16())
+    expected.backward(grad.bfloat16().float())
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, x32.grad.bfloat16())
+    for (name, p), q in zip(ours.named_parameters(), twin.parameters()):
+        assert p.grad.dtype == torch.bfloat16 and torch.equal(p.grad, q.grad.bfloat16()), name
