@@ -1,7 +1,7 @@
 """torch.nn vs rnnkernels' cpu backend, side by side in one run (llm.c style).
 
     python benchmarks/cpu_rnn_kernels.py [--quick] [--cells lstm,gru,rnn_tanh] [--dtype bfloat16]
-        [--engine auto|onednn|blas] [--out FILE.md]
+        [--engine auto|onednn|blas|panels] [--out FILE.md]
 
 For each (T, B, input, hidden) of issue 3, each cell, 1 layer and 2 layers
 bidirectional: forward (no grad) and forward+backward times of torch.nn and
@@ -143,7 +143,7 @@ def main(argv=None):
     parser.add_argument("--out", default="", help="also write the markdown table here")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--engine", default="auto", choices=["auto", "onednn", "blas"],
+    parser.add_argument("--engine", default="auto", choices=["auto", "onednn", "blas", "panels"],
                         help="the cpu backend's GEMM engine (default: chosen by measurement; csrc/cpu/gemm.h)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process' CPU time instead of wall time: steadier on a shared "

@@ -17,7 +17,7 @@ TORCH_LIBRARY(rnnkernels, m) {
   // from "not supported on this device".
   m.def("build_info() -> str");
   // The CPU GEMM engine (csrc/cpu/gemm.h): what runs and how it was chosen;
-  // set_cpu_gemm_engine("auto" | "onednn" | "blas") switches it for the process.
+  // set_cpu_gemm_engine("auto" | "onednn" | "blas" | "panels") switches it for the process.
   m.def("cpu_gemm_engine() -> str");
   m.def("set_cpu_gemm_engine(str name) -> ()");
   // a (m, k) w (n, k)^T by csrc/cpu/rows_times_weight.h, the kernel of a
@@ -49,7 +49,7 @@ static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w
   TORCH_CHECK(rnnkernels::cpu::rows_times_weight(a.size(0), w.size(0), a.size(1), a_rows.data_ptr<float>(),
                                                  a.size(1), w_rows.data_ptr<float>(), w.size(1),
                                                  out.data_ptr<float>(), w.size(0)),
-              "rnnkernels.cpu_rows_times_weight: does not run here (needs AVX-512, k >= 1 and 1 <= m <= 32, "
+              "rnnkernels.cpu_rows_times_weight: does not run here (needs AVX-512 or AVX2 + FMA, k >= 1 and 1 <= m <= 32, "
               "or m <= 64 with k >= 512), got m = ", a.size(0), ", k = ", a.size(1));
   return out;
 }

@@ -162,13 +162,13 @@ def test_padding_never_reaches_an_output_or_gradient(engine, mode, poison):
     assert torch.allclose(torch.nan_to_num(x_ours.grad), torch.nan_to_num(x_ref.grad), rtol=1e-10, atol=1e-12)
 
 
-HAS_AVX512F = "avx512f" in cpu_flags()
+ROWS_TIMES_WEIGHT_RUNS = "avx512f" in cpu_flags() or PANELS_RUN  # AVX-512, else AVX2 + FMA
 
 
 def rows_times_weight(a, w):
-    """The kernel's product, or None on a CPU without AVX-512, after checking
-    that it refuses there (the step then runs on BLAS) rather than answering."""
-    if HAS_AVX512F:
+    """The kernel's product, or None on a CPU without AVX-512 or AVX2 + FMA, after
+    checking that it refuses there (the step then runs on BLAS) rather than answering."""
+    if ROWS_TIMES_WEIGHT_RUNS:
         return torch.ops.rnnkernels.cpu_rows_times_weight(a, w)
     with pytest.raises(RuntimeError, match="does not run here"):
         torch.ops.rnnkernels.cpu_rows_times_weight(a, w)
@@ -183,7 +183,7 @@ def test_rows_times_weight_matches_float64(m, seed):
     for k in (1, 15, 16, 17, 300, 512):
         if m > 32 and k < 512:
             continue
-        for n in (1, 5, 16, 40, 1024):
+        for n in (1, 5, 8, 16, 40, 1024):
             a, w = torch.randn(m, k), torch.randn(n, k)
             got = rows_times_weight(a, w)
             if got is None:
@@ -204,7 +204,7 @@ def test_rows_times_weight_is_thread_count_independent(seed):
         two, again = rows_times_weight(a, w), rows_times_weight(a, w)
     finally:
         torch.set_num_threads(previous)
-    if HAS_AVX512F:
+    if ROWS_TIMES_WEIGHT_RUNS:
         assert torch.equal(one, two) and torch.equal(two, again)
 
 

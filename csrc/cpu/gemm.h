@@ -1,5 +1,5 @@
 // The GEMMs of the recurrent loop (csrc/rnn_layer.cpp) on the CPU, on one of
-// two engines:
+// three engines:
 //
 //   onednn  oneDNN's matmul primitive (csrc/cpu/onednn.cpp). It picks its
 //           kernels by instruction set (AVX-512, AMX for bfloat16), not by
@@ -7,13 +7,18 @@
 //           faster than MKL, whose kernel there is 256-bit (DESIGN.md).
 //   blas    the BLAS inside libtorch_cpu (MKL: sgemm, the packed sgemm for
 //           the repeated step products; csrc/cpu/blas.h), else ATen.
+//   panels  float32 step weights packed once per call into 16-column panels
+//           and multiplied by AVX2 + FMA register tiles (cpu/panel_gemm.h),
+//           for CPUs without AVX-512, where oneDNN 3.2 re-packs the weight
+//           every step; the products over all steps go to the faster of the
+//           other two.
 //
-// Which one runs is chosen once per process by measuring both on step-shaped
+// Which one runs is chosen once per process by measuring all on step-shaped
 // products (gemm.cpp), never from the vendor string; RNNKERNELS_CPU_GEMM=
-// onednn|blas pins it, and a build without oneDNN has only blas.
+// onednn|blas|panels pins it, and a build without oneDNN has no onednn.
 // Non-CPU tensors (the same loop runs on CUDA) and dtypes an engine does not
 // take (float64 on oneDNN) go to BLAS or ATen: every call is answered.
-// Under either engine, a float32 product of a few rows with a weight as the
+// Under any engine, a float32 product of a few rows with a weight as the
 // layer stores it and used once (a cell's step, a layer of T < 4) runs on
 // cpu/rows_times_weight.h, which needs no per-call copy of the weight.
 #pragma once
@@ -30,10 +35,11 @@ enum class GemmEngine { OneDnn = 0, Blas = 1, Panels = 2 };
 
 // The engine in use (measured at the first call unless pinned).
 GemmEngine gemm_engine();
-// "onednn" or "blas", and how it was chosen, e.g.
-// "onednn (measured: onednn 402 GFLOP/s, blas 131 GFLOP/s)".
+// The engine and how it was chosen, e.g. "panels (measured on float32
+// steps, GFLOP/s: onednn 50, blas 45, panels 77); float32 products over all
+// steps: onednn; ...".
 std::string gemm_engine_info();
-// "auto" (measure again), "onednn" or "blas"; an unavailable one is an error.
+// "auto" (measure again), "onednn", "blas" or "panels"; an unavailable one is an error.
 void set_gemm_engine(const std::string& name);
 // Whether this build links oneDNN.
 bool onednn_built();

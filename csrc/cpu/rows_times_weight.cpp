@@ -6,7 +6,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define RNNKERNELS_ROWS_TIMES_WEIGHT_AVX512 1
+#define RNNKERNELS_ROWS_TIMES_WEIGHT_X86 1
 // GCC 12's shuffle intrinsics pass an undefined register as their unused
 // mask source, which -Wmaybe-uninitialized reports at every use.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -15,7 +15,7 @@
 namespace rnnkernels {
 namespace cpu {
 
-#ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_AVX512
+#ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
 namespace {
 
 constexpr int64_t kLanes = 16;        // floats in a 512-bit register
@@ -115,13 +115,114 @@ __attribute__((target("avx512f"))) void column_range(int64_t n0, int64_t n1, int
   }
 }
 
+// ---- the same on AVX2 + FMA (8 lanes; AMD Zen 2 and other CPUs without AVX-512)
+namespace avx2 {
+
+constexpr int64_t kLanes = 8;
+constexpr int64_t kBlockColumns = 8;
+
+#define RK_AVX2 __attribute__((target("avx2,fma"), always_inline)) inline
+
+// sums[8] -> one register whose lane L holds the sum of the lanes of sums[L].
+RK_AVX2 __m256 sum_lanes_of_8(const __m256* sums) {
+  const __m256 pairs01 = _mm256_hadd_ps(sums[0], sums[1]), pairs23 = _mm256_hadd_ps(sums[2], sums[3]);
+  const __m256 pairs45 = _mm256_hadd_ps(sums[4], sums[5]), pairs67 = _mm256_hadd_ps(sums[6], sums[7]);
+  // quads0123's lane j (j < 4) holds the sum of sums[j]'s low four lanes, lane 4 + j of its high four;
+  // quads4567 the same for sums[4 + j]. Lining up the halves and adding them completes each sum.
+  const __m256 quads0123 = _mm256_hadd_ps(pairs01, pairs23), quads4567 = _mm256_hadd_ps(pairs45, pairs67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(quads0123, quads4567, 0x20),
+                       _mm256_permute2f128_ps(quads0123, quads4567, 0x31));
+}
+
+// Lanes [0, valid) on, for the k tail.
+RK_AVX2 __m256i first_lanes(int64_t valid) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(valid)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <int ROWS, int COLS, bool TAIL>
+RK_AVX2 void accumulate_lanes(__m256* sums, int64_t p, __m256i valid, const float* a, int64_t lda, const float* w,
+                              int64_t ldw) {
+  __m256 w_part[COLS];
+  for (int j = 0; j < COLS; ++j) {
+    w_part[j] = TAIL ? _mm256_maskload_ps(w + j * ldw + p, valid) : _mm256_loadu_ps(w + j * ldw + p);
+  }
+  for (int i = 0; i < ROWS; ++i) {
+    const __m256 a_part = TAIL ? _mm256_maskload_ps(a + i * lda + p, valid) : _mm256_loadu_ps(a + i * lda + p);
+    for (int j = 0; j < COLS; ++j) sums[i * COLS + j] = _mm256_fmadd_ps(a_part, w_part[j], sums[i * COLS + j]);
+  }
+}
+
+// c[i][j] = a_i . w_j (or +=) for ROWS x COLS = 8 dot products of length k.
+template <int ROWS, int COLS>
+RK_AVX2 void dot_tile(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c, int64_t ldc,
+                      bool accumulate) {
+  static_assert(ROWS * COLS == 8, "one register of sums per dot product, 8 of them");
+  __m256 sums[8];
+  for (auto& s : sums) s = _mm256_setzero_ps();
+  int64_t p = 0;
+  for (; p + kLanes <= k; p += kLanes) accumulate_lanes<ROWS, COLS, false>(sums, p, __m256i(), a, lda, w, ldw);
+  if (p < k) accumulate_lanes<ROWS, COLS, true>(sums, p, first_lanes(k - p), a, lda, w, ldw);
+  alignas(32) float dots[8];
+  _mm256_store_ps(dots, sum_lanes_of_8(sums));
+  for (int which = 0; which < 8; ++which) {
+    float& out = c[(which / COLS) * ldc + which % COLS];
+    out = accumulate ? out + dots[which] : dots[which];
+  }
+}
+
+RK_AVX2 float dot(int64_t k, const float* a, const float* w) {
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t p = 0; p < k; p += kLanes) {
+    const __m256i valid = first_lanes(k - p);
+    sum = _mm256_fmadd_ps(_mm256_maskload_ps(a + p, valid), _mm256_maskload_ps(w + p, valid), sum);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  float total = 0;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
+// As the AVX-512 column_range: blocks of 8 columns as 4 x 2 tiles, the last 1-3 rows against all 8.
+__attribute__((target("avx2,fma"))) void column_range(int64_t n0, int64_t n1, int64_t m, int64_t k, const float* a,
+                                                      int64_t lda, const float* w, int64_t ldw, float* c,
+                                                      int64_t ldc, bool accumulate) {
+  int64_t j = n0;
+  for (; j + kBlockColumns <= n1; j += kBlockColumns) {
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+      for (int64_t q = 0; q < kBlockColumns; q += 2) {
+        dot_tile<4, 2>(k, a + i * lda, lda, w + (j + q) * ldw, ldw, c + i * ldc + j + q, ldc, accumulate);
+      }
+    }
+    for (; i < m; ++i) dot_tile<1, 8>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, accumulate);
+  }
+  for (; j < n1; ++j) {
+    for (int64_t i = 0; i < m; ++i) {
+      const float d = dot(k, a + i * lda, w + j * ldw);
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + d : d;
+    }
+  }
+}
+
+}  // namespace avx2
+
+bool has_avx512() {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+}
+
+bool has_avx2() {
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return avx2;
+}
+
 }  // namespace
 #endif
 
 bool rows_times_weight_runs() {
-#ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_AVX512
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
+#ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
+  return has_avx512() || has_avx2();
 #else
   return false;
 #endif
@@ -129,14 +230,17 @@ bool rows_times_weight_runs() {
 
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
                        float* c, int64_t ldc, bool accumulate) {
-#ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_AVX512
+#ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
   if (!rows_times_weight_runs() || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
   // Threads take whole blocks of columns; the columns past the last full block go to the last.
-  const int64_t blocks = n / kBlockColumns;
-  const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / (m * k * kBlockColumns));
+  const bool wide = has_avx512();
+  const int64_t block = wide ? kBlockColumns : avx2::kBlockColumns;
+  const int64_t blocks = n / block;
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / (m * k * block));
   at::parallel_for(0, std::max<int64_t>(blocks, 1), grain, [&](int64_t b0, int64_t b1) {
-    const int64_t n1 = b1 >= blocks ? n : b1 * kBlockColumns;
-    column_range(b0 * kBlockColumns, n1, m, k, a, lda, w, ldw, c, ldc, accumulate);
+    const int64_t n1 = b1 >= blocks ? n : b1 * block;
+    if (wide) column_range(b0 * block, n1, m, k, a, lda, w, ldw, c, ldc, accumulate);
+    else avx2::column_range(b0 * block, n1, m, k, a, lda, w, ldw, c, ldc, accumulate);
   });
   return true;
 #else
