@@ -33,10 +33,15 @@ constexpr int64_t kMinUsesToPrepare = 4;
 struct Choice {
   bool made = false;
   GemmEngine float32 = GemmEngine::Blas;  // the engine of float32 step products
-  // The engine of float32 products over all steps (matmul below): float32's,
-  // or under Panels, which only multiplies prepared step weights, the faster
-  // of the other two.
+  // The engine (oneDNN or BLAS) of float32 products over all steps (matmul
+  // below), measured on an input projection: the step products' ranking did
+  // not carry over (AMD EPYC Zen 2: oneDNN and MKL tied on steps, while
+  // oneDNN ran the input projections 1.1-1.5x faster).
   GemmEngine float32_matmul = GemmEngine::Blas;
+  // The same for products whose left operand is a transposed view (the
+  // weight gradients, grad_gates^T x), measured on one: oneDNN 3.2 on AVX2
+  // ran them at 70-80 GFLOP/s against MKL's 110 at (1024, 2048, 256) (Zen 2).
+  GemmEngine float32_transposed_left = GemmEngine::Blas;
   bool pinned_blas = false;  // "blas" asked for: no oneDNN at all
   std::string how;
 };
@@ -228,6 +233,43 @@ Measured measure_float32() {
   return result;
 }
 
+// oneDNN against BLAS on one product over all steps: an input projection,
+// (T B, I) x (I, 4H) with the weight a transposed view, or a weight
+// gradient, (4H, T B) x (T B, H) with the left operand a transposed view.
+// About 20-30 ms each.
+Measured measure_all_steps(bool transposed_left) {
+  Measured result;
+  if (!built_onednn()) return result;
+  const int64_t m = 1024, k = transposed_left ? 1024 : 256, n = transposed_left ? 256 : 1024;
+  at::AutoDispatchBelowAutograd no_autograd;
+  at::Generator generator = at::detail::createCPUGenerator(/*seed_in=*/1);
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor a = transposed_left ? at::rand({k, m}, generator, opts).t() : at::rand({m, k}, generator, opts);
+  const at::Tensor b = transposed_left ? at::rand({k, n}, generator, opts) : at::rand({n, k}, generator, opts).t();
+  at::Tensor out = at::empty({m, n}, opts);
+  auto run = [&](bool use_onednn) {
+#ifdef RNNKERNELS_WITH_ONEDNN
+    if (use_onednn && onednn::matmul(out, a, b, false)) return;
+#endif
+    at::mm_out(out, a, b);
+  };
+  double best_onednn = 1e30, best_blas = 1e30;
+  run(true);
+  run(false);
+  for (int round = 0; round < 3; ++round) {
+    const double t0 = seconds_now();
+    run(true);
+    const double t1 = seconds_now();
+    run(false);
+    best_onednn = std::min(best_onednn, t1 - t0);
+    best_blas = std::min(best_blas, seconds_now() - t1);
+  }
+  const double flop = 2.0 * m * k * n;
+  result.gflops[int(GemmEngine::OneDnn)] = flop / best_onednn / 1e9;
+  result.gflops[int(GemmEngine::Blas)] = flop / best_blas / 1e9;
+  return result;
+}
+
 std::string fixed(double v) {
   std::ostringstream s;
   s.setf(std::ios::fixed);
@@ -243,26 +285,33 @@ Choice make_choice(const std::string& requested) {
     c.pinned_blas = true;
     c.how = "blas (pinned)";
   } else if (requested == "onednn") {
-    c.float32 = c.float32_matmul = GemmEngine::OneDnn;
+    c.float32 = c.float32_matmul = c.float32_transposed_left = GemmEngine::OneDnn;
     c.how = "onednn (pinned)";
   } else if (requested == "panels") {
     c.float32 = GemmEngine::Panels;
-    c.float32_matmul = built_onednn() ? GemmEngine::OneDnn : GemmEngine::Blas;
+    c.float32_matmul = c.float32_transposed_left = built_onednn() ? GemmEngine::OneDnn : GemmEngine::Blas;
     c.how = std::string("panels (pinned; products over all steps: ") + engine_name(c.float32_matmul) + ")";
   } else {
     const Measured m = measure_float32();
     const double* g = m.gflops;
     const auto onednn = int(GemmEngine::OneDnn), blas = int(GemmEngine::Blas), panels = int(GemmEngine::Panels);
-    c.float32_matmul = g[onednn] >= g[blas] ? GemmEngine::OneDnn : GemmEngine::Blas;
-    c.float32 = g[panels] > g[int(c.float32_matmul)] ? GemmEngine::Panels : c.float32_matmul;
+    const Measured p = measure_all_steps(false), t = measure_all_steps(true);
+    c.float32_matmul = !built_onednn() || p.gflops[onednn] < p.gflops[blas] ? GemmEngine::Blas : GemmEngine::OneDnn;
+    c.float32_transposed_left =
+        !built_onednn() || t.gflops[onednn] < t.gflops[blas] ? GemmEngine::Blas : GemmEngine::OneDnn;
+    const GemmEngine faster = g[onednn] >= g[blas] ? GemmEngine::OneDnn : GemmEngine::Blas;
+    c.float32 = g[panels] > g[int(faster)] ? GemmEngine::Panels : faster;
     std::string measured;
     for (const int e : {onednn, blas, panels}) {
       if (g[e] > 0) measured += std::string(measured.empty() ? "" : ", ") + engine_name(GemmEngine(e)) + " " + fixed(g[e]);
     }
     c.how = std::string(engine_name(c.float32)) + " (measured on float32 steps, GFLOP/s: " + measured + ")";
     if (!built_onednn()) c.how += " (this build has no oneDNN)";
-    if (c.float32 == GemmEngine::Panels) {
-      c.how += std::string("; float32 products over all steps: ") + engine_name(c.float32_matmul);
+    if (built_onednn()) {
+      c.how += std::string("; float32 products over all steps: ") + engine_name(c.float32_matmul) + " (onednn " +
+               fixed(p.gflops[onednn]) + ", blas " + fixed(p.gflops[blas]) +
+               "), with a transposed left operand (weight gradients): " + engine_name(c.float32_transposed_left) +
+               " (onednn " + fixed(t.gflops[onednn]) + ", blas " + fixed(t.gflops[blas]) + ")";
     }
   }
   return c;
@@ -379,7 +428,10 @@ void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, boo
   }
   if (few_rows_times_transposed(out, a, b, accumulate)) return;
 #ifdef RNNKERNELS_WITH_ONEDNN
-  if (out.is_cpu() && onednn_runs(out.scalar_type(), current_choice(), current_choice().float32_matmul) && onednn::matmul(out, a, b, accumulate))
+  const Choice& c = current_choice();
+  const bool transposed_left = a.size(0) > 1 && a.size(1) > 1 && a.stride(0) == 1;
+  if (out.is_cpu() && onednn_runs(out.scalar_type(), c, transposed_left ? c.float32_transposed_left : c.float32_matmul) &&
+      onednn::matmul(out, a, b, accumulate))
     return;
 #endif
   if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);
