@@ -236,7 +236,7 @@ Measured measure_float32() {
 // oneDNN against BLAS on one product over all steps: an input projection,
 // (T B, I) x (I, 4H) with the weight a transposed view, or a weight
 // gradient, (4H, T B) x (T B, H) with the left operand a transposed view.
-// About 20-30 ms each.
+// About 30-40 ms each (interleaved best of 5: this box varied 1.5x within seconds).
 Measured measure_all_steps(bool transposed_left) {
   Measured result;
   if (!built_onednn()) return result;
@@ -256,7 +256,7 @@ Measured measure_all_steps(bool transposed_left) {
   double best_onednn = 1e30, best_blas = 1e30;
   run(true);
   run(false);
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < 5; ++round) {
     const double t0 = seconds_now();
     run(true);
     const double t1 = seconds_now();
