@@ -7,10 +7,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <sstream>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 
 #include "cpu/blas.h"
@@ -34,14 +37,12 @@ struct Choice {
   bool made = false;
   GemmEngine float32 = GemmEngine::Blas;  // the engine of float32 step products
   // The engine (oneDNN or BLAS) of float32 products over all steps (matmul
-  // below), measured on an input projection: the step products' ranking did
-  // not carry over (AMD EPYC Zen 2: oneDNN and MKL tied on steps, while
-  // oneDNN ran the input projections 1.1-1.5x faster).
+  // below) when pinned; otherwise (`per_shape`) each shape's faster one,
+  // timed at its first call: on the AMD EPYC Zen 2 oneDNN 3.2 ran input
+  // projections 1.1-1.5x faster than MKL but weight gradients at (1024,
+  // 2048, 256) 0.7x as fast, and one global choice lost either way.
   GemmEngine float32_matmul = GemmEngine::Blas;
-  // The same for products whose left operand is a transposed view (the
-  // weight gradients, grad_gates^T x), measured on one: oneDNN 3.2 on AVX2
-  // ran them at 70-80 GFLOP/s against MKL's 110 at (1024, 2048, 256) (Zen 2).
-  GemmEngine float32_transposed_left = GemmEngine::Blas;
+  bool per_shape = false;
   bool pinned_blas = false;  // "blas" asked for: no oneDNN at all
   std::string how;
 };
@@ -233,43 +234,6 @@ Measured measure_float32() {
   return result;
 }
 
-// oneDNN against BLAS on one product over all steps: an input projection,
-// (T B, I) x (I, 4H) with the weight a transposed view, or a weight
-// gradient, (4H, T B) x (T B, H) with the left operand a transposed view.
-// About 30-40 ms each (interleaved best of 5: this box varied 1.5x within seconds).
-Measured measure_all_steps(bool transposed_left) {
-  Measured result;
-  if (!built_onednn()) return result;
-  const int64_t m = 1024, k = transposed_left ? 1024 : 256, n = transposed_left ? 256 : 1024;
-  at::AutoDispatchBelowAutograd no_autograd;
-  at::Generator generator = at::detail::createCPUGenerator(/*seed_in=*/1);
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  const at::Tensor a = transposed_left ? at::rand({k, m}, generator, opts).t() : at::rand({m, k}, generator, opts);
-  const at::Tensor b = transposed_left ? at::rand({k, n}, generator, opts) : at::rand({n, k}, generator, opts).t();
-  at::Tensor out = at::empty({m, n}, opts);
-  auto run = [&](bool use_onednn) {
-#ifdef RNNKERNELS_WITH_ONEDNN
-    if (use_onednn && onednn::matmul(out, a, b, false)) return;
-#endif
-    at::mm_out(out, a, b);
-  };
-  double best_onednn = 1e30, best_blas = 1e30;
-  run(true);
-  run(false);
-  for (int round = 0; round < 5; ++round) {
-    const double t0 = seconds_now();
-    run(true);
-    const double t1 = seconds_now();
-    run(false);
-    best_onednn = std::min(best_onednn, t1 - t0);
-    best_blas = std::min(best_blas, seconds_now() - t1);
-  }
-  const double flop = 2.0 * m * k * n;
-  result.gflops[int(GemmEngine::OneDnn)] = flop / best_onednn / 1e9;
-  result.gflops[int(GemmEngine::Blas)] = flop / best_blas / 1e9;
-  return result;
-}
-
 std::string fixed(double v) {
   std::ostringstream s;
   s.setf(std::ios::fixed);
@@ -285,20 +249,17 @@ Choice make_choice(const std::string& requested) {
     c.pinned_blas = true;
     c.how = "blas (pinned)";
   } else if (requested == "onednn") {
-    c.float32 = c.float32_matmul = c.float32_transposed_left = GemmEngine::OneDnn;
+    c.float32 = c.float32_matmul = GemmEngine::OneDnn;
     c.how = "onednn (pinned)";
   } else if (requested == "panels") {
     c.float32 = GemmEngine::Panels;
-    c.float32_matmul = c.float32_transposed_left = built_onednn() ? GemmEngine::OneDnn : GemmEngine::Blas;
+    c.float32_matmul = built_onednn() ? GemmEngine::OneDnn : GemmEngine::Blas;
     c.how = std::string("panels (pinned; products over all steps: ") + engine_name(c.float32_matmul) + ")";
   } else {
     const Measured m = measure_float32();
     const double* g = m.gflops;
     const auto onednn = int(GemmEngine::OneDnn), blas = int(GemmEngine::Blas), panels = int(GemmEngine::Panels);
-    const Measured p = measure_all_steps(false), t = measure_all_steps(true);
-    c.float32_matmul = !built_onednn() || p.gflops[onednn] < p.gflops[blas] ? GemmEngine::Blas : GemmEngine::OneDnn;
-    c.float32_transposed_left =
-        !built_onednn() || t.gflops[onednn] < t.gflops[blas] ? GemmEngine::Blas : GemmEngine::OneDnn;
+    c.per_shape = built_onednn();
     const GemmEngine faster = g[onednn] >= g[blas] ? GemmEngine::OneDnn : GemmEngine::Blas;
     c.float32 = g[panels] > g[int(faster)] ? GemmEngine::Panels : faster;
     std::string measured;
@@ -307,12 +268,7 @@ Choice make_choice(const std::string& requested) {
     }
     c.how = std::string(engine_name(c.float32)) + " (measured on float32 steps, GFLOP/s: " + measured + ")";
     if (!built_onednn()) c.how += " (this build has no oneDNN)";
-    if (built_onednn()) {
-      c.how += std::string("; float32 products over all steps: ") + engine_name(c.float32_matmul) + " (onednn " +
-               fixed(p.gflops[onednn]) + ", blas " + fixed(p.gflops[blas]) +
-               "), with a transposed left operand (weight gradients): " + engine_name(c.float32_transposed_left) +
-               " (onednn " + fixed(t.gflops[onednn]) + ", blas " + fixed(t.gflops[blas]) + ")";
-    }
+    if (built_onednn()) c.how += "; float32 products over all steps: onednn or blas per shape, timed at its first call";
   }
   return c;
 }
@@ -419,6 +375,50 @@ void StepWeight::multiply(const at::Tensor& out, const at::Tensor& a) const {
   if (accumulate_) result.addmm_(a, b); else at::mm_out(result, a, b);
 }
 
+namespace {
+
+void blas_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  at::Tensor result = out;
+  if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);
+}
+
+#ifdef RNNKERNELS_WITH_ONEDNN
+// The faster of oneDNN and BLAS for this float32 product's shape, layouts and
+// thread count: both run twice on a scratch output at the shape's first call
+// (the first run of each pays oneDNN's JIT and page faults), the second timed;
+// later calls look it up. The caller then computes `out` on the winner, so
+// every call of a shape gives the same bits.
+GemmEngine engine_for_shape(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int>;
+  static std::mutex mutex;
+  static std::map<Key, GemmEngine> chosen;
+  auto transposed = [](const at::Tensor& t) { return t.size(0) > 1 && t.size(1) > 1 && t.stride(0) == 1; };
+  const Key key{a.size(0), a.size(1), b.size(1), transposed(a), transposed(b), accumulate,
+                at::in_parallel_region() ? 1 : at::get_num_threads()};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto found = chosen.find(key);
+    if (found != chosen.end()) return found->second;
+  }
+  const at::Tensor scratch = accumulate ? out.clone() : at::empty_like(out);
+  double seconds[2] = {1e30, 1e30};  // oneDNN, BLAS
+  for (int run = 0; run < 2; ++run) {
+    for (int e = 0; e < 2; ++e) {
+      if (accumulate) scratch.copy_(out);
+      const double t0 = seconds_now();
+      const bool ran = e == 0 ? onednn::matmul(scratch, a, b, accumulate) : (blas_matmul(scratch, a, b, accumulate), true);
+      if (!ran) seconds[e] = 2e30;  // no oneDNN primitive: BLAS
+      else if (run == 1) seconds[e] = seconds_now() - t0;
+    }
+  }
+  const GemmEngine engine = seconds[0] <= seconds[1] ? GemmEngine::OneDnn : GemmEngine::Blas;
+  std::lock_guard<std::mutex> lock(mutex);
+  return chosen.emplace(key, engine).first->second;
+}
+#endif
+
+}  // namespace
+
 void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
   if (out.numel() == 0) return;
   at::Tensor result = out;
@@ -429,12 +429,13 @@ void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, boo
   if (few_rows_times_transposed(out, a, b, accumulate)) return;
 #ifdef RNNKERNELS_WITH_ONEDNN
   const Choice& c = current_choice();
-  const bool transposed_left = a.size(0) > 1 && a.size(1) > 1 && a.stride(0) == 1;
-  if (out.is_cpu() && onednn_runs(out.scalar_type(), c, transposed_left ? c.float32_transposed_left : c.float32_matmul) &&
-      onednn::matmul(out, a, b, accumulate))
-    return;
+  if (out.is_cpu()) {
+    const GemmEngine engine = out.scalar_type() == at::kFloat && c.per_shape ? engine_for_shape(out, a, b, accumulate)
+                                                                             : c.float32_matmul;
+    if (onednn_runs(out.scalar_type(), c, engine) && onednn::matmul(out, a, b, accumulate)) return;
+  }
 #endif
-  if (accumulate) result.addmm_(a, b); else at::mm_out(result, a, b);
+  blas_matmul(out, a, b, accumulate);
 }
 
 SingleThreaded::SingleThreaded(bool active) : active_(active) {
