@@ -18,6 +18,33 @@ namespace cpu {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
 namespace {
 
+// Columns [n0, n1) of c on one vector width's `Tiles`: full blocks of
+// Tiles::kBlock columns as 4-row tiles of Tiles::kFourRowColumns columns (the
+// last 1-3 rows one at a time against the whole block), then single columns.
+// Each width's target function below inlines it and its Tiles (flatten): the
+// members carry that width's target, so they cannot be always_inline here.
+template <class Tiles>
+__attribute__((always_inline)) inline void column_range_on(int64_t n0, int64_t n1, int64_t m, int64_t k,
+                                                           const float* a, int64_t lda, const float* w, int64_t ldw,
+                                                           float* c, int64_t ldc, bool accumulate) {
+  int64_t j = n0;
+  for (; j + Tiles::kBlock <= n1; j += Tiles::kBlock) {
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+      for (int64_t q = 0; q < Tiles::kBlock; q += Tiles::kFourRowColumns) {
+        Tiles::four_rows(k, a + i * lda, lda, w + (j + q) * ldw, ldw, c + i * ldc + j + q, ldc, accumulate);
+      }
+    }
+    for (; i < m; ++i) Tiles::one_row(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, accumulate);
+  }
+  for (; j < n1; ++j) {
+    for (int64_t i = 0; i < m; ++i) {
+      const float d = Tiles::one(k, a + i * lda, w + j * ldw);
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + d : d;
+    }
+  }
+}
+
 constexpr int64_t kLanes = 16;        // floats in a 512-bit register
 constexpr int64_t kBlockColumns = 16;  // outputs per row that a thread's block holds
 // A thread's share is at least this many multiply-adds: a fork costs a few us.
@@ -92,27 +119,24 @@ RK_AVX512 float dot(int64_t k, const float* a, const float* w) {
   return _mm512_reduce_add_ps(sum);
 }
 
-// Columns [n0, n1) of c: full blocks of 16 as 4 x 4 tiles (rows in fours,
-// the last 1-3 rows one at a time against all 16), then single columns.
-__attribute__((target("avx512f"))) void column_range(int64_t n0, int64_t n1, int64_t m, int64_t k, const float* a,
-                                                     int64_t lda, const float* w, int64_t ldw, float* c,
-                                                     int64_t ldc, bool accumulate) {
-  int64_t j = n0;
-  for (; j + kBlockColumns <= n1; j += kBlockColumns) {
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-      for (int64_t q = 0; q < kBlockColumns; q += 4) {
-        dot_tile<4, 4>(k, a + i * lda, lda, w + (j + q) * ldw, ldw, c + i * ldc + j + q, ldc, accumulate);
-      }
-    }
-    for (; i < m; ++i) dot_tile<1, 16>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, accumulate);
+// Blocks of 16 columns as 4 x 4 tiles.
+struct Avx512Tiles {
+  static constexpr int64_t kBlock = kBlockColumns, kFourRowColumns = 4;
+  __attribute__((target("avx512f"))) static void four_rows(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+                                  int64_t ldc, bool accumulate) {
+    dot_tile<4, 4>(k, a, lda, w, ldw, c, ldc, accumulate);
   }
-  for (; j < n1; ++j) {
-    for (int64_t i = 0; i < m; ++i) {
-      const float d = dot(k, a + i * lda, w + j * ldw);
-      c[i * ldc + j] = accumulate ? c[i * ldc + j] + d : d;
-    }
+  __attribute__((target("avx512f"))) static void one_row(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+                                int64_t ldc, bool accumulate) {
+    dot_tile<1, 16>(k, a, lda, w, ldw, c, ldc, accumulate);
   }
+  __attribute__((target("avx512f"))) static float one(int64_t k, const float* a, const float* w) { return dot(k, a, w); }
+};
+
+__attribute__((target("avx512f"), flatten)) void column_range(int64_t n0, int64_t n1, int64_t m, int64_t k,
+                                                              const float* a, int64_t lda, const float* w,
+                                                              int64_t ldw, float* c, int64_t ldc, bool accumulate) {
+  column_range_on<Avx512Tiles>(n0, n1, m, k, a, lda, w, ldw, c, ldc, accumulate);
 }
 
 // ---- the same on AVX2 + FMA (8 lanes; AMD Zen 2 and other CPUs without AVX-512)
@@ -183,26 +207,24 @@ RK_AVX2 float dot(int64_t k, const float* a, const float* w) {
   return total;
 }
 
-// As the AVX-512 column_range: blocks of 8 columns as 4 x 2 tiles, the last 1-3 rows against all 8.
-__attribute__((target("avx2,fma"))) void column_range(int64_t n0, int64_t n1, int64_t m, int64_t k, const float* a,
-                                                      int64_t lda, const float* w, int64_t ldw, float* c,
-                                                      int64_t ldc, bool accumulate) {
-  int64_t j = n0;
-  for (; j + kBlockColumns <= n1; j += kBlockColumns) {
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-      for (int64_t q = 0; q < kBlockColumns; q += 2) {
-        dot_tile<4, 2>(k, a + i * lda, lda, w + (j + q) * ldw, ldw, c + i * ldc + j + q, ldc, accumulate);
-      }
-    }
-    for (; i < m; ++i) dot_tile<1, 8>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, accumulate);
+// Blocks of 8 columns as 4 x 2 tiles.
+struct Tiles {
+  static constexpr int64_t kBlock = kBlockColumns, kFourRowColumns = 2;
+  __attribute__((target("avx2,fma"))) static void four_rows(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+                                int64_t ldc, bool accumulate) {
+    dot_tile<4, 2>(k, a, lda, w, ldw, c, ldc, accumulate);
   }
-  for (; j < n1; ++j) {
-    for (int64_t i = 0; i < m; ++i) {
-      const float d = dot(k, a + i * lda, w + j * ldw);
-      c[i * ldc + j] = accumulate ? c[i * ldc + j] + d : d;
-    }
+  __attribute__((target("avx2,fma"))) static void one_row(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+                              int64_t ldc, bool accumulate) {
+    dot_tile<1, 8>(k, a, lda, w, ldw, c, ldc, accumulate);
   }
+  __attribute__((target("avx2,fma"))) static float one(int64_t k, const float* a, const float* w) { return dot(k, a, w); }
+};
+
+__attribute__((target("avx2,fma"), flatten)) void column_range(int64_t n0, int64_t n1, int64_t m, int64_t k,
+                                                               const float* a, int64_t lda, const float* w,
+                                                               int64_t ldw, float* c, int64_t ldc, bool accumulate) {
+  column_range_on<Tiles>(n0, n1, m, k, a, lda, w, ldw, c, ldc, accumulate);
 }
 
 }  // namespace avx2
