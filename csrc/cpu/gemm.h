@@ -10,11 +10,12 @@
 //   panels  float32 step weights packed once per call into 16-column panels
 //           and multiplied by AVX2 + FMA register tiles (cpu/panel_gemm.h),
 //           for CPUs without AVX-512, where oneDNN 3.2 re-packs the weight
-//           every step; the products over all steps go to the faster of the
-//           other two.
+//           every step.
 //
-// Which one runs is chosen once per process by measuring all on step-shaped
-// products (gemm.cpp), never from the vendor string; RNNKERNELS_CPU_GEMM=
+// Which one runs the step products is chosen once per process by measuring
+// all on step-shaped products (gemm.cpp), never from the vendor string; the
+// products over all steps (matmul below) take oneDNN or BLAS per shape,
+// timed at the shape's first call. RNNKERNELS_CPU_GEMM=
 // onednn|blas|panels pins it, and a build without oneDNN has no onednn.
 // Non-CPU tensors (the same loop runs on CUDA) and dtypes an engine does not
 // take (float64 on oneDNN) go to BLAS or ATen: every call is answered.
