@@ -182,7 +182,7 @@ Measured measure_float32() {
   // Xeon (family 6 model 167: oneDNN's matmul ties MKL's packed GEMM at B =
   // 16 and 64 but lost 20% of the whole forward at B = 1, H = 128 and 12% at
   // B = 20, H = 200), while on the EPYC (Zen 5) oneDNN was 3.5-5x faster at
-  // every size, and on the EPYC Zen 2 the panels 1.1-2.7x faster than oneDNN.
+  // every size, and on the EPYC Zen 2 the panels 0.98-2.6x as fast as oneDNN.
   const Shape shapes[] = {{1, 128, 512, 64}, {20, 200, 800, 16}, {64, 512, 2048, 2}};
   constexpr int kShapes = sizeof(shapes) / sizeof(shapes[0]);
   const GemmEngine engines[] = {GemmEngine::OneDnn, GemmEngine::Blas, GemmEngine::Panels};
