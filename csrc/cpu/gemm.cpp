@@ -166,8 +166,6 @@ const char* engine_name(GemmEngine e) {
   return e == GemmEngine::OneDnn ? "onednn" : e == GemmEngine::Panels ? "panels" : "blas";
 }
 
-bool panels_run() { return cpu::panel_gemm_runs(); }
-
 struct Measured {
   // GFLOP/s of each engine (geometric mean over the shapes); 0: not in this build or CPU
   double gflops[3] = {0, 0, 0};  // indexed by GemmEngine
@@ -190,7 +188,8 @@ Measured measure_float32() {
   bool available[3];
   for (int e = 0; e < 3; ++e) {
     as[e].float32 = engines[e];
-    available[e] = engines[e] == GemmEngine::Blas || (engines[e] == GemmEngine::OneDnn ? built_onednn() : panels_run());
+    available[e] = engines[e] == GemmEngine::Blas ||
+                   (engines[e] == GemmEngine::OneDnn ? built_onednn() : cpu::panel_gemm_runs());
   }
   double log_gflops[3] = {0, 0, 0};
   at::AutoDispatchBelowAutograd no_autograd;
@@ -264,7 +263,8 @@ Choice make_choice(const std::string& requested) {
     c.float32 = g[panels] > g[int(faster)] ? GemmEngine::Panels : faster;
     std::string measured;
     for (const int e : {onednn, blas, panels}) {
-      if (g[e] > 0) measured += std::string(measured.empty() ? "" : ", ") + engine_name(GemmEngine(e)) + " " + fixed(g[e]);
+      if (g[e] <= 0) continue;  // not in this build or CPU
+      measured += std::string(measured.empty() ? "" : ", ") + engine_name(GemmEngine(e)) + " " + fixed(g[e]);
     }
     c.how = std::string(engine_name(c.float32)) + " (measured on float32 steps, GFLOP/s: " + measured + ")";
     if (!built_onednn()) c.how += " (this build has no oneDNN)";
@@ -279,7 +279,7 @@ void check_engine_name(const std::string& name) {
   TORCH_CHECK(name != "onednn" || built_onednn(),
               "rnnkernels: the CPU GEMM engine 'onednn' is not in this build (setup.py found no oneDNN; "
               "pip install onednn-cpu-gomp onednn-devel-cpu-gomp, then rebuild)");
-  TORCH_CHECK(name != "panels" || panels_run(),
+  TORCH_CHECK(name != "panels" || cpu::panel_gemm_runs(),
               "rnnkernels: the CPU GEMM engine 'panels' needs an x86-64 CPU with AVX2 and FMA");
 }
 
@@ -400,13 +400,15 @@ GemmEngine engine_for_shape(const at::Tensor& out, const at::Tensor& a, const at
     const auto found = chosen.find(key);
     if (found != chosen.end()) return found->second;
   }
-  const at::Tensor scratch = accumulate ? out.clone() : at::empty_like(out);
+  const at::Tensor scratch = at::empty_like(out);  // for `accumulate`, a copy of out before each run
   double seconds[2] = {1e30, 1e30};  // oneDNN, BLAS
   for (int run = 0; run < 2; ++run) {
     for (int e = 0; e < 2; ++e) {
       if (accumulate) scratch.copy_(out);
       const double t0 = seconds_now();
-      const bool ran = e == 0 ? onednn::matmul(scratch, a, b, accumulate) : (blas_matmul(scratch, a, b, accumulate), true);
+      bool ran = true;
+      if (e == 0) ran = onednn::matmul(scratch, a, b, accumulate);
+      else blas_matmul(scratch, a, b, accumulate);
       if (!ran) seconds[e] = 2e30;  // no oneDNN primitive: BLAS
       else if (run == 1) seconds[e] = seconds_now() - t0;
     }

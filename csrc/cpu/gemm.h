@@ -38,7 +38,7 @@ enum class GemmEngine { OneDnn = 0, Blas = 1, Panels = 2 };
 GemmEngine gemm_engine();
 // The engine and how it was chosen, e.g. "panels (measured on float32
 // steps, GFLOP/s: onednn 50, blas 45, panels 77); float32 products over all
-// steps: onednn; ...".
+// steps: onednn or blas per shape, timed at its first call; ...".
 std::string gemm_engine_info();
 // "auto" (measure again), "onednn", "blas" or "panels"; an unavailable one is an error.
 void set_gemm_engine(const std::string& name);

@@ -41,7 +41,9 @@ RK_AVX2 void tile(int64_t k, const float* a, int64_t lda, const float* panels, f
   for (int64_t kk = 0; kk < k; ++kk) {
     __m256 b[2 * PANELS];
 #pragma GCC unroll 12
-    for (int v = 0; v < 2 * PANELS; ++v) b[v] = _mm256_loadu_ps(panels + (v / 2) * panel_size + kk * kPanel + (v % 2) * 8);
+    for (int v = 0; v < 2 * PANELS; ++v) {
+      b[v] = _mm256_loadu_ps(panels + (v / 2) * panel_size + kk * kPanel + (v % 2) * 8);
+    }
 #pragma GCC unroll 12
     for (int r = 0; r < ROWS; ++r) {
       const __m256 x = _mm256_broadcast_ss(a + r * lda + kk);

@@ -45,9 +45,6 @@ class PanelMatrix {
   // `accumulate`; threads split the panels.
   void multiply(int64_t m, const float* a, int64_t lda, float* c, int64_t ldc, bool accumulate) const;
 
-  int64_t k() const { return k_; }
-  int64_t n() const { return n_; }
-
  private:
   int64_t k_, n_, panels_;
   std::vector<float> packed_;  // (panels, k, 16)

@@ -122,15 +122,17 @@ RK_AVX512 float dot(int64_t k, const float* a, const float* w) {
 // Blocks of 16 columns as 4 x 4 tiles.
 struct Avx512Tiles {
   static constexpr int64_t kBlock = kBlockColumns, kFourRowColumns = 4;
-  __attribute__((target("avx512f"))) static void four_rows(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
-                                  int64_t ldc, bool accumulate) {
+  __attribute__((target("avx512f"))) static void four_rows(int64_t k, const float* a, int64_t lda, const float* w,
+                                                            int64_t ldw, float* c, int64_t ldc, bool accumulate) {
     dot_tile<4, 4>(k, a, lda, w, ldw, c, ldc, accumulate);
   }
-  __attribute__((target("avx512f"))) static void one_row(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
-                                int64_t ldc, bool accumulate) {
+  __attribute__((target("avx512f"))) static void one_row(int64_t k, const float* a, int64_t lda, const float* w,
+                                                          int64_t ldw, float* c, int64_t ldc, bool accumulate) {
     dot_tile<1, 16>(k, a, lda, w, ldw, c, ldc, accumulate);
   }
-  __attribute__((target("avx512f"))) static float one(int64_t k, const float* a, const float* w) { return dot(k, a, w); }
+  __attribute__((target("avx512f"))) static float one(int64_t k, const float* a, const float* w) {
+    return dot(k, a, w);
+  }
 };
 
 __attribute__((target("avx512f"), flatten)) void column_range(int64_t n0, int64_t n1, int64_t m, int64_t k,
@@ -210,15 +212,17 @@ RK_AVX2 float dot(int64_t k, const float* a, const float* w) {
 // Blocks of 8 columns as 4 x 2 tiles.
 struct Tiles {
   static constexpr int64_t kBlock = kBlockColumns, kFourRowColumns = 2;
-  __attribute__((target("avx2,fma"))) static void four_rows(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
-                                int64_t ldc, bool accumulate) {
+  __attribute__((target("avx2,fma"))) static void four_rows(int64_t k, const float* a, int64_t lda, const float* w,
+                                                            int64_t ldw, float* c, int64_t ldc, bool accumulate) {
     dot_tile<4, 2>(k, a, lda, w, ldw, c, ldc, accumulate);
   }
-  __attribute__((target("avx2,fma"))) static void one_row(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
-                              int64_t ldc, bool accumulate) {
+  __attribute__((target("avx2,fma"))) static void one_row(int64_t k, const float* a, int64_t lda, const float* w,
+                                                          int64_t ldw, float* c, int64_t ldc, bool accumulate) {
     dot_tile<1, 8>(k, a, lda, w, ldw, c, ldc, accumulate);
   }
-  __attribute__((target("avx2,fma"))) static float one(int64_t k, const float* a, const float* w) { return dot(k, a, w); }
+  __attribute__((target("avx2,fma"))) static float one(int64_t k, const float* a, const float* w) {
+    return dot(k, a, w);
+  }
 };
 
 __attribute__((target("avx2,fma"), flatten)) void column_range(int64_t n0, int64_t n1, int64_t m, int64_t k,
