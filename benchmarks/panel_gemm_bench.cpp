@@ -16,6 +16,8 @@
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <utility>
+#include <vector>
 using namespace rnnkernels::cpu;
 double now(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 int main(){
@@ -27,9 +29,14 @@ int main(){
   for(auto&s:shapes){int64_t m=s[0],k=s[1],n=s[2];
     std::vector<float> a(m*k),w(n*k),c(m*n),c2(m*n);
     for(auto&x:a)x=nd(g); for(auto&x:w)x=nd(g);
-    PanelMatrix pm(w.data(),k,true,k,n);
-    pm.multiply(m,a.data(),k,c.data(),n,false);
-    double maxerr=0; for(int64_t i=0;i<m;i++)for(int64_t j=0;j<n;j++){double r=0;for(int64_t q=0;q<k;q++)r+=double(a[i*k+q])*w[j*k+q];maxerr=std::max(maxerr,std::abs(r-c[i*n+j]));}
+    // the panels on each ISA this CPU has (AVX2 tiles, then AVX-512 tiles)
+    std::vector<std::pair<const char*, PanelIsa>> isas;
+    if(panel_gemm_runs(PanelIsa::Avx2)) isas.push_back({"avx2",PanelIsa::Avx2});
+    if(panel_gemm_runs(PanelIsa::Avx512)) isas.push_back({"avx512",PanelIsa::Avx512});
+    std::vector<PanelMatrix> pms; for(auto&i:isas) pms.emplace_back(w.data(),k,true,k,n,i.second);
+    double maxerr=0;
+    for(auto&pm:pms){pm.multiply(m,a.data(),k,c.data(),n,false);
+      for(int64_t i=0;i<m;i++)for(int64_t j=0;j<n;j++){double r=0;for(int64_t q=0;q<k;q++)r+=double(a[i*k+q])*w[j*k+q];maxerr=std::max(maxerr,std::abs(r-c[i*n+j]));}}
     using md=dnnl::memory::desc; using dt=dnnl::memory::data_type; using ft=dnnl::memory::format_tag;
     md src({m,k},dt::f32,ft::ab), any({k,n},dt::f32,ft::any), dst({m,n},dt::f32,ft::ab), wdesc({k,n},dt::f32,ft::ba);
     dnnl::matmul::primitive_desc pd(eng,src,any,dst);
@@ -38,10 +45,14 @@ int main(){
     dnnl::matmul mm(pd); dnnl::memory sm(src,eng,a.data()), dm(dst,eng,c2.data());
     int reps=std::max<int64_t>(10, 200000000/(m*k*n));
     auto run_d=[&]{for(int r=0;r<reps;r++)mm.execute(st,{{DNNL_ARG_SRC,sm},{DNNL_ARG_WEIGHTS,wm},{DNNL_ARG_DST,dm}});};
-    auto run_p=[&]{for(int r=0;r<reps;r++)pm.multiply(m,a.data(),k,c.data(),n,false);};
-    run_d();run_p(); double bd=1e9,bp=1e9;
-    for(int round=0;round<5;round++){double t0=now();run_d();double t1=now();run_p();double t2=now();bd=std::min(bd,t1-t0);bp=std::min(bp,t2-t1);}
+    auto run_p=[&](const PanelMatrix&pm){for(int r=0;r<reps;r++)pm.multiply(m,a.data(),k,c.data(),n,false);};
+    run_d(); for(auto&pm:pms)run_p(pm);
+    double bd=1e9; std::vector<double> bp(pms.size(),1e9);
+    for(int round=0;round<5;round++){double t0=now();run_d();bd=std::min(bd,now()-t0);
+      for(size_t i=0;i<pms.size();i++){double t1=now();run_p(pms[i]);bp[i]=std::min(bp[i],now()-t1);}}
     double fl=2.0*m*k*n*reps;
-    printf("(%ld,%ld,%ld) onednn %.0f  panel %.0f GFLOP/s  maxerr %.2e\n",m,k,n,fl/bd/1e9,fl/bp/1e9,maxerr);
+    printf("(%ld,%ld,%ld) onednn %.0f",m,k,n,fl/bd/1e9);
+    for(size_t i=0;i<pms.size();i++)printf("  panels %s %.0f",isas[i].first,fl/bp[i]/1e9);
+    printf(" GFLOP/s  maxerr %.2e\n",maxerr);
   }
 }

@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include "cpu/gemm.h"
+#include "cpu/panel_gemm.h"
 #include "cpu/vector_rows.h"
 #include "cpu/rows_times_weight.h"
 
@@ -23,6 +24,9 @@ TORCH_LIBRARY(rnnkernels, m) {
   // a (m, k) w (n, k)^T by csrc/cpu/rows_times_weight.h, the kernel of a
   // single step's products, for its tests and benchmarks/rows_times_weight.py.
   m.def("cpu_rows_times_weight(Tensor a, Tensor w) -> Tensor");
+  // c + a (m, k) w (n, k)^T (c None: no c) by the panels engine's tiles on
+  // isa "avx2" | "avx512" (csrc/cpu/panel_gemm.h), for its tests.
+  m.def("cpu_panel_matmul(Tensor a, Tensor w, str isa, Tensor? c=None) -> Tensor");
   // Whether the LSTM and GRU forward rows run csrc/cpu/vector_rows.h (AVX-512 CPUs);
   // set_cpu_vector_rows(False) runs the scalar-vectorised rows instead (tests,
   // benchmarks; RNNKERNELS_CPU_VECTOR_ROWS=0 sets it at start).
@@ -54,6 +58,28 @@ static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w
   return out;
 }
 
+static at::Tensor cpu_panel_matmul(const at::Tensor& a, const at::Tensor& w, c10::string_view isa_name,
+                                   const c10::optional<at::Tensor>& c) {
+  using rnnkernels::cpu::PanelIsa;
+  TORCH_CHECK(isa_name == "avx2" || isa_name == "avx512",
+              "rnnkernels.cpu_panel_matmul: isa must be 'avx2' or 'avx512', got '", isa_name, "'");
+  const PanelIsa isa = isa_name == "avx2" ? PanelIsa::Avx2 : PanelIsa::Avx512;
+  TORCH_CHECK(rnnkernels::cpu::panel_gemm_runs(isa), "rnnkernels.cpu_panel_matmul: ", isa_name,
+              " tiles do not run on this CPU or build");
+  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1) && a.size(1) > 0,
+              "rnnkernels.cpu_panel_matmul: expected a (m, k) and w (n, k), k >= 1, got ", a.sizes(), " and ", w.sizes());
+  TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && a.is_cpu() && w.is_cpu(),
+              "rnnkernels.cpu_panel_matmul: expected float32 CPU tensors");
+  const at::Tensor a_rows = a.contiguous(), w_rows = w.contiguous();
+  at::Tensor out = c.has_value() ? c->contiguous().clone() : at::empty({a.size(0), w.size(0)}, a.options());
+  TORCH_CHECK(out.sizes() == at::IntArrayRef({a.size(0), w.size(0)}) && out.scalar_type() == at::kFloat,
+              "rnnkernels.cpu_panel_matmul: c must be float32 (m, n), got ", out.sizes());
+  const rnnkernels::cpu::PanelMatrix panels(w_rows.data_ptr<float>(), w.size(1), /*transpose=*/true, w.size(1),
+                                            w.size(0), isa);
+  panels.multiply(a.size(0), a_rows.data_ptr<float>(), a.size(1), out.data_ptr<float>(), w.size(0), c.has_value());
+  return out;
+}
+
 static void set_cpu_gemm_engine(c10::string_view name) { rnnkernels::gemm::set_gemm_engine(std::string(name)); }
 
 TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
@@ -64,7 +90,10 @@ TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
   m.impl("set_cpu_vector_rows", [](bool on) { rnnkernels::cpu::set_vector_rows(on); });
 }
 
-TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) { m.impl("cpu_rows_times_weight", &cpu_rows_times_weight); }
+TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
+  m.impl("cpu_rows_times_weight", &cpu_rows_times_weight);
+  m.impl("cpu_panel_matmul", &cpu_panel_matmul);
+}
 
 // The .so is imported as a Python module (rnnkernels._C), which loads the op
 // registrations above; it exposes no Python functions of its own.

@@ -365,11 +365,21 @@ LayerShape check_forward(c10::string_view mode_name, const at::Tensor& x, const 
   return s;
 }
 
+// The loop's per-step tensors (views of gi, out, the state buffers) are
+// its own and never reach autograd, yet each view() / select() went through
+// ADInplaceOrView and built a DifferentiableViewMeta: ~3-4% of a batch-1
+// step. Below that key they are plain views (storage shared, no autograd
+// metadata); every output is a fresh tensor or one of these buffers, and
+// nothing here writes into a caller's tensor, so no version counter is
+// skipped that autograd reads.
+using BelowAutogradViews = at::AutoDispatchBelowADInplaceOrView;
+
 LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, const c10::optional<at::Tensor>& h0_opt,
                           const c10::optional<at::Tensor>& c0_opt, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
                           const c10::optional<at::Tensor>& b_ih_opt, const c10::optional<at::Tensor>& b_hh_opt,
                           const c10::optional<at::Tensor>& w_hr_opt, const c10::optional<at::Tensor>& lengths_opt,
                           bool reverse, bool training, const LayerOptions& options) {
+  const BelowAutogradViews below_autograd_views;
   // ---- validate everything before any work
   at::Tensor w_hr = defined_or_empty(w_hr_opt);
   at::Tensor h0 = defined_or_empty(h0_opt), c0 = defined_or_empty(c0_opt);
@@ -528,6 +538,7 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
                          const at::Tensor& cells, const at::Tensor& gates, const at::Tensor& hidden_raw, bool has_bias,
                          bool input_grad, bool weight_grad, const LayerOptions& options, const at::Tensor& x_hat,
                          const at::Tensor& row_stats, const at::Tensor& fresh) {
+  const BelowAutogradViews below_autograd_views;
   at::Tensor w_hr = defined_or_empty(w_hr_opt);
   const LayerShape s = check_layer(mode_name, x_in, w_ih_in, w_hh_in, w_hr);
   const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;

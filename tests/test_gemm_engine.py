@@ -217,6 +217,52 @@ def test_rows_times_weight_refuses_what_it_does_not_take():
         torch.ops.rnnkernels.cpu_rows_times_weight(torch.randn(3, 4).double(), torch.randn(8, 4).double())
 
 
+PANEL_ISAS = [isa for isa, runs in (("avx2", PANELS_RUN), ("avx512", "avx512f" in cpu_flags())) if runs]
+
+
+@pytest.mark.parametrize("isa", PANEL_ISAS)
+def test_panel_tiles_match_float64(isa, seed):
+    """Every tile of the panels engine on each ISA the CPU has (AVX2's 6-row
+    tiles, AVX-512's 8-row ones, the last rows across 1-6 panels, blocks cut
+    short by a thread's range): row counts 1-25 and past whole tiles,
+    columns that end in a partial panel, C = A B and C += A B, within
+    float32's worst-case bound for a length-k sum."""
+    for m in list(range(1, 26)) + [48, 67]:
+        for k, n in ((1, 16), (37, 45), (64, 200), (130, 360), (24, 16 * 13 + 5)):
+            a, w, c = torch.randn(m, k), torch.randn(n, k), torch.randn(m, n)
+            product = a.double() @ w.double().t()
+            bound = (k + 2) * 2.0 ** -24 * (a.double().abs() @ w.double().abs().t() + c.double().abs())
+            got = torch.ops.rnnkernels.cpu_panel_matmul(a, w, isa).double()
+            assert ((got - product).abs() <= bound).all(), (isa, m, k, n)
+            got = torch.ops.rnnkernels.cpu_panel_matmul(a, w, isa, c).double()
+            assert ((got - product - c.double()).abs() <= bound).all(), (isa, m, k, n, "accumulate")
+
+
+@pytest.mark.parametrize("isa", PANEL_ISAS)
+def test_panel_tiles_are_thread_count_independent(isa, seed):
+    a, w = torch.randn(20, 200), torch.randn(800, 200)  # enough panels for both threads
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.rnnkernels.cpu_panel_matmul(a, w, isa)
+        torch.set_num_threads(2)
+        two = torch.ops.rnnkernels.cpu_panel_matmul(a, w, isa)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(one, two)
+
+
+def test_panel_tiles_refuse_what_they_do_not_take():
+    with pytest.raises(RuntimeError, match="isa must be 'avx2' or 'avx512', got 'sse'"):
+        torch.ops.rnnkernels.cpu_panel_matmul(torch.randn(3, 4), torch.randn(8, 4), "sse")
+    for isa in {"avx2", "avx512"} - set(PANEL_ISAS):
+        with pytest.raises(RuntimeError, match=f"{isa} tiles do not run on this CPU"):
+            torch.ops.rnnkernels.cpu_panel_matmul(torch.randn(3, 4), torch.randn(8, 4), isa)
+    if PANEL_ISAS:
+        with pytest.raises(RuntimeError, match="expected a \\(m, k\\) and w \\(n, k\\)"):
+            torch.ops.rnnkernels.cpu_panel_matmul(torch.randn(3, 4), torch.randn(8, 5), PANEL_ISAS[0])
+
+
 def test_fma_peak_is_measured():
     peak = torch.ops.rnnkernels.fma_peak_gflops(1)
     assert 1.0 < peak < 1e5
