@@ -8,9 +8,10 @@
 //   blas    the BLAS inside libtorch_cpu (MKL: sgemm, the packed sgemm for
 //           the repeated step products; csrc/cpu/blas.h), else ATen.
 //   panels  float32 step weights packed once per call into 16-column panels
-//           and multiplied by AVX2 + FMA register tiles (cpu/panel_gemm.h),
-//           for CPUs without AVX-512, where oneDNN 3.2 re-packs the weight
-//           every step.
+//           and multiplied by AVX-512 or AVX2 + FMA register tiles
+//           (cpu/panel_gemm.h): on an AVX2-only CPU oneDNN 3.2 re-packs the
+//           weight every step, and on the Zen 4 the AVX-512 tiles matched
+//           or beat oneDNN's reordered matmul at every step shape.
 //
 // Which one runs the step products is chosen once per process by measuring
 // all on step-shaped products (gemm.cpp), never from the vendor string; the
