@@ -24,9 +24,10 @@ TORCH_LIBRARY(rnnkernels, m) {
   // a (m, k) w (n, k)^T by csrc/cpu/rows_times_weight.h, the kernel of a
   // single step's products, for its tests and benchmarks/rows_times_weight.py.
   m.def("cpu_rows_times_weight(Tensor a, Tensor w) -> Tensor");
-  // c + a (m, k) w (n, k)^T (c None: no c) by the panels engine's tiles on
-  // isa "avx2" | "avx512" (csrc/cpu/panel_gemm.h), for its tests.
-  m.def("cpu_panel_matmul(Tensor a, Tensor w, str isa, Tensor? c=None) -> Tensor");
+  // c + a (m, k) w (n, k)^T, or with transpose=False c + a w (k, n) (c None:
+  // no c), by the panels engine's tiles on isa "avx2" | "avx512"
+  // (csrc/cpu/panel_gemm.h), for its tests.
+  m.def("cpu_panel_matmul(Tensor a, Tensor w, str isa, Tensor? c=None, bool transpose=True) -> Tensor");
   // Whether the LSTM and GRU forward rows run csrc/cpu/vector_rows.h (AVX-512 CPUs);
   // set_cpu_vector_rows(False) runs the scalar-vectorised rows instead (tests,
   // benchmarks; RNNKERNELS_CPU_VECTOR_ROWS=0 sets it at start).
@@ -59,24 +60,25 @@ static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w
 }
 
 static at::Tensor cpu_panel_matmul(const at::Tensor& a, const at::Tensor& w, c10::string_view isa_name,
-                                   const c10::optional<at::Tensor>& c) {
+                                   const c10::optional<at::Tensor>& c, bool transpose) {
   using rnnkernels::cpu::PanelIsa;
   TORCH_CHECK(isa_name == "avx2" || isa_name == "avx512",
               "rnnkernels.cpu_panel_matmul: isa must be 'avx2' or 'avx512', got '", isa_name, "'");
   const PanelIsa isa = isa_name == "avx2" ? PanelIsa::Avx2 : PanelIsa::Avx512;
   TORCH_CHECK(rnnkernels::cpu::panel_gemm_runs(isa), "rnnkernels.cpu_panel_matmul: ", isa_name,
               " tiles do not run on this CPU or build");
-  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1) && a.size(1) > 0,
-              "rnnkernels.cpu_panel_matmul: expected a (m, k) and w (n, k), k >= 1, got ", a.sizes(), " and ", w.sizes());
+  const int64_t k = a.dim() == 2 ? a.size(1) : 0, n = w.dim() == 2 ? w.size(transpose ? 0 : 1) : 0;
+  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && w.size(transpose ? 1 : 0) == k && k > 0,
+              "rnnkernels.cpu_panel_matmul: expected a (m, k) and w ", transpose ? "(n, k)" : "(k, n)",
+              ", k >= 1, got ", a.sizes(), " and ", w.sizes());
   TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && a.is_cpu() && w.is_cpu(),
               "rnnkernels.cpu_panel_matmul: expected float32 CPU tensors");
   const at::Tensor a_rows = a.contiguous(), w_rows = w.contiguous();
-  at::Tensor out = c.has_value() ? c->contiguous().clone() : at::empty({a.size(0), w.size(0)}, a.options());
-  TORCH_CHECK(out.sizes() == at::IntArrayRef({a.size(0), w.size(0)}) && out.scalar_type() == at::kFloat,
+  at::Tensor out = c.has_value() ? c->contiguous().clone() : at::empty({a.size(0), n}, a.options());
+  TORCH_CHECK(out.sizes() == at::IntArrayRef({a.size(0), n}) && out.scalar_type() == at::kFloat,
               "rnnkernels.cpu_panel_matmul: c must be float32 (m, n), got ", out.sizes());
-  const rnnkernels::cpu::PanelMatrix panels(w_rows.data_ptr<float>(), w.size(1), /*transpose=*/true, w.size(1),
-                                            w.size(0), isa);
-  panels.multiply(a.size(0), a_rows.data_ptr<float>(), a.size(1), out.data_ptr<float>(), w.size(0), c.has_value());
+  const rnnkernels::cpu::PanelMatrix panels(w_rows.data_ptr<float>(), w.size(1), transpose, k, n, isa);
+  panels.multiply(a.size(0), a_rows.data_ptr<float>(), k, out.data_ptr<float>(), n, c.has_value());
   return out;
 }
 

@@ -225,8 +225,9 @@ def test_panel_tiles_match_float64(isa, seed):
     """Every tile of the panels engine on each ISA the CPU has (AVX2's 6-row
     tiles, AVX-512's 8-row ones, the last rows across 1-6 panels, blocks cut
     short by a thread's range): row counts 1-25 and past whole tiles,
-    columns that end in a partial panel, C = A B and C += A B, within
-    float32's worst-case bound for a length-k sum."""
+    columns that end in a partial panel, B packed from W (n, k) and from B
+    (k, n) as stored, C = A B and C += A B, within float32's worst-case
+    bound for a length-k sum."""
     for m in list(range(1, 26)) + [48, 67]:
         for k, n in ((1, 16), (37, 45), (64, 200), (130, 360), (24, 16 * 13 + 5)):
             a, w, c = torch.randn(m, k), torch.randn(n, k), torch.randn(m, n)
@@ -236,6 +237,8 @@ def test_panel_tiles_match_float64(isa, seed):
             assert ((got - product).abs() <= bound).all(), (isa, m, k, n)
             got = torch.ops.rnnkernels.cpu_panel_matmul(a, w, isa, c).double()
             assert ((got - product - c.double()).abs() <= bound).all(), (isa, m, k, n, "accumulate")
+            got = torch.ops.rnnkernels.cpu_panel_matmul(a, w.t().contiguous(), isa, c, transpose=False).double()
+            assert ((got - product - c.double()).abs() <= bound).all(), (isa, m, k, n, "B (k, n) as stored")
 
 
 @pytest.mark.parametrize("isa", PANEL_ISAS)

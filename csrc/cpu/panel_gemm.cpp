@@ -95,20 +95,22 @@ bool panel_gemm_runs(PanelIsa isa) {
 }
 
 PanelMatrix::PanelMatrix(const float* b, int64_t ldb, bool transpose, int64_t k, int64_t n, PanelIsa isa)
-    : k_(k), n_(n), panels_((n + kPanel - 1) / kPanel), isa_(isa), packed_(size_t(panels_ * k * kPanel), 0.0f) {
+    : k_(k), n_(n), panels_((n + kPanel - 1) / kPanel), isa_(isa), packed_(new float[size_t(panels_ * k * kPanel)]) {
   TORCH_CHECK(panel_gemm_runs(isa), "rnnkernels: the panels GEMM does not run on this CPU with the ISA asked for");
   at::parallel_for(0, panels_, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      float* panel = packed_.data() + p * k * kPanel;
+      float* panel = packed_.get() + p * k * kPanel;
       const int64_t cols = std::min(kPanel, n - p * kPanel);
-      for (int64_t j = 0; j < cols; ++j) {
-        const int64_t col = p * kPanel + j;
-        if (transpose) {  // B[kk][col] = W[col][kk]: one row of W per column
-          const float* w_row = b + col * ldb;
+      if (transpose) {  // B[kk][col] = W[col][kk]: one row of W per column, read along k
+        for (int64_t j = 0; j < cols; ++j) {
+          const float* w_row = b + (p * kPanel + j) * ldb;
           for (int64_t kk = 0; kk < k; ++kk) panel[kk * kPanel + j] = w_row[kk];
-        } else {
-          for (int64_t kk = 0; kk < k; ++kk) panel[kk * kPanel + j] = b[kk * ldb + col];
         }
+      } else {  // a panel's row kk is `cols` adjacent values of B's row kk (column-wise it was 2% of an LSTM's fwd+bwd)
+        for (int64_t kk = 0; kk < k; ++kk) std::memcpy(panel + kk * kPanel, b + kk * ldb + p * kPanel, cols * sizeof(float));
+      }
+      for (int64_t kk = 0; cols < kPanel && kk < k; ++kk) {  // zero past n
+        std::fill(panel + kk * kPanel + cols, panel + (kk + 1) * kPanel, 0.0f);
       }
     }
   });
@@ -118,7 +120,7 @@ void PanelMatrix::multiply(int64_t m, const float* a, int64_t lda, float* c, int
 #ifdef RNNKERNELS_PANEL_GEMM_X86
   if (m <= 0) return;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / std::max<int64_t>(1, m * k_ * kPanel));
-  const float* packed = packed_.data();
+  const float* packed = packed_.get();
   const PanelRange panel_range = panel_range_for(isa_);
   at::parallel_for(0, panels_, grain, [&](int64_t p0, int64_t p1) {
     panel_range(p0, p1, m, k_, n_, a, lda, packed, c, ldc, accumulate);

@@ -33,7 +33,7 @@
 #pragma once
 
 #include <cstdint>
-#include <vector>
+#include <memory>
 
 namespace rnnkernels {
 namespace cpu {
@@ -60,7 +60,7 @@ class PanelMatrix {
  private:
   int64_t k_, n_, panels_;
   PanelIsa isa_;
-  std::vector<float> packed_;  // (panels, k, 16)
+  std::unique_ptr<float[]> packed_;  // (panels, k, 16); filled by the constructor's threads, not zeroed first
 };
 
 }  // namespace cpu
