@@ -7,7 +7,10 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+// The tiles are compiled per ISA under `#pragma GCC target`, which clang
+// does not honour for intrinsics: a clang build has no panels (the other
+// engines answer).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 #define RNNKERNELS_PANEL_GEMM_X86 1
 #endif
