@@ -41,6 +41,11 @@ def test_engine_choice_is_reported():
         assert (" panels " in info) == PANELS_RUN
     if not _ext.built_with("onednn"):
         assert "no oneDNN" in info
+    if PANELS_RUN:  # the panels' tiles are named: AVX-512 where the CPU has it
+        tiles = "AVX2" if "avx512f" not in cpu_flags() or os.environ.get("RNNKERNELS_CPU_PANELS_ISA") == "avx2" \
+            else "AVX-512"
+        with gemm_engine("panels"):
+            assert torch.ops.rnnkernels.cpu_gemm_engine().startswith(f"float32: panels (pinned, {tiles} tiles; ")
     with gemm_engine("blas"):
         assert torch.ops.rnnkernels.cpu_gemm_engine().startswith("float32: blas (pinned); bfloat16: aten")
 

@@ -253,7 +253,8 @@ Choice make_choice(const std::string& requested) {
   } else if (requested == "panels") {
     c.float32 = GemmEngine::Panels;
     c.float32_matmul = built_onednn() ? GemmEngine::OneDnn : GemmEngine::Blas;
-    c.how = std::string("panels (pinned; products over all steps: ") + engine_name(c.float32_matmul) + ")";
+    c.how = std::string("panels (pinned, ") + cpu::panel_isa_name() + " tiles; products over all steps: " +
+            engine_name(c.float32_matmul) + ")";
   } else {
     const Measured m = measure_float32();
     const double* g = m.gflops;
@@ -266,7 +267,8 @@ Choice make_choice(const std::string& requested) {
       if (g[e] <= 0) continue;  // not in this build or CPU
       measured += std::string(measured.empty() ? "" : ", ") + engine_name(GemmEngine(e)) + " " + fixed(g[e]);
     }
-    c.how = std::string(engine_name(c.float32)) + " (measured on float32 steps, GFLOP/s: " + measured + ")";
+    c.how = std::string(engine_name(c.float32)) + (c.float32 == GemmEngine::Panels ? std::string(", ") +
+            cpu::panel_isa_name() + " tiles" : std::string()) + " (measured on float32 steps, GFLOP/s: " + measured + ")";
     if (!built_onednn()) c.how += " (this build has no oneDNN)";
     if (built_onednn()) c.how += "; float32 products over all steps: onednn or blas per shape, timed at its first call";
   }

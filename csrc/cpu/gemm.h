@@ -37,9 +37,9 @@ enum class GemmEngine { OneDnn = 0, Blas = 1, Panels = 2 };
 
 // The engine in use (measured at the first call unless pinned).
 GemmEngine gemm_engine();
-// The engine and how it was chosen, e.g. "panels (measured on float32
-// steps, GFLOP/s: onednn 50, blas 45, panels 77); float32 products over all
-// steps: onednn or blas per shape, timed at its first call; ...".
+// The engine and how it was chosen, e.g. "panels, AVX2 tiles (measured on
+// float32 steps, GFLOP/s: onednn 50, blas 45, panels 77); float32 products
+// over all steps: onednn or blas per shape, timed at its first call; ...".
 std::string gemm_engine_info();
 // "auto" (measure again), "onednn", "blas" or "panels"; an unavailable one is an error.
 void set_gemm_engine(const std::string& name);

@@ -97,6 +97,15 @@ bool panel_gemm_runs(PanelIsa isa) {
 #endif
 }
 
+const char* panel_isa_name() {
+#ifdef RNNKERNELS_PANEL_GEMM_X86
+  const PanelRange best = panel_range_for(PanelIsa::Best);
+  return best == &avx512::panel_range ? "AVX-512" : best == &avx2::panel_range ? "AVX2" : "no";
+#else
+  return "no";
+#endif
+}
+
 PanelMatrix::PanelMatrix(const float* b, int64_t ldb, bool transpose, int64_t k, int64_t n, PanelIsa isa)
     : k_(k), n_(n), panels_((n + kPanel - 1) / kPanel), isa_(isa), packed_(new float[size_t(panels_ * k * kPanel)]) {
   TORCH_CHECK(panel_gemm_runs(isa), "rnnkernels: the panels GEMM does not run on this CPU with the ISA asked for");

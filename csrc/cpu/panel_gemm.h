@@ -44,6 +44,8 @@ enum class PanelIsa { Best, Avx2, Avx512 };
 
 // Whether this build and CPU run the kernel on `isa` (x86-64; AVX2 and FMA, or AVX-512).
 bool panel_gemm_runs(PanelIsa isa = PanelIsa::Best);
+// The tiles that PanelIsa::Best runs: "AVX-512", "AVX2" or "no" (for the engine report).
+const char* panel_isa_name();
 
 class PanelMatrix {
  public:
