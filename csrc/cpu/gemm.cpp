@@ -386,8 +386,9 @@ void blas_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
 
 #ifdef RNNKERNELS_WITH_ONEDNN
 // The faster of oneDNN and BLAS for this float32 product's shape, layouts and
-// thread count: both run twice on a scratch output at the shape's first call
-// (the first run of each pays oneDNN's JIT and page faults), the second timed;
+// thread count: both run three times on a scratch output at the shape's first
+// call (the first run of each pays oneDNN's JIT and page faults), the best of
+// the other two counts;
 // later calls look it up. The caller then computes `out` on the winner, so
 // every call of a shape gives the same bits.
 GemmEngine engine_for_shape(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
@@ -404,7 +405,9 @@ GemmEngine engine_for_shape(const at::Tensor& out, const at::Tensor& a, const at
   }
   const at::Tensor scratch = at::empty_like(out);  // for `accumulate`, a copy of out before each run
   double seconds[2] = {1e30, 1e30};  // oneDNN, BLAS
-  for (int run = 0; run < 2; ++run) {
+  // The best of two timed runs: on the shared EPYC Zen 4 box, whose speed
+  // varied 1.5x within minutes, one run alone could pick the slower engine.
+  for (int run = 0; run < 3; ++run) {
     for (int e = 0; e < 2; ++e) {
       if (accumulate) scratch.copy_(out);
       const double t0 = seconds_now();
@@ -412,7 +415,7 @@ GemmEngine engine_for_shape(const at::Tensor& out, const at::Tensor& a, const at
       if (e == 0) ran = onednn::matmul(scratch, a, b, accumulate);
       else blas_matmul(scratch, a, b, accumulate);
       if (!ran) seconds[e] = 2e30;  // no oneDNN primitive: BLAS
-      else if (run == 1) seconds[e] = seconds_now() - t0;
+      else if (run > 0) seconds[e] = std::min(seconds[e], seconds_now() - t0);
     }
   }
   const GemmEngine engine = seconds[0] <= seconds[1] ? GemmEngine::OneDnn : GemmEngine::Blas;
