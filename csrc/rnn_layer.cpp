@@ -367,8 +367,10 @@ LayerShape check_forward(c10::string_view mode_name, const at::Tensor& x, const 
 
 // The loop's per-step tensors (views of gi, out, the state buffers) are
 // its own and never reach autograd, yet each view() / select() went through
-// ADInplaceOrView and built a DifferentiableViewMeta: ~3-4% of a batch-1
-// step. Below that key they are plain views (storage shared, no autograd
+// ADInplaceOrView and built a DifferentiableViewMeta (libtorch_cpu's share
+// of a batch-1 LSTM forward, (200, 1, 64, 128), fell from 5.9% to 5.0% of
+// the samples without it; perf, AMD EPYC Zen 4). Below that key they are
+// plain views (storage shared, no autograd
 // metadata); every output is a fresh tensor or one of these buffers, and
 // nothing here writes into a caller's tensor, so no version counter is
 // skipped that autograd reads.

@@ -267,8 +267,9 @@ Choice make_choice(const std::string& requested) {
       if (g[e] <= 0) continue;  // not in this build or CPU
       measured += std::string(measured.empty() ? "" : ", ") + engine_name(GemmEngine(e)) + " " + fixed(g[e]);
     }
-    c.how = std::string(engine_name(c.float32)) + (c.float32 == GemmEngine::Panels ? std::string(", ") +
-            cpu::panel_isa_name() + " tiles" : std::string()) + " (measured on float32 steps, GFLOP/s: " + measured + ")";
+    const std::string tiles =
+        c.float32 == GemmEngine::Panels ? std::string(", ") + cpu::panel_isa_name() + " tiles" : std::string();
+    c.how = std::string(engine_name(c.float32)) + tiles + " (measured on float32 steps, GFLOP/s: " + measured + ")";
     if (!built_onednn()) c.how += " (this build has no oneDNN)";
     if (built_onednn()) c.how += "; float32 products over all steps: onednn or blas per shape, timed at its first call";
   }

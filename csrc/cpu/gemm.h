@@ -11,7 +11,7 @@
 //           and multiplied by AVX-512 or AVX2 + FMA register tiles
 //           (cpu/panel_gemm.h): on an AVX2-only CPU oneDNN 3.2 re-packs the
 //           weight every step, and on the Zen 4 the AVX-512 tiles matched
-//           or beat oneDNN's reordered matmul at every step shape.
+//           (within 1%) or beat oneDNN's reordered matmul at every step shape.
 //
 // Which one runs the step products is chosen once per process by measuring
 // all on step-shaped products (gemm.cpp), never from the vendor string; the

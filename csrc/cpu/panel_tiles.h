@@ -17,7 +17,8 @@ template <int ROWS, int PANELS>
 __attribute__((always_inline)) inline void tile(int64_t k, const float* a, int64_t lda, const float* panels, float* c,
                                                 int64_t ldc, int64_t cols, bool accumulate) {
   constexpr int kRegs = PANELS * Isa::kRegsPerPanel, kLanes = kPanel / Isa::kRegsPerPanel;
-  static_assert(ROWS * kRegs <= Isa::kAccumulators, "the accumulators, the B values and a broadcast fill the registers");
+  static_assert(ROWS * kRegs <= Isa::kAccumulators,
+                "the accumulators, the B values and a broadcast fill the registers");
   const int64_t panel_size = k * kPanel;
   typename Isa::Reg sum[ROWS][kRegs];
 #pragma GCC unroll 24
