@@ -22,8 +22,9 @@ TORCH_LIBRARY(rnnkernels, m) {
   m.def("cpu_gemm_engine() -> str");
   m.def("set_cpu_gemm_engine(str name) -> ()");
   // a (m, k) w (n, k)^T by csrc/cpu/rows_times_weight.h, the kernel of a
-  // single step's products, for its tests and benchmarks/rows_times_weight.py.
-  m.def("cpu_rows_times_weight(Tensor a, Tensor w) -> Tensor");
+  // single step's products, for its tests and benchmarks/rows_times_weight.py;
+  // isa "best" | "avx2" | "avx512" (tests run each width the CPU has).
+  m.def("cpu_rows_times_weight(Tensor a, Tensor w, str isa=\"best\") -> Tensor");
   // c + a (m, k) w (n, k)^T, or with transpose=False c + a w (k, n) (c None:
   // no c), by the panels engine's tiles on isa "avx2" | "avx512"
   // (csrc/cpu/panel_gemm.h), for its tests.
@@ -44,7 +45,11 @@ static std::string build_info() {
   return parts;
 }
 
-static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w) {
+static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w, c10::string_view isa_name) {
+  using rnnkernels::cpu::RowsIsa;
+  TORCH_CHECK(isa_name == "best" || isa_name == "avx2" || isa_name == "avx512",
+              "rnnkernels.cpu_rows_times_weight: isa must be 'best', 'avx2' or 'avx512', got '", isa_name, "'");
+  const RowsIsa isa = isa_name == "avx2" ? RowsIsa::Avx2 : isa_name == "avx512" ? RowsIsa::Avx512 : RowsIsa::Best;
   TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1),
               "rnnkernels.cpu_rows_times_weight: expected a (m, k) and w (n, k), got ", a.sizes(), " and ", w.sizes());
   TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && a.is_cpu() && w.is_cpu(),
@@ -53,9 +58,10 @@ static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w
   at::Tensor out = at::empty({a.size(0), w.size(0)}, a.options());
   TORCH_CHECK(rnnkernels::cpu::rows_times_weight(a.size(0), w.size(0), a.size(1), a_rows.data_ptr<float>(),
                                                  a.size(1), w_rows.data_ptr<float>(), w.size(1),
-                                                 out.data_ptr<float>(), w.size(0)),
-              "rnnkernels.cpu_rows_times_weight: does not run here (needs AVX-512 or AVX2 + FMA, k >= 1 and 1 <= m <= 32, "
-              "or m <= 64 with k >= 512), got m = ", a.size(0), ", k = ", a.size(1));
+                                                 out.data_ptr<float>(), w.size(0), /*accumulate=*/false, isa),
+              "rnnkernels.cpu_rows_times_weight: does not run here (needs AVX-512 or AVX2 + FMA, or the isa asked "
+              "for, k >= 1 and 1 <= m <= 32, or m <= 64 with k >= 512), got m = ", a.size(0), ", k = ", a.size(1),
+              ", isa ", isa_name);
   return out;
 }
 

@@ -168,29 +168,34 @@ def test_padding_never_reaches_an_output_or_gradient(engine, mode, poison):
 
 
 ROWS_TIMES_WEIGHT_RUNS = "avx512f" in cpu_flags() or PANELS_RUN  # AVX-512, else AVX2 + FMA
+# Each vector width the CPU has: "best" is one of them, the other is tested by name.
+ROWS_TIMES_WEIGHT_ISAS = ["best"] + [isa for isa, runs in (("avx2", PANELS_RUN), ("avx512", "avx512f" in cpu_flags()))
+                                     if runs]
 
 
-def rows_times_weight(a, w):
+def rows_times_weight(a, w, isa="best"):
     """The kernel's product, or None on a CPU without AVX-512 or AVX2 + FMA, after
     checking that it refuses there (the step then runs on BLAS) rather than answering."""
     if ROWS_TIMES_WEIGHT_RUNS:
-        return torch.ops.rnnkernels.cpu_rows_times_weight(a, w)
+        return torch.ops.rnnkernels.cpu_rows_times_weight(a, w, isa)
     with pytest.raises(RuntimeError, match="does not run here"):
-        torch.ops.rnnkernels.cpu_rows_times_weight(a, w)
+        torch.ops.rnnkernels.cpu_rows_times_weight(a, w, isa)
     return None
 
 
+@pytest.mark.parametrize("isa", ROWS_TIMES_WEIGHT_ISAS)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 16, 31, 32, 64])
-def test_rows_times_weight_matches_float64(m, seed):
+def test_rows_times_weight_matches_float64(m, isa, seed):
     """Every tile shape (4 x 4 blocks, the last 1-3 rows, columns past the
-    last block of 16) and every k tail, within float32's worst-case bound
-    for a length-k sum."""
+    last block of 16, or 4 x 2 and 8 on AVX2) and every k tail, on each
+    vector width the CPU has, within float32's worst-case bound for a
+    length-k sum."""
     for k in (1, 15, 16, 17, 300, 512):
         if m > 32 and k < 512:
             continue
         for n in (1, 5, 8, 16, 40, 1024):
             a, w = torch.randn(m, k), torch.randn(n, k)
-            got = rows_times_weight(a, w)
+            got = rows_times_weight(a, w, isa)
             if got is None:
                 continue
             got = got.double()
@@ -214,6 +219,11 @@ def test_rows_times_weight_is_thread_count_independent(seed):
 
 
 def test_rows_times_weight_refuses_what_it_does_not_take():
+    with pytest.raises(RuntimeError, match="isa must be 'best', 'avx2' or 'avx512', got 'sse'"):
+        torch.ops.rnnkernels.cpu_rows_times_weight(torch.randn(3, 4), torch.randn(8, 4), "sse")
+    if "avx512f" not in cpu_flags():
+        with pytest.raises(RuntimeError, match="does not run here"):
+            torch.ops.rnnkernels.cpu_rows_times_weight(torch.randn(3, 4), torch.randn(8, 4), "avx512")
     with pytest.raises(RuntimeError, match="does not run here"):
         torch.ops.rnnkernels.cpu_rows_times_weight(torch.randn(33, 256), torch.randn(8, 256))
     with pytest.raises(RuntimeError, match="expected a \\(m, k\\) and w \\(n, k\\)"):

@@ -255,11 +255,12 @@ bool rows_times_weight_runs() {
 }
 
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
-                       float* c, int64_t ldc, bool accumulate) {
+                       float* c, int64_t ldc, bool accumulate, RowsIsa isa) {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
-  if (!rows_times_weight_runs() || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
+  const bool runs = isa == RowsIsa::Best ? rows_times_weight_runs() : isa == RowsIsa::Avx512 ? has_avx512() : has_avx2();
+  if (!runs || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
   // Threads take whole blocks of columns; the columns past the last full block go to the last.
-  const bool wide = has_avx512();
+  const bool wide = isa == RowsIsa::Avx512 || (isa == RowsIsa::Best && has_avx512());
   const int64_t block = wide ? kBlockColumns : avx2::kBlockColumns;
   const int64_t blocks = n / block;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / (m * k * block));
@@ -270,7 +271,7 @@ bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t 
   });
   return true;
 #else
-  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)w, (void)ldw, (void)c, (void)ldc, (void)accumulate;
+  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)w, (void)ldw, (void)c, (void)ldc, (void)accumulate, (void)isa;
   return false;
 #endif
 }
