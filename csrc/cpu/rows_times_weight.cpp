@@ -257,7 +257,9 @@ bool rows_times_weight_runs() {
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
                        float* c, int64_t ldc, bool accumulate, RowsIsa isa) {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
-  const bool runs = isa == RowsIsa::Best ? rows_times_weight_runs() : isa == RowsIsa::Avx512 ? has_avx512() : has_avx2();
+  const bool runs = isa == RowsIsa::Best     ? rows_times_weight_runs()
+                    : isa == RowsIsa::Avx512 ? has_avx512()
+                                             : has_avx2();
   if (!runs || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
   // Threads take whole blocks of columns; the columns past the last full block go to the last.
   const bool wide = isa == RowsIsa::Avx512 || (isa == RowsIsa::Best && has_avx512());
