@@ -30,9 +30,9 @@ int main(){
     std::vector<float> a(m*k),w(n*k),c(m*n),c2(m*n);
     for(auto&x:a)x=nd(g); for(auto&x:w)x=nd(g);
     // the panels on each ISA this CPU has (AVX2 tiles, then AVX-512 tiles)
-    std::vector<std::pair<const char*, PanelIsa>> isas;
-    if(panel_gemm_runs(PanelIsa::Avx2)) isas.push_back({"avx2",PanelIsa::Avx2});
-    if(panel_gemm_runs(PanelIsa::Avx512)) isas.push_back({"avx512",PanelIsa::Avx512});
+    std::vector<std::pair<const char*, VectorIsa>> isas;
+    if(panel_gemm_runs(VectorIsa::Avx2)) isas.push_back({"avx2",VectorIsa::Avx2});
+    if(panel_gemm_runs(VectorIsa::Avx512)) isas.push_back({"avx512",VectorIsa::Avx512});
     std::vector<PanelMatrix> pms; for(auto&i:isas) pms.emplace_back(w.data(),k,true,k,n,i.second);
     double maxerr=0;
     for(auto&pm:pms){pm.multiply(m,a.data(),k,c.data(),n,false);

@@ -46,10 +46,10 @@ static std::string build_info() {
 }
 
 static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w, c10::string_view isa_name) {
-  using rnnkernels::cpu::RowsIsa;
+  using rnnkernels::cpu::VectorIsa;
   TORCH_CHECK(isa_name == "best" || isa_name == "avx2" || isa_name == "avx512",
               "rnnkernels.cpu_rows_times_weight: isa must be 'best', 'avx2' or 'avx512', got '", isa_name, "'");
-  const RowsIsa isa = isa_name == "avx2" ? RowsIsa::Avx2 : isa_name == "avx512" ? RowsIsa::Avx512 : RowsIsa::Best;
+  const VectorIsa isa = isa_name == "avx2" ? VectorIsa::Avx2 : isa_name == "avx512" ? VectorIsa::Avx512 : VectorIsa::Best;
   TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1),
               "rnnkernels.cpu_rows_times_weight: expected a (m, k) and w (n, k), got ", a.sizes(), " and ", w.sizes());
   TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && a.is_cpu() && w.is_cpu(),
@@ -67,10 +67,10 @@ static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w
 
 static at::Tensor cpu_panel_matmul(const at::Tensor& a, const at::Tensor& w, c10::string_view isa_name,
                                    const c10::optional<at::Tensor>& c, bool transpose) {
-  using rnnkernels::cpu::PanelIsa;
+  using rnnkernels::cpu::VectorIsa;
   TORCH_CHECK(isa_name == "avx2" || isa_name == "avx512",
               "rnnkernels.cpu_panel_matmul: isa must be 'avx2' or 'avx512', got '", isa_name, "'");
-  const PanelIsa isa = isa_name == "avx2" ? PanelIsa::Avx2 : PanelIsa::Avx512;
+  const VectorIsa isa = isa_name == "avx2" ? VectorIsa::Avx2 : VectorIsa::Avx512;
   TORCH_CHECK(rnnkernels::cpu::panel_gemm_runs(isa), "rnnkernels.cpu_panel_matmul: ", isa_name,
               " tiles do not run on this CPU or build");
   const int64_t k = a.dim() == 2 ? a.size(1) : 0, n = w.dim() == 2 ? w.size(transpose ? 0 : 1) : 0;

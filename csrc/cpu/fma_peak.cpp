@@ -7,6 +7,8 @@
 // AVX-512 registers, 12 ymm chains of AVX2's 16 (16 spilled and measured 75% of
 // the peak on an AMD EPYC Zen 2). A loop over an array of accumulators spilled
 // them to memory and measured a third of the peak.
+#include "cpu/vector_isa.h"
+
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <omp.h>
@@ -63,16 +65,16 @@ __attribute__((target("avx2,fma"), flatten)) float chains_256(int64_t n) {
 // Float32 FLOPs of one iteration at this CPU's widest FMA, and the loop; 0 without one.
 int64_t flops_per_iteration() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (__builtin_cpu_supports("avx512f")) return kChains512 * 16 * 2;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kChains256 * 8 * 2;
+  if (cpu::cpu_has_avx512()) return kChains512 * 16 * 2;
+  if (cpu::cpu_has_avx2_fma()) return kChains256 * 8 * 2;
 #endif
   return 0;
 }
 
 float run_chains(int64_t iterations) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (__builtin_cpu_supports("avx512f")) return chains_512(iterations);
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return chains_256(iterations);
+  if (cpu::cpu_has_avx512()) return chains_512(iterations);
+  if (cpu::cpu_has_avx2_fma()) return chains_256(iterations);
 #endif
   (void)iterations;
   return 0;

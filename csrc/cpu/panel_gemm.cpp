@@ -69,14 +69,11 @@ struct Isa {
 using PanelRange = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
                             int64_t, bool);
 
-bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
-
-PanelRange panel_range_for(PanelIsa isa) {
+PanelRange panel_range_for(VectorIsa isa) {
   switch (isa) {
-    case PanelIsa::Avx512: return cpu_has_avx512() ? &avx512::panel_range : nullptr;
-    case PanelIsa::Avx2: return cpu_has_avx2() ? &avx2::panel_range : nullptr;
-    case PanelIsa::Best: break;
+    case VectorIsa::Avx512: return cpu_has_avx512() ? &avx512::panel_range : nullptr;
+    case VectorIsa::Avx2: return cpu_has_avx2_fma() ? &avx2::panel_range : nullptr;
+    case VectorIsa::Best: break;
   }
   // RNNKERNELS_CPU_PANELS_ISA=avx2 runs the AVX2 tiles on an AVX-512 CPU (benchmarks compare the two).
   static const bool avx2_asked = [] {
@@ -84,13 +81,13 @@ PanelRange panel_range_for(PanelIsa isa) {
     return asked != nullptr && std::strcmp(asked, "avx2") == 0;
   }();
   if (cpu_has_avx512() && !avx2_asked) return &avx512::panel_range;
-  return cpu_has_avx2() ? &avx2::panel_range : nullptr;
+  return cpu_has_avx2_fma() ? &avx2::panel_range : nullptr;
 }
 
 }  // namespace
 #endif
 
-bool panel_gemm_runs(PanelIsa isa) {
+bool panel_gemm_runs(VectorIsa isa) {
 #ifdef RNNKERNELS_PANEL_GEMM_X86
   return panel_range_for(isa) != nullptr;
 #else
@@ -101,14 +98,14 @@ bool panel_gemm_runs(PanelIsa isa) {
 
 const char* panel_isa_name() {
 #ifdef RNNKERNELS_PANEL_GEMM_X86
-  const PanelRange best = panel_range_for(PanelIsa::Best);
+  const PanelRange best = panel_range_for(VectorIsa::Best);
   return best == &avx512::panel_range ? "AVX-512" : best == &avx2::panel_range ? "AVX2" : "no";
 #else
   return "no";
 #endif
 }
 
-PanelMatrix::PanelMatrix(const float* b, int64_t ldb, bool transpose, int64_t k, int64_t n, PanelIsa isa)
+PanelMatrix::PanelMatrix(const float* b, int64_t ldb, bool transpose, int64_t k, int64_t n, VectorIsa isa)
     : k_(k), n_(n), panels_((n + kPanel - 1) / kPanel), isa_(isa),
       packed_(new float[size_t(panels_ * k * kPanel)]) {
   TORCH_CHECK(panel_gemm_runs(isa), "rnnkernels: the panels GEMM does not run on this CPU with the ISA asked for");

@@ -35,16 +35,14 @@
 #include <cstdint>
 #include <memory>
 
+#include "cpu/vector_isa.h"
+
 namespace rnnkernels {
 namespace cpu {
 
-// The register tiles' instruction set: Best is AVX-512 where the CPU has
-// it, else AVX2 + FMA; the others ask for one (tests run both).
-enum class PanelIsa { Best, Avx2, Avx512 };
-
 // Whether this build and CPU run the kernel on `isa` (x86-64; AVX2 and FMA, or AVX-512).
-bool panel_gemm_runs(PanelIsa isa = PanelIsa::Best);
-// The tiles that PanelIsa::Best runs: "AVX-512", "AVX2" or "no" (for the engine report).
+bool panel_gemm_runs(VectorIsa isa = VectorIsa::Best);
+// The tiles that VectorIsa::Best runs: "AVX-512", "AVX2" or "no" (for the engine report).
 const char* panel_isa_name();
 
 class PanelMatrix {
@@ -53,7 +51,7 @@ class PanelMatrix {
 
   // B (k, n) given as `b` with leading dimension ldb, or, with `transpose`,
   // as its transpose: b is then W (n, k) row-major, B = W^T.
-  PanelMatrix(const float* b, int64_t ldb, bool transpose, int64_t k, int64_t n, PanelIsa isa = PanelIsa::Best);
+  PanelMatrix(const float* b, int64_t ldb, bool transpose, int64_t k, int64_t n, VectorIsa isa = VectorIsa::Best);
 
   // c (m, n) (leading dimension ldc) = a (m, k) B (lda), or += with
   // `accumulate`; threads split the panels.
@@ -61,7 +59,7 @@ class PanelMatrix {
 
  private:
   int64_t k_, n_, panels_;
-  PanelIsa isa_;
+  VectorIsa isa_;
   std::unique_ptr<float[]> packed_;  // (panels, k, 16); filled by the constructor's threads, not zeroed first
 };
 

@@ -233,36 +233,26 @@ __attribute__((target("avx2,fma"), flatten)) void column_range(int64_t n0, int64
 
 }  // namespace avx2
 
-bool has_avx512() {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
-}
-
-bool has_avx2() {
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return avx2;
-}
-
 }  // namespace
 #endif
 
 bool rows_times_weight_runs() {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
-  return has_avx512() || has_avx2();
+  return cpu_has_avx512() || cpu_has_avx2_fma();
 #else
   return false;
 #endif
 }
 
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
-                       float* c, int64_t ldc, bool accumulate, RowsIsa isa) {
+                       float* c, int64_t ldc, bool accumulate, VectorIsa isa) {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
-  const bool runs = isa == RowsIsa::Best     ? rows_times_weight_runs()
-                    : isa == RowsIsa::Avx512 ? has_avx512()
-                                             : has_avx2();
+  const bool runs = isa == VectorIsa::Best     ? rows_times_weight_runs()
+                    : isa == VectorIsa::Avx512 ? cpu_has_avx512()
+                                             : cpu_has_avx2_fma();
   if (!runs || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
   // Threads take whole blocks of columns; the columns past the last full block go to the last.
-  const bool wide = isa == RowsIsa::Avx512 || (isa == RowsIsa::Best && has_avx512());
+  const bool wide = isa == VectorIsa::Avx512 || (isa == VectorIsa::Best && cpu_has_avx512());
   const int64_t block = wide ? kBlockColumns : avx2::kBlockColumns;
   const int64_t blocks = n / block;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / (m * k * block));

@@ -34,6 +34,8 @@
 
 #include <cstdint>
 
+#include "cpu/vector_isa.h"
+
 namespace rnnkernels {
 namespace cpu {
 
@@ -44,17 +46,13 @@ constexpr bool rows_times_weight_takes(int64_t m, int64_t k) { return m >= 1 && 
 // Whether this build and CPU run the kernel at all (AVX-512, else AVX2 + FMA).
 bool rows_times_weight_runs();
 
-// The tiles' vector width: Best is AVX-512 where the CPU has it, else AVX2 +
-// FMA; the others ask for one (the tests run both on an AVX-512 CPU).
-enum class RowsIsa { Best, Avx2, Avx512 };
-
 // c (m, n) = a (m, k) w (n, k)^T, or c += a w^T with `accumulate` (each
 // product summed in full, then added), all row-major float32 with leading
 // dimensions lda, ldw, ldc; threads split n. False (nothing written) where
 // this CPU lacks `isa` (Best: has neither AVX-512 nor AVX2 + FMA), or
 // rows_times_weight_takes(m, k) is false.
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
-                       float* c, int64_t ldc, bool accumulate = false, RowsIsa isa = RowsIsa::Best);
+                       float* c, int64_t ldc, bool accumulate = false, VectorIsa isa = VectorIsa::Best);
 
 }  // namespace cpu
 }  // namespace rnnkernels
