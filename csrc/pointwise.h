@@ -9,6 +9,9 @@
 // Every tensor is contiguous, of x's dtype and device, except `lengths`.
 // A row b is alive at time t when lengths is undefined or t < lengths[b];
 // a dead row keeps its state, outputs zero and passes gradients through.
+// A packed step (the CPU loop with uneven lengths: csrc/rnn_layer.cpp) hands
+// gi, saved, d_pre and d_gh with only the running rows, the first n of its
+// sorted batch; the dead rows after them touch none of the four.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -137,18 +137,67 @@ at::Tensor check_lengths(const at::Tensor& lengths, const LayerShape& s) {
 // alive[t] rows and every per-step GEMM shrinks to them: the saving
 // PackedSequence gets from packing, on padded input. Saved activations stay in
 // this sorted order.
+//
+// Packed rows go further, on the CPU: the running rows of every step, step
+// after step, as a PackedSequence holds them (N = sum of the lengths rows).
+// The products over all steps (input projection, dx, dW_ih, dW_hh) then run
+// on N rows instead of T * B, padding left out; step t's rows are
+// first_row[t] .. first_row[t] + alive[t] of a (T * B, n) buffer, whose last
+// T * B - N rows go unused (its shape stays the static one the fake kernels
+// give).
 struct BatchOrder : SortedBatch {
-  std::vector<int64_t> alive;  // (T,) rows running at time t
+  std::vector<int64_t> alive;      // (T,) rows running at time t
+  std::vector<int64_t> first_row;  // (T + 1,) packed row of step t's first; first_row[T] = N
 
   BatchOrder(const at::Tensor& unsorted_host_lengths, const LayerShape& s, const at::Tensor& x)
-      : SortedBatch(unsorted_host_lengths, x), alive(s.T, s.B) {
-    if (!host_lengths.defined()) return;
-    const int64_t* len = host_lengths.data_ptr<int64_t>();
-    for (const auto t : c10::irange(s.T)) {
-      alive[t] = 0;
-      while (alive[t] < s.B && len[alive[t]] > t) ++alive[t];
+      : SortedBatch(unsorted_host_lengths, x), alive(s.T, s.B), first_row(s.T + 1, 0), T_(s.T), B_(s.B) {
+    if (host_lengths.defined()) {
+      const int64_t* len = host_lengths.data_ptr<int64_t>();
+      for (const auto t : c10::irange(s.T)) {
+        alive[t] = 0;
+        while (alive[t] < s.B && len[alive[t]] > t) ++alive[t];
+      }
     }
+    for (const auto t : c10::irange(s.T)) first_row[t + 1] = first_row[t] + alive[t];
   }
+
+  int64_t packed_rows() const { return first_row[T_]; }
+
+  // (N, n): the packed rows of `steps` (T, B, n), which is in sorted batch
+  // order, or in the caller's with `callers_order` (x itself).
+  at::Tensor pack(const at::Tensor& steps, bool callers_order) const {
+    return steps.reshape({T_ * B_, steps.size(2)}).index_select(0, flat_rows(callers_order));
+  }
+  // (T, B, n) in the caller's batch order of packed rows (N, n), padding zero.
+  at::Tensor unpack(const at::Tensor& packed) const {
+    return at::zeros({T_ * B_, packed.size(1)}, packed.options())
+        .index_copy_(0, flat_rows(/*callers_order=*/true), packed)
+        .view({T_, B_, packed.size(1)});
+  }
+  // Step t's rows (alive[t], n) of a (T, B, n) buffer holding packed rows.
+  std::vector<at::Tensor> packed_steps(const at::Tensor& buffer) const {
+    if (!buffer.defined() || buffer.dim() < 2) return {};
+    const at::Tensor flat = buffer.view({T_ * B_, buffer.size(2)});
+    std::vector<at::Tensor> steps;
+    for (const auto t : c10::irange(T_)) steps.push_back(flat.narrow(0, first_row[t], alive[t]));
+    return steps;
+  }
+
+ private:
+  // (N,) the row t * B + b of (T * B, n) that each packed row comes from: b
+  // the sorted row, or the caller's row order[b].
+  at::Tensor flat_rows(bool callers_order) const {
+    at::Tensor rows = at::empty({packed_rows()}, at::kLong);
+    int64_t* row = rows.data_ptr<int64_t>();
+    const at::Tensor host_order = callers_order && order.defined() ? order.cpu() : at::Tensor();
+    const int64_t* caller = host_order.defined() ? host_order.data_ptr<int64_t>() : nullptr;
+    for (const auto t : c10::irange(T_)) {
+      for (const auto b : c10::irange(alive[t])) *row++ = t * B_ + (caller ? caller[b] : b);
+    }
+    return rows;
+  }
+
+  int64_t T_, B_;
 };
 
 void forward_step(const ForwardStep& step, const at::Tensor& x) {
@@ -345,6 +394,13 @@ std::tuple<at::Tensor, at::Tensor> normalise_rows(const at::Tensor& rows) {
   return {x_hat, rstd.view({rows.size(0)})};
 }
 
+// Whether a layer runs on packed rows (BatchOrder): uneven lengths on the
+// CPU. Not with LayerNorm, zoneout or return_cells, whose per-step tensors
+// keep every row.
+bool packs_rows(const BatchOrder& batch, const at::Tensor& x, const Extras& extras) {
+  return batch.lengths.defined() && x.is_cpu() && !extras.any();
+}
+
 struct LayerForward {
   at::Tensor out, h_n, c_n, cell_states, states, cells, gates, hidden_raw;
   at::Tensor x_hat, row_stats, fresh;  // saved by the extras (see rnn_ops.cpp)
@@ -391,8 +447,11 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   const BatchOrder batch(check_lengths(defined_or_empty(lengths_opt), s), s, x_in);
   const Extras extras = check_options(options, s, x_in, w_hr.defined(), batch);
   const at::Tensor& lengths = batch.lengths;
+  const bool packed = packs_rows(batch, x_in, extras);
 
-  const at::Tensor x = batch.sort(x_in, 1).contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  // x (T, B, I) in sorted batch order, or its packed rows (N, I).
+  const at::Tensor x = packed ? batch.pack(x_in, /*callers_order=*/true) : batch.sort(x_in, 1).contiguous();
+  const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   h0 = batch.sort(h0, 0);
   c0 = batch.sort(c0, 0);
   if (w_hr.defined()) w_hr = w_hr.contiguous();
@@ -413,9 +472,10 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   const bool gh_into_gi = x.is_cpu() && lstm && x.scalar_type() == at::kFloat && !steps_extended;
   const gemm::StepWeight w_hh_t(w_hh, /*transpose=*/true, B, /*accumulate=*/gh_into_gi, T);  // (P, G*H)
   at::Tensor gi = at::empty({T, B, GH}, opts);
+  const int64_t rows = packed ? batch.packed_rows() : T * B;
   // LN(gi) normalises every row, padding included: padding must be finite.
-  gemm::matmul(gi.view({T * B, GH}), (extras.ln_ih.defined() ? without_padding(x, batch) : x).view({T * B, s.I}),
-               w_ih.t());
+  gemm::matmul(gi.view({T * B, GH}).narrow(0, 0, rows),
+               (extras.ln_ih.defined() ? without_padding(x, batch) : x).view({rows, s.I}), w_ih.t());
   // LayerNorm: x_hat (2, T, B, G*H) of gi and of h W_hh^T; row_stats
   // (T, B, 4): rstd of LN(h W_hh^T), mean and rstd of LN(c), rstd of LN(gi).
   const bool layer_norm = extras.ln_ih.defined();
@@ -450,6 +510,9 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   at::Tensor gates = !training || !saved_gate_count(s.mode) ? at::empty({0}, opts)
                      : gates_over_gi ? gi
                      : at::empty({T, B, saved_gate_count(s.mode) * H}, opts);
+  // Packed, the rows past the N written are zeroed: the saved activations
+  // are an output, the same on every call (opcheck compares them).
+  if (packed && gates.numel() > 0) gates.view({T * B, -1}).narrow(0, rows, T * B - rows).zero_();
   // h before projection: saved for backward, else one step's scratch.
   at::Tensor hidden_raw = w_hr.defined() ? at::empty({training ? T : 1, B, H}, opts) : at::empty({0}, opts);
   const auto w_hr_t = w_hr.defined() ? std::make_unique<gemm::StepWeight>(w_hr, /*transpose=*/true, B, false, T)
@@ -462,12 +525,13 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   at::Tensor fresh = save_fresh ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
   at::Tensor cell_states = extras.return_cells ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
 
-  const auto gi_at = steps_of(gi), out_at = steps_of(out);
+  auto step_views = [&](const at::Tensor& t) { return packed ? batch.packed_steps(t) : steps_of(t); };
+  const auto gi_at = step_views(gi), out_at = steps_of(out);
   const auto x_hat_hh_at = layer_norm && training ? steps_of(x_hat[1]) : std::vector<at::Tensor>();
   const auto stats_at = steps_of(row_stats), fresh_at = steps_of(fresh), cell_out_at = steps_of(cell_states);
   const auto keep_h_at = steps_of(extras.keep_h), keep_c_at = steps_of(extras.keep_c);
   const gemm::SingleThreaded one_thread(tiny_steps(x, T, B, GH, P));
-  const auto saved_at = steps_of(gates), raw_at = steps_of(hidden_raw);
+  const auto saved_at = step_views(gates), raw_at = steps_of(hidden_raw);
   ForwardExtras step_extras;
   step_extras.ln_hh_weight = extras.ln_hh;
   step_extras.ln_cell_weight = extras.ln_cell_w;
@@ -569,8 +633,11 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   if (layer_norm || ln_cell) check_arg(row_stats, "row_stats", {T, B, 4}, x_in, "(T, batch, 4) saved");
   const at::Tensor& lengths = batch.lengths;
 
-  // Into the forward's sorted batch order (see BatchOrder).
-  const at::Tensor x = batch.sort(x_in, 1).contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const bool packed = packs_rows(batch, x_in, extras);  // as the forward did
+
+  // Into the forward's sorted batch order (see BatchOrder), or its packed rows (N, I).
+  const at::Tensor x = packed ? batch.pack(x_in, /*callers_order=*/true) : batch.sort(x_in, 1).contiguous();
+  const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   if (w_hr.defined()) w_hr = w_hr.contiguous();
   if (grad_output.defined()) grad_output = batch.sort(grad_output, 1).contiguous();
   if (grad_cells.defined()) grad_cells = batch.sort(grad_cells, 1).contiguous();
@@ -594,9 +661,10 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   at::Tensor d_proj = w_hr.defined() ? at::empty({T, B, P}, opts) : at::Tensor();
   at::Tensor dh_raw = w_hr.defined() ? at::empty({B, H}, opts) : at::Tensor();
 
-  const auto state_at = steps_of(states), cell_at = steps_of(cells), saved_at = steps_of(gates);
-  const auto d_pre_at = steps_of(d_pre), d_gh_at = steps_of(d_gh_all), d_proj_at = steps_of(d_proj);
-  const auto d_gh_raw_at = steps_of(d_gh_raw), d_ln_cell_at = steps_of(d_ln_cell);
+  auto step_views = [&](const at::Tensor& t) { return packed ? batch.packed_steps(t) : steps_of(t); };
+  const auto state_at = steps_of(states), cell_at = steps_of(cells), saved_at = step_views(gates);
+  const auto d_pre_at = step_views(d_pre), d_gh_at = step_views(d_gh_all), d_proj_at = steps_of(d_proj);
+  const auto d_gh_raw_at = step_views(d_gh_raw), d_ln_cell_at = steps_of(d_ln_cell);
   const auto x_hat_hh_at = layer_norm ? steps_of(x_hat[1]) : std::vector<at::Tensor>();
   const auto stats_at = steps_of(row_stats), fresh_at = steps_of(fresh), grad_cells_at = steps_of(grad_cells);
   const auto keep_h_at = steps_of(extras.keep_h), keep_c_at = steps_of(extras.keep_c);
@@ -657,8 +725,10 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
     }
   }
 
-  // Everything below is one GEMM (or reduction) over all T*B rows.
-  const at::Tensor d_pre_2d = d_pre.view({T * B, GH}), d_gh_2d = d_gh_all.view({T * B, GH});
+  // Everything below is one GEMM (or reduction) over all T*B rows, or the N packed ones.
+  const int64_t rows = packed ? batch.packed_rows() : T * B;
+  const at::Tensor d_pre_2d = d_pre.view({T * B, GH}).narrow(0, 0, rows);
+  const at::Tensor d_gh_2d = d_gh_all.view({T * B, GH}).narrow(0, 0, rows);
   LayerGrads grads;
   // gi = gamma_ih * LN(x W_ih^T): back through the LayerNorm, all rows at once.
   at::Tensor d_gi_raw = d_pre_2d;
@@ -711,14 +781,19 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
     gemm::matmul(out, a, b);
     return out;
   };
-  if (input_grad) grads.x = batch.unsort(product(d_gi_raw, w_ih).view({T, B, I}), 1);
+  if (input_grad) {
+    const at::Tensor dx = product(d_gi_raw, w_ih);
+    grads.x = packed ? batch.unpack(dx) : batch.unsort(dx.view({T, B, I}), 1);
+  }
   if (weight_grad) {
-    grads.w_ih = product(d_gi_raw.t(), without_padding(x, batch).view({T * B, I}));
+    grads.w_ih = product(d_gi_raw.t(), packed ? x : without_padding(x, batch).view({T * B, I}));
     // The state entering step t, for all t: states[0:T] forward, states[1:T+1]
     // in reverse; a frozen one past its sequence's end zeroed like x (an Inf
-    // state at the end would otherwise meet the zero d_gh there).
-    const at::Tensor h_entering = without_padding(states.narrow(0, reverse ? 1 : 0, T), batch).reshape({T * B, P});
-    grads.w_hh = product(d_gh_raw.view({T * B, GH}).t(), h_entering);
+    // state at the end would otherwise meet the zero d_gh there) or left out.
+    const at::Tensor entering = states.narrow(0, reverse ? 1 : 0, T);
+    const at::Tensor h_entering = packed ? batch.pack(entering, /*callers_order=*/false)
+                                         : without_padding(entering, batch).reshape({T * B, P});
+    grads.w_hh = product(d_gh_raw.view({T * B, GH}).narrow(0, 0, rows).t(), h_entering);
     if (w_hr.defined()) grads.w_hr = product(d_proj.view({T * B, P}).t(), hidden_raw.view({T * B, H}));
   }
   grads.h0 = batch.unsort(dh, 0);

@@ -66,6 +66,12 @@ inline bool alive(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
 
+// Whether a step tensor has a row b: a packed step's gi, saved, d_pre and
+// d_gh hold the running rows only (pointwise.h).
+inline bool holds_row(const at::Tensor& tensor, int64_t b) {
+  return tensor.defined() && b < tensor.size(0);
+}
+
 inline const int64_t* lengths_ptr(const at::Tensor& lengths) {
   return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
 }
@@ -144,13 +150,9 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
   thread_local std::vector<stored_t> zero_gh;
   if (gh_in_gi) zero_gh.resize(std::max<size_t>(zero_gh.size(), s.gi.size(1)), stored_t(0));
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const stored_t* gi = storage_row<scalar_t>(s.gi, b);
-    const stored_t* gh = gh_in_gi ? zero_gh.data() : storage_row<scalar_t>(s.gh, b);
     const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
     stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
     stored_t* out = storage_row<scalar_t>(s.out, b);
-    stored_t* saved = s.saved.defined() ? storage_row<scalar_t>(s.saved, b) : scratch.data();
-    stored_t* saved_or_null = s.saved.defined() ? saved : nullptr;  // the vector rows store no gates in inference
     if (!alive(lengths, b, s.t)) {  // frozen state, zero output
       if (lstm) copy_row(storage_row<scalar_t>(s.c_next, b), storage_row<scalar_t>(s.c_prev, b), H);
       if (projected) {
@@ -159,9 +161,13 @@ RK_ALWAYS_INLINE void forward_rows(const ForwardStep& s, int64_t b_begin, int64_
         copy_row(h_next, h_prev, P);
         zero_row(out, P);
       }
-      if (s.saved.defined()) zero_row(saved, saved_gate_count(s.mode) * H);
+      if (holds_row(s.saved, b)) zero_row(storage_row<scalar_t>(s.saved, b), saved_gate_count(s.mode) * H);
       continue;
     }
+    const stored_t* gi = storage_row<scalar_t>(s.gi, b);
+    const stored_t* gh = gh_in_gi ? zero_gh.data() : storage_row<scalar_t>(s.gh, b);
+    stored_t* saved = s.saved.defined() ? storage_row<scalar_t>(s.saved, b) : scratch.data();
+    stored_t* saved_or_null = s.saved.defined() ? saved : nullptr;  // the vector rows store no gates in inference
     // Pre-activation of gate unit k: both GEMM outputs plus both biases.
     auto pre = [&](int64_t k) { return widen<acc_t>(gi[k]) + widen<acc_t>(b_ih[k]) + widen<acc_t>(gh[k]) + widen<acc_t>(b_hh[k]); };
     // h goes to h_raw (to be projected) or straight into the next state and
@@ -250,13 +256,13 @@ RK_ALWAYS_INLINE void backward_rows(const BackwardStep& s, int64_t b_begin, int6
   for (int64_t b = b_begin; b < b_end; ++b) {
     const stored_t* dh_carry = storage_row<scalar_t>(s.dh, b);
     stored_t* dh_prev = storage_row<scalar_t>(s.dh_prev, b);
-    stored_t* d_pre = storage_row<scalar_t>(s.d_pre, b);
     if (!alive(lengths, b, s.t)) {  // the state passed through unchanged: so does its gradient
       copy_row(dh_prev, dh_carry, P);
-      zero_row(d_pre, GH);
-      zero_row(storage_row<scalar_t>(s.d_gh, b), GH);
+      if (holds_row(s.d_pre, b)) zero_row(storage_row<scalar_t>(s.d_pre, b), GH);
+      if (holds_row(s.d_gh, b)) zero_row(storage_row<scalar_t>(s.d_gh, b), GH);
       continue;  // dc (lstm) stays as it is
     }
+    stored_t* d_pre = storage_row<scalar_t>(s.d_pre, b);
     // The gradient of this step's h: through the projection, or carry + output.
     const stored_t* dh_raw = storage_row<scalar_t>(s.dh_raw, b);
     const stored_t* grad_out = storage_row<scalar_t>(s.grad_out, b);
@@ -782,25 +788,26 @@ void rows(const Step& s, int64_t b_begin, int64_t b_end) {
   }
 }
 
-// One step over the batch (or LayerNormRows over all its rows): `gates` is
-// the step's (B, G*H) gate buffer, whose dtype picks the instantiation and
-// whose row width sizes the thread blocks.
+// One step over the batch of `batch` rows (or LayerNormRows over all its
+// rows): `gates` is the step's (B, G*H) gate buffer (a packed step's holds
+// the running rows only), whose dtype picks the instantiation and whose row
+// width sizes the thread blocks.
 template <typename Step>
-void run_step(const Step& step, const at::Tensor& gates) {
+void run_step(const Step& step, int64_t batch, const at::Tensor& gates) {
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "rnnkernels_pointwise_step_cpu", [&] {
-    for_each_row_block(gates.size(0), gates.size(1), [&](int64_t b0, int64_t b1) { rows<scalar_t>(step, b0, b1); });
+    for_each_row_block(batch, gates.size(1), [&](int64_t b0, int64_t b1) { rows<scalar_t>(step, b0, b1); });
   });
 }
 
 }  // namespace
 
-void forward_step_cpu(const ForwardStep& step) { run_step(step, step.gi); }
+void forward_step_cpu(const ForwardStep& step) { run_step(step, step.h_prev.size(0), step.gi); }
 
-void backward_step_cpu(const BackwardStep& step) { run_step(step, step.d_pre); }
+void backward_step_cpu(const BackwardStep& step) { run_step(step, step.dh.size(0), step.d_pre); }
 
-void layer_norm_rows_cpu(const LayerNormRows& step) { run_step(step, step.rows); }
+void layer_norm_rows_cpu(const LayerNormRows& step) { run_step(step, step.rows.size(0), step.rows); }
 
-void layer_norm_rows_backward_cpu(const LayerNormRowsBackward& step) { run_step(step, step.dy); }
+void layer_norm_rows_backward_cpu(const LayerNormRowsBackward& step) { run_step(step, step.dy.size(0), step.dy); }
 
 void commit_projection_cpu(const CommitProjection& s) {
   const int64_t* lengths = lengths_ptr(s.lengths);
