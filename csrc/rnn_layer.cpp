@@ -395,11 +395,8 @@ std::tuple<at::Tensor, at::Tensor> normalise_rows(const at::Tensor& rows) {
 }
 
 // Whether a layer runs on packed rows (BatchOrder): uneven lengths on the
-// CPU. Not with LayerNorm, zoneout or return_cells, whose per-step tensors
-// keep every row.
-bool packs_rows(const BatchOrder& batch, const at::Tensor& x, const Extras& extras) {
-  return batch.lengths.defined() && x.is_cpu() && !extras.any();
-}
+// CPU (the CUDA kernels index every step's rows by batch row).
+bool packs_rows(const BatchOrder& batch, const at::Tensor& x) { return batch.lengths.defined() && x.is_cpu(); }
 
 struct LayerForward {
   at::Tensor out, h_n, c_n, cell_states, states, cells, gates, hidden_raw;
@@ -447,7 +444,7 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   const BatchOrder batch(check_lengths(defined_or_empty(lengths_opt), s), s, x_in);
   const Extras extras = check_options(options, s, x_in, w_hr.defined(), batch);
   const at::Tensor& lengths = batch.lengths;
-  const bool packed = packs_rows(batch, x_in, extras);
+  const bool packed = packs_rows(batch, x_in);
 
   // x (T, B, I) in sorted batch order, or its packed rows (N, I).
   const at::Tensor x = packed ? batch.pack(x_in, /*callers_order=*/true) : batch.sort(x_in, 1).contiguous();
@@ -473,19 +470,21 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   const gemm::StepWeight w_hh_t(w_hh, /*transpose=*/true, B, /*accumulate=*/gh_into_gi, T);  // (P, G*H)
   at::Tensor gi = at::empty({T, B, GH}, opts);
   const int64_t rows = packed ? batch.packed_rows() : T * B;
-  // LN(gi) normalises every row, padding included: padding must be finite.
-  gemm::matmul(gi.view({T * B, GH}).narrow(0, 0, rows),
-               (extras.ln_ih.defined() ? without_padding(x, batch) : x).view({rows, s.I}), w_ih.t());
+  const at::Tensor gi_rows = gi.view({T * B, GH}).narrow(0, 0, rows);
+  // LN(gi) normalises every row, padding included unless packed: padding must be finite.
+  gemm::matmul(gi_rows, (extras.ln_ih.defined() && !packed ? without_padding(x, batch) : x).view({rows, s.I}),
+               w_ih.t());
   // LayerNorm: x_hat (2, T, B, G*H) of gi and of h W_hh^T; row_stats
   // (T, B, 4): rstd of LN(h W_hh^T), mean and rstd of LN(c), rstd of LN(gi).
+  // The gi parts, x_hat[0] and row_stats[..., 3], are indexed like gi: by
+  // packed row when packed.
   const bool layer_norm = extras.ln_ih.defined();
   at::Tensor x_hat = training && layer_norm ? at::empty({2, T, B, GH}, opts) : at::empty({0}, opts);
   at::Tensor row_stats = training && (layer_norm || extras.ln_cell_w.defined()) ? at::zeros({T, B, 4}, opts)
                                                                                : at::empty({0}, opts);
   if (layer_norm && x.is_cpu()) {  // gi <- gamma_ih * LN(gi), for all steps at once
-    layer_norm_rows_cpu({gi.view({T * B, GH}), extras.ln_ih,
-                         training ? x_hat[0].view({T * B, GH}) : at::Tensor(),
-                         training ? row_stats.select(2, 3).view({T * B}) : at::Tensor()});
+    layer_norm_rows_cpu({gi_rows, extras.ln_ih, training ? x_hat[0].view({T * B, GH}).narrow(0, 0, rows) : at::Tensor(),
+                         training ? row_stats.select(2, 3).view({T * B}).narrow(0, 0, rows) : at::Tensor()});
   } else if (layer_norm) {
     auto [gi_hat, rstd] = normalise_rows(gi.view({T * B, GH}));
     if (training) {
@@ -512,7 +511,11 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
                      : at::empty({T, B, saved_gate_count(s.mode) * H}, opts);
   // Packed, the rows past the N written are zeroed: the saved activations
   // are an output, the same on every call (opcheck compares them).
-  if (packed && gates.numel() > 0) gates.view({T * B, -1}).narrow(0, rows, T * B - rows).zero_();
+  if (packed) {
+    auto zero_unused = [&](const at::Tensor& buffer) { buffer.view({T * B, -1}).narrow(0, rows, T * B - rows).zero_(); };
+    if (gates.numel() > 0) zero_unused(gates);
+    if (x_hat.numel() > 0) zero_unused(x_hat[0]);
+  }
   // h before projection: saved for backward, else one step's scratch.
   at::Tensor hidden_raw = w_hr.defined() ? at::empty({training ? T : 1, B, H}, opts) : at::empty({0}, opts);
   const auto w_hr_t = w_hr.defined() ? std::make_unique<gemm::StepWeight>(w_hr, /*transpose=*/true, B, false, T)
@@ -633,7 +636,7 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
   if (layer_norm || ln_cell) check_arg(row_stats, "row_stats", {T, B, 4}, x_in, "(T, batch, 4) saved");
   const at::Tensor& lengths = batch.lengths;
 
-  const bool packed = packs_rows(batch, x_in, extras);  // as the forward did
+  const bool packed = packs_rows(batch, x_in);  // as the forward did
 
   // Into the forward's sorted batch order (see BatchOrder), or its packed rows (N, I).
   const at::Tensor x = packed ? batch.pack(x_in, /*callers_order=*/true) : batch.sort(x_in, 1).contiguous();
@@ -737,8 +740,9 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
     // gamma_ih's and the input bias's gradients (csrc/pointwise.h); gamma_hh's
     // were summed by the step rows.
     const at::Tensor sums = weight_grad ? per_thread_sums(2 * GH, x) : at::Tensor();
-    layer_norm_rows_backward_cpu({d_pre_2d, x_hat[0].view({T * B, GH}), row_stats.select(2, 3).reshape({T * B}),
-                                  extras.ln_ih, d_pre_2d, sums});
+    layer_norm_rows_backward_cpu({d_pre_2d, x_hat[0].view({T * B, GH}).narrow(0, 0, rows),
+                                  row_stats.select(2, 3).view({T * B}).narrow(0, 0, rows), extras.ln_ih, d_pre_2d,
+                                  sums});
     if (weight_grad) {
       const at::Tensor total = sums.sum(0).view({2, GH}).to(x.scalar_type());
       grads.ln_ih = total[0];

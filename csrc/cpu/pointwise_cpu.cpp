@@ -435,12 +435,10 @@ RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begi
   fresh_row.resize(std::max<size_t>(fresh_row.size(), H));
   gate_o.resize(std::max<size_t>(gate_o.size(), H));
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const stored_t* gi = storage_row<scalar_t>(s.gi, b);
     stored_t* gh = storage_row<scalar_t>(s.gh, b);
     const stored_t* h_prev = storage_row<scalar_t>(s.h_prev, b);
     stored_t* h_next = storage_row<scalar_t>(s.h_next, b);
     stored_t* out = storage_row<scalar_t>(s.out, b);
-    stored_t* saved = s.saved.defined() ? storage_row<scalar_t>(s.saved, b) : scratch.data();
     stored_t* xhat_hh = storage_row<scalar_t>(e.xhat_hh, b);
     stored_t* stats = storage_row<scalar_t>(e.row_stats, b);
     stored_t* fresh = storage_row<scalar_t>(e.fresh, b);
@@ -454,12 +452,14 @@ RK_ALWAYS_INLINE void forward_rows_extended(const ForwardStep& s, int64_t b_begi
       copy_row(h_next, h_prev, H);
       zero_row(out, H);
       zero_row(cell_out, H);
-      if (s.saved.defined()) zero_row(saved, n_saved);
+      if (holds_row(s.saved, b)) zero_row(storage_row<scalar_t>(s.saved, b), n_saved);
       zero_row(xhat_hh, GH);
       zero_row(fresh, H);
       zero_row(stats, 3);
       continue;
     }
+    const stored_t* gi = storage_row<scalar_t>(s.gi, b);
+    stored_t* saved = s.saved.defined() ? storage_row<scalar_t>(s.saved, b) : scratch.data();
     if (ln_hh != nullptr) {  // gh <- gamma_hh * LN(gh), the normalised row saved
       acc_t mean, rstd;
       row_moments<acc_t>(GH, [&](int64_t k) { return widen<acc_t>(gh[k]); }, mean, rstd);
@@ -574,18 +574,18 @@ RK_ALWAYS_INLINE void backward_rows_extended(const BackwardStep& s, int64_t b_be
   for (int64_t b = b_begin; b < b_end; ++b) {
     const stored_t* dh_carry = storage_row<scalar_t>(s.dh, b);
     stored_t* dh_prev = storage_row<scalar_t>(s.dh_prev, b);
-    stored_t* d_pre = storage_row<scalar_t>(s.d_pre, b);
-    stored_t* d_gh = gru ? storage_row<scalar_t>(s.d_gh, b) : d_pre;  // gradient of the (normalised) h W_hh^T
-    stored_t* d_gh_raw = storage_row<scalar_t>(e.d_gh_raw, b);
     stored_t* d_ln_cell = storage_row<scalar_t>(e.d_ln_cell, b);
     if (!alive(lengths, b, s.t)) {  // the state passed through unchanged: so does its gradient
       copy_row(dh_prev, dh_carry, H);
-      zero_row(d_pre, GH);
-      if (gru) zero_row(d_gh, GH);
-      zero_row(d_gh_raw, GH);
+      for (const at::Tensor* rows : {&s.d_pre, &s.d_gh, &e.d_gh_raw}) {
+        if (holds_row(*rows, b)) zero_row(storage_row<scalar_t>(*rows, b), GH);
+      }
       zero_row(d_ln_cell, 2 * H);
       continue;  // dc (lstm) stays as it is
     }
+    stored_t* d_pre = storage_row<scalar_t>(s.d_pre, b);
+    stored_t* d_gh = gru ? storage_row<scalar_t>(s.d_gh, b) : d_pre;  // gradient of the (normalised) h W_hh^T
+    stored_t* d_gh_raw = storage_row<scalar_t>(e.d_gh_raw, b);
     const stored_t* grad_out = storage_row<scalar_t>(s.grad_out, b);
     const stored_t* saved = storage_row<scalar_t>(s.saved, b);
     const stored_t* stats = storage_row<scalar_t>(e.row_stats, b);
