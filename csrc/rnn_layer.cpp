@@ -139,12 +139,12 @@ at::Tensor check_lengths(const at::Tensor& lengths, const LayerShape& s) {
 // this sorted order.
 //
 // Packed rows go further, on the CPU: the running rows of every step, step
-// after step, as a PackedSequence holds them (N = sum of the lengths rows).
-// The products over all steps (input projection, dx, dW_ih, dW_hh) then run
-// on N rows instead of T * B, padding left out; step t's rows are
-// first_row[t] .. first_row[t] + alive[t] of a (T * B, n) buffer, whose last
-// T * B - N rows go unused (its shape stays the static one the fake kernels
-// give).
+// after step, as a PackedSequence holds them (N = sum(lengths) rows). The
+// products over all steps (input projection, dx, dW_ih, dW_hh) then run on
+// about N rows instead of T * B, padding left out; step t's rows are
+// first_row[t] .. first_row[t] + alive[t] of a (T * B, n) buffer, whose
+// rows past N are zeros or unused (its shape stays the static one the fake
+// kernels give).
 struct BatchOrder : SortedBatch {
   std::vector<int64_t> alive;      // (T,) rows running at time t
   std::vector<int64_t> first_row;  // (T + 1,) packed row of step t's first; first_row[T] = N
@@ -458,7 +458,7 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
   const at::Tensor& lengths = batch.lengths;
   const bool packed = packs_rows(batch, x_in);
 
-  // x (T, B, I) in sorted batch order, or its packed rows (N, I).
+  // x (T, B, I) in sorted batch order, or its packed rows (product_rows, I).
   const at::Tensor x = packed ? batch.pack(x_in, /*callers_order=*/true) : batch.sort(x_in, 1).contiguous();
   const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   h0 = batch.sort(h0, 0);
@@ -651,7 +651,7 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
 
   const bool packed = packs_rows(batch, x_in);  // as the forward did
 
-  // Into the forward's sorted batch order (see BatchOrder), or its packed rows (N, I).
+  // Into the forward's sorted batch order (see BatchOrder), or its packed rows (product_rows, I).
   const at::Tensor x = packed ? batch.pack(x_in, /*callers_order=*/true) : batch.sort(x_in, 1).contiguous();
   const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   if (w_hr.defined()) w_hr = w_hr.contiguous();
