@@ -123,6 +123,34 @@ def test_float32_packed_weight_path_matches_reference(case):
     assert max(errors.values()) < TOLERANCE[torch.float32], errors
 
 
+def lengths_summing_to(total, T, B):
+    """B lengths in [1, T], the first T, summing to `total` (B <= total <= T * B), spread over the batch."""
+    lengths = [1] * B
+    lengths[0] = T
+    left, b = total - (T + B - 1), 1
+    while left > 0:
+        step = min(left, T - lengths[b])
+        lengths[b] += step
+        left -= step
+        b = b % (B - 1) + 1
+    return [lengths[(5 * i) % B] for i in range(B)]  # a permutation (gcd(5, B) = 1): unsorted, as callers pass them
+
+
+@pytest.mark.parametrize("rows", [31, 32, 33, 64, 65, 107])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_packed_rows_of_any_count_match_reference(mode, rows):
+    # Uneven lengths run the products over all steps on the packed rows,
+    # N = sum(lengths) of them rounded up to 32 with zero rows (BatchOrder in
+    # csrc/rnn_layer.cpp): N below, at and above a multiple of 32, and one
+    # short of T * B, where the rounding stops at T * B.
+    T, B = 9, 12
+    lengths = lengths_summing_to(rows, T, B)
+    assert sum(lengths) == rows and max(lengths) == T and min(lengths) >= 1
+    case = RNNCase(mode=mode, steps=T, batch=B, input_size=5, hidden_size=7, lengths=lengths, bidirectional=True)
+    errors = run_rnn_case(case, "cpu", seed=rows)
+    assert max(errors.values()) < TOLERANCE[torch.float64], errors
+
+
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_bfloat16_close_to_reference(mode):
     # bfloat16 storage, float32 gate math: within the harness' bfloat16 tolerance.
