@@ -43,9 +43,18 @@ def path(request, monkeypatch):
 
 
 def assert_close(case: RNNCase, seed: int):
+    """Against the float64 reference, each error within the dtype's tolerance
+    or, in float16 and bfloat16, within 3x the error torch's own math (the
+    reference backend) makes in that dtype on the same inputs if larger, as
+    tests/test_triton_layer_extras.py bounds them: at seed 2025496993 torch's
+    bfloat16 weight gradients of an LSTM with projection were 0.0199 off,
+    against a 0.02 tolerance."""
     errors = run_rnn_case(case, "triton", seed=seed)
-    worst = max(errors.values())
-    assert worst <= TOLERANCE[case.dtype], f"{case.describe()} seed {seed}: {errors}"
+    bounds = dict.fromkeys(errors, TOLERANCE[case.dtype])
+    if case.dtype in (torch.float16, torch.bfloat16):
+        own = run_rnn_case(case, "reference", seed=seed)
+        bounds = {key: max(bound, 3 * own[key]) for key, bound in bounds.items()}
+    assert all(errors[key] <= bounds[key] for key in errors), f"{case.describe()} seed {seed}: {errors}, bounds {bounds}"
 
 
 def test_kernels_run_in_the_interpreter():
