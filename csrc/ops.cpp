@@ -45,11 +45,18 @@ static std::string build_info() {
   return parts;
 }
 
-static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w, c10::string_view isa_name) {
+// The test ops' `isa` argument: "avx2", "avx512", or "best" where the op takes it.
+static rnnkernels::cpu::VectorIsa vector_isa_named(c10::string_view name, const char* op, bool takes_best) {
   using rnnkernels::cpu::VectorIsa;
-  TORCH_CHECK(isa_name == "best" || isa_name == "avx2" || isa_name == "avx512",
-              "rnnkernels.cpu_rows_times_weight: isa must be 'best', 'avx2' or 'avx512', got '", isa_name, "'");
-  const VectorIsa isa = isa_name == "avx2" ? VectorIsa::Avx2 : isa_name == "avx512" ? VectorIsa::Avx512 : VectorIsa::Best;
+  if (name == "avx2") return VectorIsa::Avx2;
+  if (name == "avx512") return VectorIsa::Avx512;
+  TORCH_CHECK(takes_best && name == "best", "rnnkernels.", op, ": isa must be ", takes_best ? "'best', " : "",
+              "'avx2' or 'avx512', got '", name, "'");
+  return VectorIsa::Best;
+}
+
+static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w, c10::string_view isa_name) {
+  const auto isa = vector_isa_named(isa_name, "cpu_rows_times_weight", /*takes_best=*/true);
   TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1),
               "rnnkernels.cpu_rows_times_weight: expected a (m, k) and w (n, k), got ", a.sizes(), " and ", w.sizes());
   TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && a.is_cpu() && w.is_cpu(),
@@ -67,10 +74,7 @@ static at::Tensor cpu_rows_times_weight(const at::Tensor& a, const at::Tensor& w
 
 static at::Tensor cpu_panel_matmul(const at::Tensor& a, const at::Tensor& w, c10::string_view isa_name,
                                    const c10::optional<at::Tensor>& c, bool transpose) {
-  using rnnkernels::cpu::VectorIsa;
-  TORCH_CHECK(isa_name == "avx2" || isa_name == "avx512",
-              "rnnkernels.cpu_panel_matmul: isa must be 'avx2' or 'avx512', got '", isa_name, "'");
-  const VectorIsa isa = isa_name == "avx2" ? VectorIsa::Avx2 : VectorIsa::Avx512;
+  const auto isa = vector_isa_named(isa_name, "cpu_panel_matmul", /*takes_best=*/false);
   TORCH_CHECK(rnnkernels::cpu::panel_gemm_runs(isa), "rnnkernels.cpu_panel_matmul: ", isa_name,
               " tiles do not run on this CPU or build");
   const int64_t k = a.dim() == 2 ? a.size(1) : 0, n = w.dim() == 2 ? w.size(transpose ? 0 : 1) : 0;

@@ -238,7 +238,7 @@ __attribute__((target("avx2,fma"), flatten)) void column_range(int64_t n0, int64
 
 bool rows_times_weight_runs() {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
-  return cpu_has_avx512() || cpu_has_avx2_fma();
+  return cpu_runs(VectorIsa::Best);
 #else
   return false;
 #endif
@@ -247,10 +247,7 @@ bool rows_times_weight_runs() {
 bool rows_times_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
                        float* c, int64_t ldc, bool accumulate, VectorIsa isa) {
 #ifdef RNNKERNELS_ROWS_TIMES_WEIGHT_X86
-  const bool runs = isa == VectorIsa::Best     ? rows_times_weight_runs()
-                    : isa == VectorIsa::Avx512 ? cpu_has_avx512()
-                                             : cpu_has_avx2_fma();
-  if (!runs || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
+  if (!cpu_runs(isa) || !rows_times_weight_takes(m, k) || n <= 0 || k <= 0) return false;
   // Threads take whole blocks of columns; the columns past the last full block go to the last.
   const bool wide = isa == VectorIsa::Avx512 || (isa == VectorIsa::Best && cpu_has_avx512());
   const int64_t block = wide ? kBlockColumns : avx2::kBlockColumns;

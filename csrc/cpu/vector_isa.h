@@ -17,5 +17,15 @@ inline bool cpu_has_avx512() { return false; }
 inline bool cpu_has_avx2_fma() { return false; }
 #endif
 
+// Whether this CPU runs code of `isa` (Best: of either width).
+inline bool cpu_runs(VectorIsa isa) {
+  switch (isa) {
+    case VectorIsa::Avx512: return cpu_has_avx512();
+    case VectorIsa::Avx2: return cpu_has_avx2_fma();
+    case VectorIsa::Best: break;
+  }
+  return cpu_has_avx512() || cpu_has_avx2_fma();
+}
+
 }  // namespace cpu
 }  // namespace rnnkernels
