@@ -64,6 +64,18 @@ def check_no_expanded_weights(tensors: Sequence[Optional[Tensor]]) -> None:
         )
 
 
+def local_views(tensors: Sequence[Optional[Tensor]]) -> list:
+    """A fresh view of each tensor that requires grad, for a backward's
+    recompute to take and its autograd.grad to ask gradients of. Asked of the
+    saved tensors themselves, autograd.grad would also follow every path
+    through their history: where a saved state came from a step with the same
+    weights (a decoder's cell, one call per step), that step's weight
+    gradients would be added a second time. The views still lead back to the
+    tensors, so the gradients stay functions of them (double backward)."""
+    with torch.enable_grad():
+        return [t.view_as(t) if t is not None and t.requires_grad else t for t in tensors]
+
+
 def differentiable_grads(mode: str, inputs: Tuple[Optional[Tensor], ...], needs: Sequence[bool],
                          grad_outputs: Sequence[Optional[Tensor]], reverse: bool) -> Tuple[Optional[Tensor], ...]:
     """Gradients of one layer's (out, h_n, c_n) that autograd can differentiate again.
@@ -76,6 +88,7 @@ def differentiable_grads(mode: str, inputs: Tuple[Optional[Tensor], ...], needs:
     if h0 is None:
         out_size = w_hr.shape[0] if w_hr is not None else w_hh.shape[1]
         h0 = x.new_zeros((x.shape[1], out_size))
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = local_views((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     with torch.enable_grad():
         outputs = reference.rnn_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     flowing = [(o, g) for o, g in zip(outputs, grad_outputs) if o is not None and g is not None]

@@ -123,10 +123,11 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_cell_states, *_saved_gr
 
 
 def _reference_gradients(ctx, inputs, needs, grads_out, lengths, keep_h, keep_c):
-    """The gradients through the reference's math, taken on the saved inputs
-    themselves (not detached copies), so that they are functions of them and
-    of the incoming gradients: what double backward differentiates."""
+    """The gradients through the reference's math, taken on views of the saved
+    inputs (not detached copies), so that they are functions of them and of
+    the incoming gradients: what double backward differentiates."""
     wanted = [name for name in _DIFFERENTIABLE if needs[name] and inputs[name] is not None]
+    inputs = dict(zip(inputs, interop.local_views(list(inputs.values()))))  # see interop.local_views
     x, w_hh = inputs["x"], inputs["w_hh"]
     h0 = inputs["h0"] if inputs["h0"] is not None else x.new_zeros(x.shape[1], w_hh.shape[1])
     c0 = inputs["c0"] if inputs["c0"] is not None or ctx.mode != "lstm" else x.new_zeros(x.shape[1], w_hh.shape[1])

@@ -112,6 +112,39 @@ def test_triton_double_backward_matches_reference(monkeypatch, seed):
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 
+def _carried_state_penalty(module, chunks, hx):
+    """A gradient penalty over truncated BPTT that keeps the graph: the
+    second chunk starts from the first's final state, made with the same
+    weights. Returns the first-order weight gradients and the penalty's."""
+    out, hx = module(chunks[0], hx)
+    out2, _ = module(chunks[1], hx)
+    weights = list(module.parameters())
+    grads = torch.autograd.grad(out.sum() + out2.square().sum(), weights, create_graph=True)
+    return grads, torch.autograd.grad(sum(g.square().sum() for g in grads), weights)
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", LAYERS, ids=LAYER_IDS)
+def test_double_backward_through_a_carried_state(torch_cls, rk_cls, kwargs, seed):
+    """create_graph's recompute must ask for the gradients of its own inputs
+    only: asked of the saved state itself, autograd.grad also walked back into
+    the chunk that made it, and added that chunk's weight gradients again."""
+    reference, ours = twins(torch_cls, rk_cls, kwargs)
+    chunks = torch.randn(2, 3, 2, 3, dtype=torch.double)
+    torch.testing.assert_close(_carried_state_penalty(ours, chunks, None),
+                               _carried_state_penalty(reference, chunks, None), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rk_cls", [rk.LayerNormLSTM, rk.LayerNormGRU])
+def test_layer_norm_double_backward_through_a_carried_state(rk_cls, seed):
+    """The same for the extended op (rnn_ext_ops), against the reference backend."""
+    ours = rk_cls(3, 4, backend="cpu").double()
+    reference = copy.deepcopy(ours)
+    reference.backend = "reference"
+    chunks = torch.randn(2, 3, 2, 3, dtype=torch.double)
+    torch.testing.assert_close(_carried_state_penalty(ours, chunks, None),
+                               _carried_state_penalty(reference, chunks, None), rtol=1e-10, atol=1e-12)
+
+
 # ------------------------------------------------------- 2. forward-mode AD, functorch
 
 

@@ -394,9 +394,10 @@ def _ext_setup_context(ctx, inputs, output):
 
 def _ext_reference_grads(ctx, inputs, needs, grads_out):
     """create_graph (double backward): the gradients through the reference's
-    math (rnnkernels.reference.rnn_layer_extended), taken on the saved inputs
-    themselves so that they are differentiable again (as rnn_ext_ops.py)."""
+    math (rnnkernels.reference.rnn_layer_extended), taken on views of the
+    saved inputs so that they are differentiable again (as rnn_ext_ops.py)."""
     wanted = [name for name in _EXT_GRADS if needs[name] and inputs[name] is not None]
+    inputs = dict(zip(inputs, interop.local_views(list(inputs.values()))))  # see interop.local_views
     extras = reference.LayerExtras(inputs["ln_ih"], inputs["ln_hh"], inputs["ln_cell_w"], inputs["ln_cell_b"],
                                    inputs["keep_h"], inputs["keep_c"], ctx.return_cells)
     outputs = reference.rnn_layer_extended(ctx.mode, inputs["x"], inputs["h0"], inputs["c0"], inputs["w_ih"],
