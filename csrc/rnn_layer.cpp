@@ -638,6 +638,10 @@ LayerForward forward_impl(c10::string_view mode_name, const at::Tensor& x_in, co
 
 struct LayerGrads {
   at::Tensor x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_cell_w, ln_cell_b;
+  // (rows, G*H): what dW_ih and dW_hh are products of, the gradients of
+  // x W_ih^T and of h W_hh^T (the same tensor but for gru). In the forward's
+  // row order: the caller's without lengths.
+  at::Tensor d_gi, d_gh;
 };
 
 LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Tensor>& grad_output_opt,
@@ -846,6 +850,8 @@ LayerGrads backward_impl(c10::string_view mode_name, const c10::optional<at::Ten
     grads.w_hh = product(d_gh_raw.view({T * B, GH}).narrow(0, 0, product_rows).t(), h_entering);
     if (w_hr.defined()) grads.w_hr = product(d_proj.view({T * B, P}).t(), hidden_raw.view({T * B, H}));
   }
+  grads.d_gi = d_gi_raw;
+  grads.d_gh = d_gh_raw.view({T * B, GH}).narrow(0, 0, product_rows);
   grads.h0 = batch.unsort(dh, 0);
   grads.c0 = batch.unsort(dc, 0);
   return grads;
@@ -971,6 +977,20 @@ rnn_layer_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_
                                none, none);
   return {or_empty(g.x, x), g.h0, or_empty(g.c0, x), or_empty(g.w_ih, x), or_empty(g.w_hh, x),
           or_empty(g.b_ih, x), or_empty(g.b_hh, x), or_empty(g.w_hr, x)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_gate_grads(
+    c10::string_view mode, const c10::optional<at::Tensor>& grad_output, const c10::optional<at::Tensor>& grad_h_n,
+    const c10::optional<at::Tensor>& grad_c_n, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    bool reverse, const at::Tensor& states, const at::Tensor& cells, const at::Tensor& gates, bool input_grad) {
+  const at::Tensor none;
+  LayerGrads g = backward_impl(mode, grad_output, grad_h_n, grad_c_n, c10::nullopt, x, w_ih, w_hh, c10::nullopt,
+                               c10::nullopt, reverse, states, cells, gates, none, /*has_bias=*/false, input_grad,
+                               /*weight_grad=*/false, {}, none, none, none);
+  const int64_t T = x.size(0), B = x.size(1), GH = w_ih.size(0);
+  // An output may not alias another: d_gh is empty where it is d_gi.
+  const at::Tensor d_gh = g.d_gh.data_ptr() == g.d_gi.data_ptr() ? at::empty({0}, x.options()) : g.d_gh.view({T, B, GH});
+  return {or_empty(g.x, x), g.h0, or_empty(g.c0, x), g.d_gi.view({T, B, GH}), d_gh};
 }
 
 namespace {

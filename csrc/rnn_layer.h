@@ -77,6 +77,13 @@ ExtendedForward rnn_layer_forward_ext(
     const c10::optional<at::Tensor>& ln_cell_b, const c10::optional<at::Tensor>& keep_h,
     const c10::optional<at::Tensor>& keep_c, bool return_cells);
 
+// rnn_layer_backward without lengths or projection, and with the gate
+// gradients in place of the weights'; see rnn_ops.cpp.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_gate_grads(
+    c10::string_view mode, const c10::optional<at::Tensor>& grad_output, const c10::optional<at::Tensor>& grad_h_n,
+    const c10::optional<at::Tensor>& grad_c_n, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    bool reverse, const at::Tensor& states, const at::Tensor& cells, const at::Tensor& gates, bool input_grad);
+
 ExtendedBackward rnn_layer_backward_ext(
     c10::string_view mode, const c10::optional<at::Tensor>& grad_output, const c10::optional<at::Tensor>& grad_h_n,
     const c10::optional<at::Tensor>& grad_c_n, const c10::optional<at::Tensor>& grad_cell_states, const at::Tensor& x,

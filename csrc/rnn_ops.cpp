@@ -15,6 +15,13 @@
 //   bias gradients (else empty); has_bias: whether biases were given.
 //   -> grad_x, grad_h0, grad_c0 (lstm; else empty), grad_w_ih, grad_w_hh,
 //      grad_b_ih, grad_b_hh, grad_w_hr (empty when absent or not asked for).
+// rnn_layer_gate_grads: rnn_layer_backward (no lengths, no projection)
+//   returning, instead of the weight and bias gradients, the gate gradients
+//   they are sums of: d_gi (T, B, G*H) of x W_ih^T + b_ih, d_gh of
+//   h W_hh^T + b_hh (gru; empty for the others, where it is d_gi), for a
+//   caller that sums the weight gradients of many calls in one product
+//   (rnnkernels.rnn_ops.GatheredWeightGrads: a decoder's cell, step by step)
+//   -> grad_x, grad_h0, grad_c0, d_gi, d_gh.
 // rnn_bidirectional_forward / rnn_bidirectional_backward: both directions of
 //   a bidirectional layer (no projection, no extras) at once, each on a
 //   thread of its own: on 2 cores two single-threaded loops beat one
@@ -54,6 +61,10 @@ TORCH_LIBRARY_FRAGMENT(rnnkernels, m) {
       "Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
       "Tensor grad_w_hr)");
   m.def(
+      "rnn_layer_gate_grads(str mode, Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor x, "
+      "Tensor w_ih, Tensor w_hh, bool reverse, Tensor states, Tensor cells, Tensor gates, bool input_grad) -> "
+      "(Tensor grad_x, Tensor grad_h0, Tensor grad_c0, Tensor d_gi, Tensor d_gh)");
+  m.def(
       "rnn_bidirectional_forward(str mode, Tensor x, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, Tensor? h0_reverse, Tensor? c0_reverse, Tensor w_ih_reverse, "
       "Tensor w_hh_reverse, Tensor? b_ih_reverse, Tensor? b_hh_reverse, Tensor? lengths, bool training) -> Tensor[]");
@@ -82,6 +93,7 @@ TORCH_LIBRARY_FRAGMENT(rnnkernels, m) {
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
   m.impl("rnn_layer_forward", &rnnkernels::rnn_layer_forward);
   m.impl("rnn_layer_backward", &rnnkernels::rnn_layer_backward);
+  m.impl("rnn_layer_gate_grads", &rnnkernels::rnn_layer_gate_grads);
   m.impl("rnn_bidirectional_forward", &rnnkernels::rnn_bidirectional_forward);
   m.impl("rnn_bidirectional_backward", &rnnkernels::rnn_bidirectional_backward);
   m.impl("rnn_layer_forward_ext", &rnnkernels::rnn_layer_forward_ext);

@@ -10,13 +10,21 @@ on the module's backend:
 
     cell = rk.LSTMCell(256, 512)          # backend="auto" | "cpu" | "cuda" | "triton" | "reference"
     h, c = cell(x, (h, c))                # x (batch, 256), h, c (batch, 512)
+
+On the cpu backend, in training, the steps of one set of weights gather
+their weight gradients: each step's backward leaves its gate gradients, and
+one product per weight sums all steps when the backward reaches the weights
+(rnnkernels.rnn_ops.GatheredWeightGrads), instead of a dense (gates, input)
+gradient and its accumulation per step, which at small batch are all memory
+traffic. The gradients are the same sums (float64 within 1e-10 of torch.nn).
 """
+import weakref
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from . import backends, interop
+from . import _ext, backends, interop
 
 
 def refuse_torchscript(module: nn.Module):
@@ -31,6 +39,11 @@ def refuse_torchscript(module: nn.Module):
 
 
 _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+# cell -> (weights' identity, GatheredWeightGrads); outside the module, so that
+# copy.deepcopy and pickle never meet its non-leaf aliases.
+_GATHERED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_GATHERED_DTYPES = (torch.float32, torch.float64)
 
 
 class _CellMixin:
@@ -86,9 +99,47 @@ class _CellMixin:
             raise ValueError(f"{type(self).__name__} input dtype ({input.dtype}) does not match weight dtype "
                              f"({weights[0].dtype}). Convert input: input.to({weights[0].dtype}), "
                              f"or convert model: model.to({input.dtype})")
+        gathered = self._gathered_weight_grads(input, h, c, weights, backend)
+        if gathered is not None:
+            from . import rnn_ops  # loaded: the cpu backend runs
+            _, h_next, c_next = rnn_ops.gathered_rnn_layer(gathered, self._rk_mode(), input.unsqueeze(0), h, c)
+            return h_next, c_next
         _, h_next, c_next = backends.rnn_layer(self._rk_mode(), input.unsqueeze(0), h, c, *weights, None, None, False,
                                                backend=backend)
         return h_next, c_next
+
+    def _gathered_weight_grads(self, input: Tensor, h: Tensor, c: Optional[Tensor], weights, backend: str):
+        """The GatheredWeightGrads (rnnkernels.rnn_ops) of this cell's weights,
+        whose steps sum their weight gradients in one product per weight when
+        the backward reaches them; None where the step takes the weights as
+        they are: a CPU step of the cpu backend in float32 or float64 under grad
+        mode, outside torch.compile, tracing, functorch and forward AD, with
+        the weights plain leaf tensors that all require grad. A new one when a
+        weight is replaced or changed in place (an optimizer step)."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # first: a trace takes the op as it is
+            return None
+        if not torch.is_grad_enabled() or input.dtype not in _GATHERED_DTYPES or not input.is_cpu:
+            return None
+        present = [w for w in weights if w is not None]
+        if len(present) not in (2, 4) or not all(
+                type(w) in (Tensor, nn.Parameter) and w.requires_grad and w.grad_fn is None for w in present):
+            return None
+        if _ext.load_error() is not None:
+            return None
+        from . import rnn_ops
+        if not rnn_ops.CAN_GATHER:
+            return None
+        if interop.needs_reference((input, h, c, *present)):
+            return None
+        if backends.resolve(backend, input.device, "rnn", input.dtype)[0] != "cpu":
+            return None
+        identity = tuple((id(w), w._version, w.data_ptr(), w.dtype) for w in present)
+        cached = _GATHERED.get(self)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        gathered = rnn_ops.GatheredWeightGrads(present)
+        _GATHERED[self] = (identity, gathered)
+        return gathered
 
     def _autocast_step(self, plan: interop.AutocastPlan, input: Tensor, h: Tensor, c: Optional[Tensor], weights):
         input, h, c = (interop.autocast_cast(t, plan.compute) for t in (input, h, c))

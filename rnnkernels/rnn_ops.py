@@ -16,6 +16,7 @@ torch.jit.trace, export) use the op and its registration.
 Import it only when the extension is loaded (rnnkernels._ext.load_error() is None).
 """
 import contextlib
+import weakref
 from typing import Optional
 
 import torch
@@ -75,6 +76,15 @@ def _bidirectional_backward_fake(mode, grad_output, grad_h_n, grad_c_n, grad_out
     return outputs
 
 
+@torch.library.register_fake("rnnkernels::rnn_layer_gate_grads")
+def _gate_grads_fake(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, reverse, states, cells, gates, input_grad):
+    grad_x, grad_h0, grad_c0 = _backward_fake(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, None, None, reverse,
+                                              states, cells, gates, x.new_empty((0,)), False, input_grad, False)[:3]
+    T, B = x.shape[0], x.shape[1]
+    d_gh = x.new_empty((T, B, w_ih.shape[0])) if mode == "gru" else x.new_empty((0,))
+    return grad_x, grad_h0, grad_c0, x.new_empty((T, B, w_ih.shape[0])), d_gh
+
+
 @torch.library.register_fake("rnnkernels::rnn_layer_backward")
 def _backward_fake(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths, reverse, states, cells,
                    gates, hidden_raw, has_bias, input_grad, weight_grad):
@@ -112,11 +122,19 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # unused outputs send None, not zero tensors
 
 
-def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
+def _saved(ctx):
     tensors = iter(ctx.saved_tensors)
-    saved = [next(tensors) if present else None for present in ctx.saved_present]
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, states, cells, gates, hidden_raw = saved
-    needs = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training
+    return [next(tensors) if present else None for present in ctx.saved_present]
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
+    return _layer_backward(ctx, ctx.needs_input_grad, grad_output, grad_h_n, grad_c_n)
+
+
+def _layer_backward(ctx, needs, grad_output, grad_h_n, grad_c_n):
+    """needs: whether each input needs a gradient, as ctx.needs_input_grad of
+    the op: mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, states, cells, gates, hidden_raw = _saved(ctx)
     if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable too
         grads = interop.differentiable_grads(
             ctx.mode, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths), needs[1:10],
@@ -299,3 +317,114 @@ def bidirectional(mode, x, forward, reverse, lengths):
             out, h_n, c_n, _, _, _, out_r, h_n_r, c_n_r, _, _, _ = _PAIR_FORWARD(mode, x, *forward, *reverse, lengths,
                                                                                  False)
     return [(out, h_n, c_n if lstm else None), (out_r, h_n_r, c_n_r if lstm else None)]
+
+
+# Gathered weight gradients: a decoder runs its cell one step per call, so
+# autograd meets every step's weight gradients one by one. Each is a dense
+# (G*H, I) product of a few rows (one at batch 1) plus its addition to the
+# running sum: all memory traffic (8 MB written and 16 MB moved per step for
+# an LSTMCell of 512 at batch 1), in torch.nn as it was here. Instead the
+# steps leave their gate gradients with a GatheredWeightGrads, and when the
+# backward reaches the weights one product per weight sums all the steps.
+#
+# The steps take the weights through _GatheredWeights, an identity whose
+# node is upstream of every step that took them: the engine runs it after
+# all of them, in each backward that needs the weights' gradients. A step
+# whose backward runs when that node will not (torch.autograd.grad for other
+# inputs), or whose backward must be differentiable (create_graph=True),
+# returns its weight gradients as the layer op does; the node adds those to
+# what it gathered. Entries carry the graph task they came from, so that a
+# backward that failed halfway, or a re-entrant one (checkpoint), never lends
+# its entries to another.
+CAN_GATHER = hasattr(torch._C, "_current_graph_task_id") and hasattr(torch._C, "_will_engine_execute_node")
+
+
+class GatheredWeightGrads:
+    """The gate gradients of the steps that took one set of weights, until
+    the backward reaches those weights. weights: w_ih, w_hh, then b_ih, b_hh
+    if the cell has biases; aliases: what the steps take instead."""
+
+    def __init__(self, weights):
+        self.has_bias = len(weights) == 4
+        self._entries = []  # (graph task, d_gi (rows, G*H), d_gh or None where it is d_gi, x (rows, I), h (rows, P))
+        self.aliases = _GatheredWeights.apply(self, *weights)
+        self._node = weakref.ref(self.aliases[0].grad_fn)
+
+    def collecting(self) -> bool:
+        """Whether the backward now running will reach the weights (call it from a step's backward)."""
+        node = self._node()
+        return node is not None and torch._C._will_engine_execute_node(node)
+
+    def add(self, d_gi: Tensor, d_gh: Optional[Tensor], x: Tensor, h: Tensor) -> None:
+        self._entries.append((torch._C._current_graph_task_id(), d_gi, d_gh, x, h))
+
+    def take(self):
+        """The weight gradients summed over this backward's entries (which it
+        forgets), in the order of the weights; None if it has none."""
+        task = torch._C._current_graph_task_id()
+        mine = [e for e in self._entries if e[0] == task]
+        if not mine:
+            return None
+        self._entries = [e for e in self._entries if e[0] != task]
+        d_gi = torch.cat([e[1] for e in mine])
+        d_gh = d_gi if mine[0][2] is None else torch.cat([e[2] for e in mine])
+        grads = [d_gi.t().mm(torch.cat([e[3] for e in mine])), d_gh.t().mm(torch.cat([e[4] for e in mine]))]
+        if self.has_bias:
+            grads += [d_gi.sum(0), d_gh.sum(0)]
+        return grads
+
+
+class _GatheredWeights(torch.autograd.Function):
+    """Identity on the weights; backward adds what the steps gathered."""
+
+    @staticmethod
+    def forward(ctx, gathered, *weights):
+        ctx.gathered = gathered
+        ctx.set_materialize_grads(False)
+        return tuple(w.view_as(w) for w in weights)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        summed = ctx.gathered.take()
+        if summed is None:
+            return (None, *grads)
+        return (None, *(s if g is None else g + s for g, s in zip(grads, summed)))
+
+
+class _GatheredStep(torch.autograd.Function):
+    """_LayerFunction for calls whose weights come from a GatheredWeightGrads
+    (inputs: it, then the op's); backward leaves the gate gradients with it."""
+
+    @staticmethod
+    def forward(ctx, gathered, *inputs):
+        with _below_autograd():
+            output = _OP(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.gathered = gathered
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n, grad_c_n, *_saved_grads):
+        needs = ctx.needs_input_grad[1:]
+        if torch.is_grad_enabled() or not ctx.gathered.collecting():
+            return (None, *_layer_backward(ctx, needs, grad_output, grad_h_n, grad_c_n))
+        x, h0, c0, w_ih, w_hh, _, _, _, _, states, cells, gates, _ = _saved(ctx)
+        lstm = ctx.mode == "lstm"
+        grad_x, grad_h0, grad_c0, d_gi, d_gh = torch.ops.rnnkernels.rnn_layer_gate_grads(
+            ctx.mode, grad_output, grad_h_n, grad_c_n if lstm else None, x, w_ih, w_hh, ctx.reverse, states, cells,
+            gates, needs[1])
+        T, B = x.shape[0], x.shape[1]
+        entering = states.narrow(0, 1 if ctx.reverse else 0, T)  # the state each step starts from
+        ctx.gathered.add(d_gi.view(T * B, -1), d_gh.view(T * B, -1) if d_gh.numel() else None, x.view(T * B, -1),
+                         entering.reshape(T * B, -1))
+        return (None, None, grad_x if needs[1] else None, grad_h0 if needs[2] and h0 is not None else None,
+                grad_c0 if needs[3] and lstm and c0 is not None else None, *(None,) * 9)
+
+
+def gathered_rnn_layer(gathered: GatheredWeightGrads, mode, x, h0, c0):
+    """rnn_layer on the CPU with gathered's aliases as the weights (no
+    projection, no lengths), for an eager call under grad mode."""
+    w_ih, w_hh, *biases = gathered.aliases
+    b_ih, b_hh = biases if biases else (None, None)
+    out, h_n, c_n, *_ = _GatheredStep.apply(gathered, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, None, False, True)
+    return out, h_n, (c_n if mode == "lstm" else None)

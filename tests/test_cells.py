@@ -217,3 +217,139 @@ def test_decoder_loop_benchmark_rows():
     rows = cells_bench.bench_cell("lstm", 2, 8, ["cpu"], torch.device("cpu"), torch.float32, repeats=1)
     assert [r["pass"] for r in rows] == ["fwd", "fwd+bwd"]
     assert all(r["steps"] == cells_bench.STEPS and r["cpu_speedup"] > 0 and r["torch_ms"] > 0 for r in rows)
+
+
+# Gathered weight gradients (rnnkernels.rnn_ops.GatheredWeightGrads): a cpu
+# cell's steps leave their gate gradients for one product per weight when the
+# backward reaches the weights. Each case below is a way a backward can meet
+# those weights, against torch.nn's cells doing the same.
+
+def _loop_grads(cell, xs, state):
+    """A loss of a decoder loop over xs (a leaf copy of xs, returned too)."""
+    x = xs.clone().requires_grad_()
+    out, final = run_steps(cell, x, state)
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum() + final[-1].sum()
+    return loss, x
+
+
+def _gathered(cell):
+    from rnnkernels import cells as cells_module
+    entry = cells_module._GATHERED.get(cell)
+    return entry[1] if entry is not None else None
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gathered_weight_grads_run_and_match_torch(torch_cls, rk_cls, kwargs, bias, seed):
+    """One product per weight: the steps' backward is rnn_layer_gate_grads,
+    never the per-step rnn_layer_backward, and the sums are torch's."""
+    reference, ours = twins(torch_cls, rk_cls, kwargs, backend="cpu", bias=bias, input_size=4, hidden_size=6)
+    xs, state = torch.randn(7, 3, 4, dtype=torch.double), state_like(torch_cls, (3, 6), torch.double)
+    loss_ref, x_ref = _loop_grads(reference, xs, state)
+    loss_ref.backward()
+    loss, x = _loop_grads(ours, xs, state)
+    with _CountOps() as counter:
+        loss.backward()
+    assert counter.ops.count("rnnkernels.rnn_layer_gate_grads") == 7, counter.ops
+    assert "rnnkernels.rnn_layer_backward" not in counter.ops
+    assert _gathered(ours) is not None and not _gathered(ours)._entries
+    torch.testing.assert_close([x.grad, *_grads_of(ours)], [x_ref.grad, *_grads_of(reference)], rtol=1e-10,
+                               atol=1e-12)
+
+
+def _grads_of(cell):
+    return [p.grad.clone() for p in cell.parameters()]
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS[:2], ids=IDS[:2])
+def test_gathered_weight_grads_across_backwards(torch_cls, rk_cls, kwargs, seed):
+    """retain_graph and a second backward, accumulation over two graphs with
+    the same weights, a backward for the inputs only in between (its steps
+    must leave nothing behind), the weights also used outside the cell, and
+    an optimizer step (new weights: a new gathering)."""
+    reference, ours = twins(torch_cls, rk_cls, kwargs, backend="cpu", input_size=4, hidden_size=5)
+    optimizers = [torch.optim.SGD(cell.parameters(), lr=0.1) for cell in (reference, ours)]
+    batches = [torch.randn(5, 2, 4, dtype=torch.double) for _ in range(3)]
+    state = state_like(torch_cls, (2, 5), torch.double)
+    for cell, optimizer in zip((reference, ours), optimizers):
+        loss, x = _loop_grads(cell, batches[0], state)
+        torch.autograd.grad(loss, [x], retain_graph=True)  # inputs only: the weights' node does not run
+        assert cell is reference or not _gathered(ours)._entries  # so its steps must not leave entries
+        loss.backward(retain_graph=True)
+        loss.backward()  # twice: double the gradients
+        loss, _ = _loop_grads(cell, batches[1], state)
+        (loss + cell.weight_hh.square().sum()).backward()  # accumulates onto the first graph's
+        cell.grads_before_step = _grads_of(cell)
+        optimizer.step()
+        optimizer.zero_grad()
+        loss, _ = _loop_grads(cell, batches[2], state)
+        loss.backward()
+        cell.grads_after_step = _grads_of(cell)
+    assert not _gathered(ours)._entries
+    torch.testing.assert_close(ours.grads_before_step, reference.grads_before_step, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours.grads_after_step, reference.grads_after_step, rtol=1e-10, atol=1e-12)
+
+
+class _Fail(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS[:2], ids=IDS[:2])
+def test_gathered_weight_grads_after_a_failed_backward(torch_cls, rk_cls, kwargs, seed):
+    """A backward that raises halfway leaves entries behind; the next one
+    must sum only its own."""
+    reference, ours = twins(torch_cls, rk_cls, kwargs, backend="cpu", input_size=4, hidden_size=5)
+    xs, state = torch.randn(6, 2, 4, dtype=torch.double), state_like(torch_cls, (2, 5), torch.double)
+    loss, _ = _loop_grads(ours, xs, state)
+    broken = as_tuple(ours(xs[0], state))[0]
+
+    def fail(grad):
+        raise _Fail()
+
+    doubled = broken * 2
+    doubled.register_hook(fail)  # made before `tail`: its node runs after tail's step has left its entry
+    tail = ours(xs[1], (broken, broken) if torch_cls is nn.LSTMCell else broken)
+    with pytest.raises(_Fail):
+        (as_tuple(tail)[0].sum() + doubled.sum()).backward()
+    assert all(p.grad is None for p in ours.parameters()) and _gathered(ours)._entries
+    loss.backward()
+    loss_ref, _ = _loop_grads(reference, xs, state)
+    loss_ref.backward()
+    torch.testing.assert_close(_grads_of(ours), _grads_of(reference), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS[:2], ids=IDS[:2])
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gathered_weight_grads_under_checkpoint(torch_cls, rk_cls, kwargs, use_reentrant, seed):
+    """Activation checkpointing recomputes steps inside the backward (a
+    re-entrant backward of its own with use_reentrant=True)."""
+    import torch.utils.checkpoint as checkpoint
+
+    reference, ours = twins(torch_cls, rk_cls, kwargs, backend="cpu", input_size=4, hidden_size=5)
+    xs, state = torch.randn(6, 2, 4, dtype=torch.double), state_like(torch_cls, (2, 5), torch.double)
+    for cell in (reference, ours):
+        head, _ = run_steps(cell, xs[:3], state)
+        start = head[-1]
+
+        def rest(h):
+            out, _ = run_steps(cell, xs[3:], (h, h) if torch_cls is nn.LSTMCell else h)
+            return out
+
+        out = checkpoint.checkpoint(rest, start, use_reentrant=use_reentrant)
+        (out.square().sum() + head.sum()).backward()
+    torch.testing.assert_close(_grads_of(ours), _grads_of(reference), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("torch_cls, rk_cls, kwargs", CELLS, ids=IDS)
+def test_gathered_weight_grads_double_backward(torch_cls, rk_cls, kwargs, seed):
+    """create_graph=True: the steps return differentiable weight gradients
+    instead (a gradient penalty over a decoder loop)."""
+    reference, ours = twins(torch_cls, rk_cls, kwargs, backend="cpu", input_size=3, hidden_size=4)
+    xs, state = torch.randn(4, 2, 3, dtype=torch.double), state_like(torch_cls, (2, 4), torch.double)
+    results = []
+    for cell in (reference, ours):
+        loss, _ = _loop_grads(cell, xs, state)
+        grads = torch.autograd.grad(loss, list(cell.parameters()), create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        results.append((grads, torch.autograd.grad(penalty, list(cell.parameters()))))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=1e-12)

@@ -417,6 +417,33 @@ def test_opcheck(mode, options, reverse):
     torch.library.opcheck(backward_op, backward_args)
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gate_grads_are_what_the_weight_grads_are_products_of(mode, reverse, seed):
+    """rnn_layer_gate_grads (what rk's cells gather over steps): its input and
+    state gradients are rnn_layer_backward's, and d_gi^T x, d_gh^T h_entering,
+    and their row sums are its weight and bias gradients; float64, T = 4."""
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_inputs(mode, T=4, seed=seed)]
+    _, _, c_n, states, cells, gates, hidden_raw = forward_op(*args, reverse, True)
+    x, w_ih, w_hh = args[1], args[4], args[5]
+    T, B = x.shape[0], x.shape[1]
+    grad_output, grad_h_n = torch.randn(T, B, w_hh.shape[1], dtype=x.dtype), torch.randn_like(states[0])
+    grad_c_n = torch.randn_like(c_n) if mode == "lstm" else None
+    expected = backward_op(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, None, None, reverse, states, cells,
+                           gates, hidden_raw, True, True, True)
+    gate_grads = torch.ops.rnnkernels.rnn_layer_gate_grads
+    grad_x, grad_h0, grad_c0, d_gi, d_gh = gate_grads(mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, reverse,
+                                                      states, cells, gates, True)
+    assert (d_gh.numel() == 0) == (mode != "gru")
+    d_gi, d_gh = d_gi.reshape(T * B, -1), (d_gh if mode == "gru" else d_gi).reshape(T * B, -1)
+    entering = states.narrow(0, 1 if reverse else 0, T).reshape(T * B, -1)
+    got = (grad_x, grad_h0, grad_c0 if mode == "lstm" else expected[2], d_gi.t() @ x.reshape(T * B, -1),
+           d_gh.t() @ entering, d_gi.sum(0), d_gh.sum(0))
+    torch.testing.assert_close(got, tuple(expected[:7]), rtol=1e-10, atol=1e-12)
+    torch.library.opcheck(gate_grads, (mode, grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, reverse, states, cells,
+                                       gates, True))
+
+
 # ---------------------------------------------------------- torch.compile
 
 class Tagger(torch.nn.Module):
